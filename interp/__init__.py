@@ -1,0 +1,13 @@
+"""interp: find and use the subspaces inside language models.
+
+load -> capture -> fit -> intervene -> judge -> Result.
+"""
+
+from interp.activations import Activations
+from interp.errors import InterpError
+from interp.loading import load
+from interp.model import Model
+from interp.registry import BUNDLED, DEFAULT_MODEL
+from interp.sites import KINDS, Site
+
+__all__ = ["Activations", "InterpError", "load", "Model", "BUNDLED", "DEFAULT_MODEL", "KINDS", "Site"]

@@ -1,0 +1,34 @@
+"""The default backend: plain torch hooks on the HF model (no wrapper, least overhead)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from interp.hooks import eager_attention, hooked
+from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.model import Model, TokenBatch
+
+
+class HooksBackend:
+    name = "hooks"
+
+    def __init__(self, model: "Model"):
+        self.model = model
+
+    @torch.no_grad()
+    def capture_batch(self, batch: "TokenBatch", sites: list[Site], reduce: Callable[[Site, Tensor], Tensor],
+                      stop_layer: int) -> dict[Site, Tensor]:
+        got: dict[Site, Tensor] = {}
+
+        def keep(site: Site, x: Tensor) -> None:
+            got[site] = reduce(site, x)
+
+        need_eager = any(s.kind == "attn.hook_pattern" for s in sites)
+        with eager_attention(self.model, need_eager), hooked(self.model, {s: [keep] for s in sites}, stop_after=stop_layer):
+            self.model.hf(**batch.inputs(), use_cache=False)
+        return got

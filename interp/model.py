@@ -1,0 +1,234 @@
+"""`Model`: an HF causal LM with its tokenizer, canonical sites, chat formatting and batched left-padded inputs.
+
+The model's weights are never changed by anything in this library: interventions are hooks that live only
+inside a `with` block, and weight edits (orthogonalisation) work on a copy that is written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from interp.errors import InterpError
+from interp.sites import Family, Site, check_layer, family_for, parse_sites
+
+if TYPE_CHECKING:
+    from interp.activations import Activations
+    from interp.interventions import Intervention
+
+_PLACEHOLDER = "\x00INSTRUCTION\x00"
+
+
+@dataclass
+class TokenBatch:
+    """A left-padded batch: pad tokens first, so every prompt ends at the last column."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    position_ids: Int[Tensor, "batch seq"]
+
+    @property
+    def lengths(self) -> Int[Tensor, "batch"]:
+        return self.attention_mask.sum(-1)
+
+    def inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+def position_ids_for(mask: Tensor) -> Tensor:
+    """Position ids that count only real tokens (left padding would otherwise shift every position)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Model:
+    """A loaded causal LM. Build one with `interp.load(...)`."""
+
+    def __init__(self, hf: nn.Module, tokenizer, name: str, backend: str = "hooks", source: str | None = None):
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source or name
+        cfg = hf.config
+        self.family: Family = family_for(cfg.model_type)
+        self.n_layers: int = cfg.num_hidden_layers
+        self.d_model: int = cfg.hidden_size
+        self.n_heads: int = cfg.num_attention_heads
+        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.n_ctx: int = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+        self.layers: nn.ModuleList = hf.get_submodule(self.family.layers)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._backend_name = backend
+        self._backend = None
+        self._eoi_ids: list[int] | None = None
+
+    # ----- identity -----
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def fingerprint(self) -> dict:
+        """What must match for activations, directions or probes to be reused with this model."""
+        return {"name": self.name, "model_type": self.hf.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model}
+
+    def fingerprint_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_compatible(self, fingerprint: dict, what: str) -> None:
+        mine = self.fingerprint
+        for key in ("n_layers", "d_model", "name"):
+            if key in fingerprint and fingerprint[key] != mine[key]:
+                raise InterpError(
+                    f"{what} comes from another model ({key}={fingerprint[key]!r}, this model has {key}={mine[key]!r}); "
+                    f"recompute it with {self.name}"
+                )
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, backend={self._backend_name!r}, {self.dtype}, {self.device})"
+
+    # ----- sites -----
+    def sites(self, spec) -> list[Site]:
+        return parse_sites(spec, self.n_layers)
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        return check_layer(layer, self.n_layers, what)
+
+    def site_module(self, site: Site) -> tuple[nn.Module, str]:
+        path, where = self.family.sites[site.kind]
+        layer = self.layers[site.layer]
+        return (layer.get_submodule(path) if path else layer), where
+
+    # ----- chat formatting -----
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_chat(self, instruction: str, system: str | None = None) -> str:
+        """The tokenizer's own chat template: optional system turn, the user turn, the generation prompt."""
+        if not self.has_chat_template:
+            raise InterpError(f"{self.name} has no chat template; pass chat=False to use raw prompts")
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": instruction}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def eoi_ids(self) -> list[int]:
+        """Token ids after the instruction in the chat template (end of user turn + assistant header)."""
+        if self._eoi_ids is None:
+            text = self.format_chat(_PLACEHOLDER)
+            suffix = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+            self._eoi_ids = self.tokenizer(suffix, add_special_tokens=False).input_ids
+            if not self._eoi_ids:
+                raise InterpError(f"the chat template of {self.name} puts nothing after the instruction; use positions='last'")
+        return self._eoi_ids
+
+    @property
+    def n_eoi(self) -> int:
+        return len(self.eoi_ids)
+
+    def eoi_tokens(self) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(self.eoi_ids)
+
+    def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None) -> list[str]:
+        """Validate prompts and apply the chat template (by default when the tokenizer has one)."""
+        check_prompts(prompts)
+        chat = self.has_chat_template if chat is None else chat
+        return [self.format_chat(p, system) for p in prompts] if chat else list(prompts)
+
+    # ----- tokens -----
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of already-formatted texts; chat-formatted text carries its own special tokens."""
+        add_special = not self.has_chat_template
+        ids = self.tokenizer(list(texts), add_special_tokens=add_special).input_ids
+        for text, row in zip(texts, ids):
+            if len(row) > self.n_ctx:
+                raise InterpError(
+                    f"a prompt is {len(row)} tokens long, more than the model's context of {self.n_ctx}: "
+                    f"shorten it ({text[:60]!r}...)"
+                )
+        return ids
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> TokenBatch:
+        """Left-pad token id lists into a batch on the model's device."""
+        width = max(len(r) for r in ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            if row:
+                input_ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        dev = self.device
+        return TokenBatch(input_ids.to(dev), mask.to(dev), position_ids_for(mask).to(dev))
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        return self.pad(self.encode(texts))
+
+    # ----- backends -----
+    @property
+    def backend(self):
+        if self._backend is None:
+            from interp.backends import make_backend
+
+            self._backend = make_backend(self._backend_name, self)
+        return self._backend
+
+    # ----- the flow -----
+    def capture(self, prompts: Sequence[str], sites, positions="last", batch_size: int = 16, labels: Sequence | None = None,
+                chat: bool | None = None, system: str | None = None, progress: bool | None = None) -> "Activations":
+        """Batched activation capture; see `interp.capture.capture`."""
+        from interp.capture import capture
+
+        return capture(self, prompts, sites, positions=positions, batch_size=batch_size, labels=labels, chat=chat,
+                       system=system, progress=progress)
+
+    @contextmanager
+    def intervene(self, *interventions: "Intervention") -> Iterator["Model"]:
+        """Apply interventions to every forward (and `generate`) inside the block; the model is untouched after."""
+        from interp.interventions import applied
+
+        with applied(self, interventions):
+            yield self
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
+                 system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None) -> list[str]:
+        """Greedy, batched, KV-cached generation; returns only the new text of each prompt."""
+        from interp.generation import generate
+
+        return generate(self, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, system=system,
+                        interventions=interventions, progress=progress)
+
+    @torch.no_grad()
+    def logits(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None, last_only: bool = True,
+               batch_size: int = 16) -> Tensor:
+        """Logits at the last token of each prompt ([n, vocab]), or all positions when last_only=False (one batch)."""
+        texts = self.prepare_prompts(prompts, chat, system)
+        outs = []
+        for start in range(0, len(texts), batch_size):
+            tb = self.tokenize(texts[start:start + batch_size])
+            out = self.hf(**tb.inputs(), use_cache=False, logits_to_keep=1 if last_only else 0).logits
+            outs.append((out[:, -1] if last_only else out).float().cpu())
+        return torch.cat(outs) if last_only else outs[0]
+
+
+def check_prompts(prompts) -> None:
+    if isinstance(prompts, str):
+        raise InterpError("prompts must be a list of strings, got a single string; wrap it in a list")
+    if prompts is None or len(prompts) == 0:
+        raise InterpError("the prompt list is empty; give at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InterpError(f"prompt {i} is a {type(p).__name__}, not a string: every prompt must be a str")
+        if not p.strip():
+            raise InterpError(f"prompt {i} is empty; remove empty prompts")
