@@ -5,9 +5,13 @@ load -> capture -> fit -> intervene -> judge -> Result.
 
 from interp.activations import Activations
 from interp.errors import InterpError
+from interp.estimators import DiffInMeans, PCADirections, ProbeDirection
+from interp.interventions import Ablate, Add, Project, Set
 from interp.loading import load
 from interp.model import Model
 from interp.registry import BUNDLED, DEFAULT_MODEL
 from interp.sites import KINDS, Site
+from interp.subspace import Direction, Subspace
 
-__all__ = ["Activations", "InterpError", "load", "Model", "BUNDLED", "DEFAULT_MODEL", "KINDS", "Site"]
+__all__ = ["Activations", "InterpError", "load", "Model", "BUNDLED", "DEFAULT_MODEL", "KINDS", "Site", "Subspace",
+           "Direction", "DiffInMeans", "PCADirections", "ProbeDirection", "Add", "Ablate", "Project", "Set"]

@@ -72,8 +72,12 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
         except StopForward:
             pass
         else:
-            if require_fired and fired and (missing := set(fns) - fired):
-                raise InterpError(f"hooks at {', '.join(map(str, sorted(missing)))} never fired: the intervention did nothing there")
+            if require_fired and fired:
+                # A forward stopped early (capture) legitimately skips deeper layers; shallower ones must have fired.
+                deepest = max(s.layer for s in fired)
+                missing = [s for s in fns if s not in fired and s.layer <= deepest]
+                if missing:
+                    raise InterpError(f"hooks at {', '.join(map(str, sorted(missing)))} never fired: the intervention did nothing there")
     finally:
         for h in handles:
             h.remove()

@@ -71,8 +71,12 @@ def resolve(source: str | os.PathLike) -> tuple[str, str]:
 
 
 def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", dtype: torch.dtype | str | None = None,
-         device: str | torch.device | None = None) -> Model:
-    """Load a causal LM for analysis. By default fp32 on a CPU, bf16 on a GPU, the GPU when there is one."""
+         device: str | torch.device | None = None, remote: bool = False) -> Model:
+    """Load a causal LM for analysis. By default fp32 on a CPU, bf16 on a GPU, the GPU when there is one.
+
+    backend: "hooks" (plain torch hooks, the default), "transformer_lens" (TransformerBridge) or "nnsight";
+    remote=True sends nnsight traces to NDIF (for models larger than one machine).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from interp.backends import BACKENDS
@@ -98,4 +102,6 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
         raise
     hf.to(device)
     hf.requires_grad_(False)
-    return Model(hf, tok, name=name, backend=backend, source=where)
+    if remote and backend != "nnsight":
+        raise InterpError("remote=True needs backend='nnsight' (the trace is what runs remotely)")
+    return Model(hf, tok, name=name, backend=backend, source=where, backend_options={"remote": remote} if remote else None)

@@ -50,7 +50,8 @@ def position_ids_for(mask: Tensor) -> Tensor:
 class Model:
     """A loaded causal LM. Build one with `interp.load(...)`."""
 
-    def __init__(self, hf: nn.Module, tokenizer, name: str, backend: str = "hooks", source: str | None = None):
+    def __init__(self, hf: nn.Module, tokenizer, name: str, backend: str = "hooks", source: str | None = None,
+                 backend_options: dict | None = None):
         self.hf = hf.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -66,6 +67,7 @@ class Model:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._backend_name = backend
+        self.backend_options = dict(backend_options or {})  # e.g. {"remote": True} for nnsight on NDIF
         self._backend = None
         self._eoi_ids: list[int] | None = None
 

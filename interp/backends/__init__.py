@@ -2,6 +2,9 @@
 
 `reduce(site, x)` receives a site's value in TransformerLens layout ([batch, seq, ...]; `attn.hook_z` as
 [batch, seq, head, d_head]; `attn.hook_pattern` as [batch, head, q, k]) and returns what to keep, on the CPU.
+
+Options for a backend come from `model.backend_options` (a dict, empty by default), read when the backend is
+first built: `{"remote": True}` runs the nnsight backend's traces on NDIF.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ BACKENDS = ("hooks", "transformer_lens", "nnsight")
 
 
 def make_backend(name: str, model: "Model"):
+    options = dict(getattr(model, "backend_options", None) or {})
+    if options and name != "nnsight":
+        raise InterpError(f"the {name} backend takes no options, got {', '.join(options)}; only nnsight takes remote=")
     if name == "hooks":
         from interp.backends.hooks import HooksBackend
 
@@ -28,5 +34,7 @@ def make_backend(name: str, model: "Model"):
     if name == "nnsight":
         from interp.backends.nnsight_backend import NnsightBackend
 
-        return NnsightBackend(model)
+        if unknown := set(options) - {"remote"}:
+            raise InterpError(f"unknown nnsight backend option(s) {', '.join(sorted(unknown))}; the only option is remote")
+        return NnsightBackend(model, **options)
     raise InterpError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,7 @@
+"""Adversarial attacks on one token-search engine: subspace rerouting (probe, steering, attention) and GCG."""
+
+from interp.attacks.engine import MASK, AttackPrompt, Candidate, SearchConfig, SearchResult, TokenSearch, build_prompt
+from interp.attacks.losses import AttackLoss, AttentionLoss, GCGLoss, ProbeLoss, SteeringLoss
+
+__all__ = ["MASK", "AttackPrompt", "Candidate", "SearchConfig", "SearchResult", "TokenSearch", "build_prompt",
+           "AttackLoss", "AttentionLoss", "GCGLoss", "ProbeLoss", "SteeringLoss"]

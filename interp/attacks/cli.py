@@ -1,0 +1,49 @@
+"""`interp attack ssr|gcg ...`: the typer command, for the main CLI to register (`app.command()(attack)`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from interp.errors import InterpError
+
+
+def _layers(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise InterpError(f"--layers must be integers separated by commas or spaces, e.g. '8,12'; got {text!r}") from None
+
+
+def attack(
+    method: str = typer.Argument(..., help="ssr (subspace rerouting) or gcg (the baseline)"),
+    model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", help="bundled name, HF folder or .gguf"),
+    behaviors: Path = typer.Option(..., "--behaviors", help="behaviour file (.csv/.json/.jsonl/.txt)"),
+    out: Path = typer.Option(..., "--out", help="run log (JSONL); an existing one is resumed"),
+    max_behaviors: Optional[int] = typer.Option(None, "--max-behaviors", help="attack only the first N behaviours"),
+    template: Optional[str] = typer.Option(None, "--template", help="prompt with {behavior} and [MASK] tokens"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="SSR target layers, e.g. '8,12'"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="search steps per behaviour"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of attack settings"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="SSR loss: probe, steering or attention"),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="candidates per behaviour per step"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="behaviours attacked together"),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="wall-time cap per behaviour"),
+    probes: Optional[Path] = typer.Option(None, "--probes", help="folder of saved probes (probe-SSR)"),
+    directions: Optional[Path] = typer.Option(None, "--directions", help="folder of layer_<i> directions (steering-SSR)"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Attack the behaviours of a file with subspace rerouting (SSR) or GCG, logging every judged attempt."""
+    from interp.attacks.run import attack_cli
+
+    try:
+        attack_cli(method, model, behaviors, max_behaviors, template, _layers(layers), steps, config, out, loss=loss,
+                   candidates=candidates, parallel=parallel, max_seconds=max_seconds,
+                   probes=str(probes) if probes else None, directions=str(directions) if directions else None, seed=seed)
+    except InterpError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,585 @@
+"""The token-search engine shared by subspace rerouting (SSR) and GCG.
+
+An attack prompt is the chat-formatted behaviour with `[MASK]` slots anywhere in the user message. Each step,
+for every behaviour being attacked:
+
+1. gradient: one batched forward of each behaviour's current best tokens, with the mask embeddings as leaves;
+   d loss / d one-hot token = (d loss / d embedding) @ W_E^T  ([m, vocab] per behaviour), as in GCG;
+2. candidates: `candidates` copies of the best tokens, each with `n_replace` random masked positions swapped
+   for a random token among the top-k of the negative gradient (disallowed tokens excluded). `n_replace`
+   starts at the number of masks and shrinks with the loss (SSR) or stays fixed (GCG's 1);
+3. retokenisation check: each candidate prompt is rendered to text, chat-formatted and encoded again, in one
+   batched tokenizer call; candidates whose ids change are dropped, so the string that is judged (and logged)
+   is exactly what was optimised;
+4. evaluation: every behaviour's candidates go through the model together, many rows per forward, the
+   forward stopped after the deepest layer the loss reads (`interp.hooks.hooked(stop_after=...)`); the batch
+   size halves on out-of-memory;
+5. a buffer of the best few candidates per behaviour; after `patience` steps without improvement the search
+   jumps to a worse buffer entry (sampled by softmax(-loss)) to escape a plateau.
+
+A behaviour stops when the judge (a callback) says success, at the step budget, or at the wall-time cap.
+Behaviours run `parallel` at a time; a finished one is replaced by the next in the queue.
+
+Prefix KV cache: everything before a behaviour's first mask is fixed, so its keys and values are computed
+once (batched, left-padded) and only the rest (the masks, the end of the chat template, GCG's target) is run
+each step. The cache tensors are kept as plain per-layer (key, value) pairs; every forward gets a fresh
+`DynamicCache` built from the rows it needs, because a forward appends to its cache in place. Rows of a batch
+have different prefix and suffix lengths: both parts are left-padded, the attention mask covers prefix and
+suffix, and position ids count real tokens only, so each row computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from interp.errors import InterpError
+from interp.hooks import eager_attention, hooked
+
+if TYPE_CHECKING:
+    from interp.attacks.losses import AttackLoss
+    from interp.model import Model
+
+MASK = "[MASK]"
+BEHAVIOR = "{behavior}"
+_SENTINEL = "\x00MASK\x00"
+
+
+# ----- prompts -----
+
+def check_template(template: str) -> str:
+    """A template must hold `{behavior}` and at least one `[MASK]`."""
+    if not isinstance(template, str):
+        raise InterpError(f"the template must be a string, got {type(template).__name__}")
+    missing = [what for what in (BEHAVIOR, MASK) if what not in template]
+    if missing:
+        raise InterpError(
+            f"the template {template!r} has no {' and no '.join(missing)}: write the behaviour as {BEHAVIOR} and "
+            f"each optimised token as {MASK}, e.g. '{BEHAVIOR}{MASK * 6}'"
+        )
+    return template
+
+
+@dataclass
+class AttackPrompt:
+    """One behaviour as token ids, with the optimised ("masked") positions and an optional GCG target."""
+
+    behavior: str
+    ids: list[int]  # the chat-formatted prompt, masks filled with the initial token
+    mask_positions: list[int]  # indices into ids, ascending
+    texts: list[str]  # user-message text around the runs of adjacent masks (len = runs + 1)
+    runs: list[tuple[int, int]]  # [start, end) indices into mask_positions of each run of adjacent masks
+    target_ids: list[int] = field(default_factory=list)  # appended after the prompt (GCG)
+    key: str = ""  # identifies the behaviour in logs and seeds its random generator
+
+    @property
+    def n_mask(self) -> int:
+        return len(self.mask_positions)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.mask_positions[0]
+
+    def render(self, run_texts: Sequence[str]) -> str:
+        """The user message with each run of masks replaced by its decoded text."""
+        out = [self.texts[0]]
+        for text, after in zip(run_texts, self.texts[1:]):
+            out += [text, after]
+        return "".join(out)
+
+
+def build_prompt(model: "Model", template: str, behavior: str, init: str = " x", target: str | None = None,
+                 chat: bool | None = None, system: str | None = None, key: str | None = None) -> AttackPrompt:
+    """Token ids of `template` with `behavior` substituted, the masks filled with the token of `init`."""
+    check_template(template)
+    chat = model.has_chat_template if chat is None else chat
+    user = template.replace(BEHAVIOR, behavior)
+    parts = user.split(MASK)
+    text = model.format_chat(_SENTINEL.join(parts), system) if chat else _SENTINEL.join(parts)
+    pieces = text.split(_SENTINEL)
+    if len(pieces) != len(parts):
+        raise InterpError("the chat template changed the mask markers; use a template whose masks sit inside the user message")
+    tok = model.tokenizer
+    init_ids = tok(init, add_special_tokens=False).input_ids
+    if len(init_ids) != 1:
+        raise InterpError(f"the initial mask text {init!r} is {len(init_ids)} tokens; give text that is exactly one token (e.g. ' x' or '!')")
+    ids = tok(pieces[0], add_special_tokens=not chat).input_ids
+    positions = []
+    for piece in pieces[1:]:
+        positions.append(len(ids))
+        ids += init_ids + tok(piece, add_special_tokens=False).input_ids
+    runs, texts, start = [], [parts[0]], 0
+    for i in range(1, len(positions) + 1):  # a run ends where the next mask is not adjacent
+        if i == len(positions) or positions[i] != positions[i - 1] + 1 or parts[i]:
+            runs.append((start, i))
+            texts.append(parts[i])
+            start = i
+    target_ids = tok(target, add_special_tokens=False).input_ids if target else []
+    prompt = AttackPrompt(behavior, ids, positions, texts, runs, target_ids, key or behavior)
+    if prompt.prefix_len == 0:
+        raise InterpError("the prompt starts with a mask; put at least one fixed token (the chat template or text) before the first [MASK]")
+    return prompt
+
+
+@functools.lru_cache(maxsize=8)
+def _disallowed(tokenizer, vocab: int, ascii_only: bool) -> Tensor:
+    """Token ids never proposed: special and added tokens (chat-template and FIM markers), ids beyond the
+    tokenizer, and (ascii_only) tokens that do not decode to printable ASCII text."""
+    bad = torch.zeros(vocab, dtype=torch.bool)
+    n = min(len(tokenizer), vocab)
+    bad[n:] = True
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    bad[[i for i in special if i < vocab]] = True
+    if ascii_only:
+        texts = tokenizer.batch_decode([[i] for i in range(n)])
+        bad[:n] |= torch.tensor([not (t.isascii() and t.isprintable() and t.strip()) for t in texts])
+    return bad
+
+
+# ----- the prefix cache and batched forwards -----
+
+class Batcher:
+    """Runs rows (behaviour index, mask tokens or embeddings) through the model with the prefix KV cache."""
+
+    def __init__(self, model: "Model", prompts: list[AttackPrompt], loss: "AttackLoss", use_cache: bool = True):
+        self.model, self.prompts, self.loss = model, prompts, loss
+        self.embed = model.hf.get_input_embeddings()
+        self.use_cache = use_cache
+        dev = model.device
+        n = len(prompts)
+        m = prompts[0].n_mask
+        if any(p.n_mask != m for p in prompts):
+            raise InterpError("all prompts of one search must have the same number of masks")
+        self.prefix_lens = torch.tensor([p.prefix_len if use_cache else 0 for p in prompts], device=dev)
+        suffixes = [p.ids[int(pl):] + self._target(p) for p, pl in zip(prompts, self.prefix_lens)]
+        width = max(len(s) for s in suffixes)
+        pad = model.tokenizer.pad_token_id
+        self.suffix_ids = torch.full((n, width), pad, dtype=torch.long, device=dev)
+        self.suffix_mask = torch.zeros((n, width), dtype=torch.long, device=dev)
+        self.mask_cols = torch.zeros((n, m), dtype=torch.long, device=dev)
+        for i, (p, s) in enumerate(zip(prompts, suffixes)):
+            off = width - len(s)
+            self.suffix_ids[i, off:] = torch.tensor(s, device=dev)
+            self.suffix_mask[i, off:] = 1
+            self.mask_cols[i] = torch.tensor(p.mask_positions, device=dev) - int(self.prefix_lens[i]) + off
+        t = max(len(self._target(p)) for p in prompts)
+        self.target_ids = torch.full((n, t), pad, dtype=torch.long, device=dev)
+        self.target_mask = torch.zeros((n, t), dtype=torch.bool, device=dev)
+        for i, p in enumerate(prompts):
+            if self._target(p):
+                self.target_ids[i, t - len(p.target_ids):] = torch.tensor(p.target_ids, device=dev)
+                self.target_mask[i, t - len(p.target_ids):] = True
+        self._kv: list[list[tuple[Tensor, Tensor]]] = [[] for _ in prompts]
+        self.refs: dict[str, Tensor] = {}
+
+    def _target(self, prompt: AttackPrompt) -> list[int]:
+        """The target tokens run after the prompt, only for losses that read them (GCG)."""
+        return prompt.target_ids if self.loss.uses_target else []
+
+    # -- prefix --
+    @torch.no_grad()
+    def add_prefixes(self, indices: Sequence[int]) -> None:
+        """Compute and keep the prefix keys/values of these behaviours (one left-padded batch)."""
+        todo = [i for i in indices if not self._kv[i] and int(self.prefix_lens[i]) > 0]
+        if not todo:
+            return
+        batch = self.model.pad([self.prompts[i].ids[:int(self.prefix_lens[i])] for i in todo])
+        cache = DynamicCache(config=self.model.hf.config)
+        with hooked(self.model, {}, stop_after=self.loss.stop_layer):
+            self.model.hf(**batch.inputs(), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        width = batch.input_ids.shape[1]
+        for row, i in enumerate(todo):
+            keep = width - int(self.prefix_lens[i])
+            self._kv[i] = [(layer.keys[row:row + 1, :, keep:].clone(), layer.values[row:row + 1, :, keep:].clone())
+                           for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
+
+    def drop_prefixes(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            self._kv[i] = []
+
+    def _cache_for(self, rows: Tensor) -> tuple[DynamicCache | None, Tensor]:
+        """A fresh cache holding the (left-padded) prefixes of `rows`, and its attention mask."""
+        lens = self.prefix_lens[rows]
+        width = int(lens.max())
+        dev = self.model.device
+        cols = torch.arange(width, device=dev)
+        mask = (cols[None] >= (width - lens)[:, None]).long()
+        if width == 0:
+            return None, mask
+        uniq, inverse = torch.unique(rows, return_inverse=True)
+        per_layer = []
+        for layer in range(len(self._kv[int(uniq[0])])):
+            ks, vs = [], []
+            for i in uniq.tolist():
+                k, v = self._kv[i][layer]
+                missing = width - k.shape[2]
+                ks.append(torch.nn.functional.pad(k, (0, 0, missing, 0)))
+                vs.append(torch.nn.functional.pad(v, (0, 0, missing, 0)))
+            per_layer.append((torch.cat(ks)[inverse], torch.cat(vs)[inverse]))
+        return DynamicCache(ddp_cache_data=per_layer, config=self.model.hf.config), mask
+
+    # -- forward --
+    def forward(self, rows: Int[Tensor, "r"], tokens: Int[Tensor, "r m"] | None = None,
+                embeds: Float[Tensor, "r m d"] | None = None) -> Float[Tensor, "r"]:
+        """The loss of each row: behaviour `rows[i]` with its masks set to `tokens[i]` (or `embeds[i]`)."""
+        return self.loss(*self.run(rows, tokens, embeds))
+
+    def run(self, rows: Int[Tensor, "r"], tokens: Int[Tensor, "r m"] | None = None,
+            embeds: Float[Tensor, "r m d"] | None = None) -> tuple[dict, Tensor | None, "RowBatch"]:
+        """One forward of these rows: what the loss reads at its sites, the kept logits (None when the forward
+        stopped early) and the rows' bookkeeping."""
+        ids = self.suffix_ids[rows]
+        cols = self.mask_cols[rows]
+        if tokens is not None:
+            ids = ids.scatter(1, cols, tokens)
+        x = self.embed(ids)
+        if embeds is not None:
+            x = x.scatter(1, cols[..., None].expand(-1, -1, x.shape[-1]), embeds.to(x.dtype))
+        smask = self.suffix_mask[rows]
+        cache, pmask = self._cache_for(rows)
+        mask = torch.cat([pmask, smask], 1)
+        position_ids = self.prefix_lens[rows, None] + (smask.cumsum(-1) - 1).clamp(min=0)
+        loss = self.loss
+        acts: dict = {}
+
+        def keep(site, value):
+            acts[site] = loss.read(site, value)
+
+        out = None
+        with eager_attention(self.model, loss.needs_pattern), \
+                hooked(self.model, {s: [keep] for s in loss.sites}, stop_after=loss.stop_layer):
+            out = self.model.hf(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                                use_cache=cache is not None, logits_to_keep=loss.logits_to_keep(self.target_ids.shape[1]))
+        batch = RowBatch(
+            prompt=rows, mask_cols=cols + pmask.shape[1], target_ids=self.target_ids[rows],
+            target_mask=self.target_mask[rows], refs={k: v[rows] for k, v in self.refs.items()},
+        )
+        return acts, None if out is None else out.logits, batch
+
+
+@dataclass
+class RowBatch:
+    """What a loss knows about the rows of a batch, besides their activations."""
+
+    prompt: Int[Tensor, "r"]  # behaviour index of each row
+    mask_cols: Int[Tensor, "r m"]  # key columns (prefix included) of the optimised tokens
+    target_ids: Int[Tensor, "r t"]  # GCG target, right-aligned
+    target_mask: Bool[Tensor, "r t"]
+    refs: dict[str, Tensor]  # per-behaviour references the loss asked for (e.g. the unattacked activations)
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+# ----- the search -----
+
+@dataclass
+class SearchConfig:
+    """Budget and knobs of the token search. Budget per behaviour = steps x candidates forwards."""
+
+    steps: int = 40
+    candidates: int = 32  # search width: candidates per behaviour per step
+    topk: int = 64  # tokens considered per position, from the gradient
+    n_replace: int | None = None  # positions changed per candidate; None: shrink from n_mask with the loss (SSR)
+    replace_coefficient: float = 1.8  # n_replace = n_mask * (loss / initial loss) ** (1 / coefficient)
+    buffer_size: int = 4
+    patience: int = 8  # steps without improvement before a jump
+    parallel: int = 1  # behaviours attacked together
+    max_seconds: float | None = None  # wall-time cap per behaviour
+    judge_every: int = 10  # judge the best candidate every k steps (when it changed); 0: never periodically
+    judge_below: float | None = None  # judge as soon as the loss drops below this (default: the loss's threshold)
+    batch_size: int = 512  # rows per forward (halved on out-of-memory)
+    ascii_only: bool = True
+    prefix_cache: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "candidates", "topk", "buffer_size", "patience", "parallel", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InterpError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_replace is not None and (not isinstance(self.n_replace, int) or self.n_replace < 1):
+            raise InterpError(f"n_replace must be a positive integer or None, got {self.n_replace!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InterpError(f"max_seconds must be positive, got {self.max_seconds!r}")
+        if not isinstance(self.judge_every, int) or self.judge_every < 0:
+            raise InterpError(f"judge_every must be a non-negative integer, got {self.judge_every!r}")
+
+
+@dataclass
+class Candidate:
+    """A candidate handed to the judge: the best tokens of one behaviour at one step."""
+
+    index: int  # behaviour index in the prompt list
+    prompt: AttackPrompt
+    text: str  # the adversarial user message
+    tokens: list[int]  # the mask tokens
+    loss: float
+    step: int
+    seconds: float  # since this behaviour's search started
+    final: bool  # the search of this behaviour ends with this candidate
+    curve: list[float]  # best loss after each step so far
+
+
+@dataclass
+class SearchResult:
+    behavior: str
+    key: str
+    text: str  # best adversarial user message
+    tokens: list[int]
+    loss: float
+    initial_loss: float
+    steps: int
+    seconds: float
+    success: bool | None  # None when there is no judge
+    curve: list[float]  # best loss after each step
+
+
+Check = Callable[[list[Candidate]], list[bool]]
+
+
+@dataclass
+class _State:
+    index: int
+    gen: torch.Generator
+    buffer_ids: Tensor
+    buffer_losses: Tensor
+    best_ids: Tensor
+    best_loss: float
+    initial_loss: float
+    started: float
+    n_replace: int
+    step: int = 0
+    since_improvement: int = 0
+    last_judged: str | None = None
+    curve: list[float] = field(default_factory=list)
+    success: bool | None = None
+
+
+class TokenSearch:
+    """Gradient-guided token search over the masks of many prompts at once, for any `AttackLoss`."""
+
+    def __init__(self, model: "Model", loss: "AttackLoss", config: SearchConfig | None = None):
+        self.model, self.loss = model, loss
+        self.config = config or SearchConfig()
+        self.batch_size = self.config.batch_size
+        vocab = model.hf.get_input_embeddings().weight.shape[0]
+        self.disallowed = _disallowed(model.tokenizer, vocab, self.config.ascii_only).to(model.device)
+
+    # -- pieces, public for tests --
+    def token_gradients(self, batcher: Batcher, rows: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss [r] and d loss / d one-hot [r, m, vocab] at each row's masks."""
+        weight = batcher.embed.weight
+        losses, grads = [], []
+        for chunk in self._chunks(len(rows)):
+            with torch.enable_grad():
+                e = batcher.embed(tokens[chunk]).detach().requires_grad_(True)
+                loss = batcher.forward(rows[chunk], embeds=e)
+                (g,) = torch.autograd.grad(loss.sum(), e)
+            losses.append(loss.detach())
+            grads.append(g @ weight.detach().T)
+        return torch.cat(losses).float(), torch.cat(grads).float()
+
+    def sample(self, best: Int[Tensor, "m"], grad: Float[Tensor, "m vocab"], n_replace: int,
+               gen: torch.Generator) -> Int[Tensor, "c m"]:
+        """Candidates: `n_replace` random positions of `best` set to random top-k tokens of -grad."""
+        c, m = self.config.candidates, best.shape[0]
+        g = grad.masked_fill(self.disallowed[None], float("inf"))
+        top = (-g).topk(self.config.topk, dim=-1).indices.cpu()  # [m, k]
+        pos = torch.rand((c, m), generator=gen).argsort(-1)[:, :n_replace]  # [c, n]
+        pick = torch.randint(0, self.config.topk, (c, n_replace), generator=gen)
+        values = top[pos, pick]
+        out = best.cpu().repeat(c, 1).scatter(1, pos, values)
+        out = torch.unique(out, dim=0)
+        return out[(out != best.cpu()).any(-1)].to(best.device)
+
+    def render(self, prompt: AttackPrompt, tokens: Tensor) -> list[str]:
+        """The user messages of candidate tokens [c, m] of one prompt."""
+        tok = self.model.tokenizer
+        flat = [row[a:b] for row in tokens.tolist() for a, b in prompt.runs]
+        decoded = tok.batch_decode(flat)
+        k = len(prompt.runs)
+        return [prompt.render(decoded[i * k:(i + 1) * k]) for i in range(len(tokens))]
+
+    def retokenizes(self, prompt: AttackPrompt, tokens: Tensor, chat: bool | None = None,
+                    system: str | None = None) -> Bool[Tensor, "c"]:
+        """Whether each candidate's text encodes back to exactly its ids (one batched tokenizer call)."""
+        if len(tokens) == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        texts = self.render(prompt, tokens)
+        full = self.model.prepare_prompts(texts, chat, system)
+        encoded = self.model.encode(full)
+        expected = torch.tensor(prompt.ids).repeat(len(tokens), 1)
+        expected[:, prompt.mask_positions] = tokens.cpu()
+        want = expected.tolist()
+        return torch.tensor([e == w for e, w in zip(encoded, want)], dtype=torch.bool)
+
+    def evaluate(self, batcher: Batcher, rows: Tensor, tokens: Tensor) -> Tensor:
+        """Losses of many (behaviour, tokens) rows, in chunks of `batch_size` rows."""
+        with torch.no_grad():
+            return torch.cat([batcher.forward(rows[c], tokens=tokens[c]).float() for c in self._chunks(len(rows))])
+
+    def _chunks(self, n: int) -> list[slice]:
+        """Slices of at most `batch_size` rows (`_oom_retry` halves the size and runs the whole call again)."""
+        return [slice(start, start + self.batch_size) for start in range(0, n, self.batch_size)]
+
+    # -- the loop --
+    def run(self, prompts: list[AttackPrompt], check: Check | None = None, progress: bool = True,
+            chat: bool | None = None, system: str | None = None) -> list[SearchResult]:
+        cfg = self.config
+        if not prompts:
+            raise InterpError("no prompts to attack")
+        batcher = Batcher(self.model, prompts, self.loss, use_cache=cfg.prefix_cache)
+        judge_below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
+        queue = list(range(len(prompts)))
+        active: list[_State] = []
+        results: dict[int, SearchResult] = {}
+        bar = tqdm(total=len(prompts) * cfg.steps, desc=f"attack ({self.loss.name})", unit="step", disable=not progress)
+        m = prompts[0].n_mask
+        try:
+            while queue or active:
+                joining = queue[:cfg.parallel - len(active)]
+                queue = queue[len(joining):]
+                if joining:
+                    self._oom_retry(lambda: batcher.add_prefixes(joining))
+                    self._oom_retry(lambda: self._references(batcher, joining))
+                    for i in joining:
+                        gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(prompts[i].key.encode()))
+                        ids = torch.tensor([prompts[i].ids[p] for p in prompts[i].mask_positions], device=self.model.device)
+                        active.append(_State(i, gen, ids[None], torch.tensor([math.inf]), ids, math.inf, math.inf,
+                                             time.perf_counter(), cfg.n_replace or m))
+                rows = torch.tensor([s.index for s in active], device=self.model.device)
+                best = torch.stack([s.buffer_ids[0] for s in active])
+                losses, grads = self._oom_retry(lambda: self.token_gradients(batcher, rows, best))
+                cand_rows, cand_ids, owners = [], [], []
+                for k, s in enumerate(active):
+                    if s.initial_loss == math.inf:  # first step: the loss of the initial tokens
+                        s.initial_loss = s.best_loss = float(losses[k])
+                        s.buffer_losses = losses[k:k + 1].cpu()
+                    cand = self.sample(s.buffer_ids[0], grads[k], s.n_replace, s.gen)
+                    cand = cand[self.retokenizes(prompts[s.index], cand, chat, system).to(cand.device)]
+                    cand_rows.append(torch.full((len(cand),), s.index, device=self.model.device))
+                    cand_ids.append(cand)
+                    owners.append(len(cand))
+                all_rows, all_ids = torch.cat(cand_rows), torch.cat(cand_ids)
+                all_losses = self._oom_retry(lambda: self.evaluate(batcher, all_rows, all_ids)) if len(all_rows) else torch.zeros(0)
+                to_check: list[Candidate] = []
+                finished: list[_State] = []
+                start = 0
+                for s, ids, count in zip(active, cand_ids, owners):
+                    self._update(s, ids, all_losses[start:start + count].cpu())
+                    start += count
+                    s.step += 1
+                    s.curve.append(s.best_loss)
+                    bar.update(1)
+                    elapsed = time.perf_counter() - s.started
+                    out_of_budget = s.step >= cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
+                    text = self.render(prompts[s.index], s.best_ids[None])[0]
+                    due = text != s.last_judged and (
+                        s.best_loss <= judge_below or (cfg.judge_every and s.step % cfg.judge_every == 0))
+                    if check is None:
+                        if s.best_loss <= judge_below or out_of_budget:
+                            s.success = None
+                            finished.append(s)
+                    elif due or out_of_budget:
+                        to_check.append(Candidate(s.index, prompts[s.index], text, s.best_ids.tolist(), s.best_loss,
+                                                  s.step, elapsed, out_of_budget, list(s.curve)))
+                        s.last_judged = text
+                if to_check:
+                    verdicts = check(to_check)
+                    for cand, ok in zip(to_check, verdicts):
+                        s = next(st for st in active if st.index == cand.index)
+                        if ok or cand.final:
+                            s.success = bool(ok)
+                            finished.append(s)
+                for s in finished:
+                    results[s.index] = self._result(prompts[s.index], s)
+                    bar.update(cfg.steps - s.step)
+                    active.remove(s)
+                    batcher.drop_prefixes([s.index])
+                if active:
+                    bar.set_postfix(best_loss=f"{min(s.best_loss for s in active):.3f}",
+                                    done=len(results), success=sum(bool(r.success) for r in results.values()))
+        finally:
+            bar.close()
+        return [results[i] for i in range(len(prompts))]
+
+    def _references(self, batcher: Batcher, indices: Sequence[int]) -> None:
+        """Ask the loss for per-behaviour references (the unattacked activations), once per behaviour."""
+        if not self.loss.needs_reference:
+            return
+        rows = torch.tensor(list(indices), device=self.model.device)
+        tokens = torch.stack([torch.tensor([batcher.prompts[i].ids[p] for p in batcher.prompts[i].mask_positions])
+                              for i in indices]).to(self.model.device)
+        with torch.no_grad():
+            refs = self.loss.reference(batcher, rows, tokens)
+        n = len(batcher.prompts)
+        for name, value in refs.items():
+            if name not in batcher.refs:
+                batcher.refs[name] = torch.zeros((n, *value.shape[1:]), dtype=value.dtype, device=value.device)
+            batcher.refs[name][rows] = value
+
+    def _update(self, s: _State, ids: Tensor, losses: Tensor) -> None:
+        """Merge candidates into the buffer, track the best ever, shrink n_replace, jump after `patience`."""
+        cfg = self.config
+        pool_ids = torch.cat([s.buffer_ids.cpu(), ids.cpu()])
+        pool_losses = torch.cat([s.buffer_losses, losses])
+        order = pool_losses.argsort()
+        keep_ids, keep_losses, seen = [], [], set()
+        for i in order.tolist():
+            key = tuple(pool_ids[i].tolist())
+            if key in seen or not math.isfinite(float(pool_losses[i])):
+                continue
+            seen.add(key)
+            keep_ids.append(pool_ids[i])
+            keep_losses.append(pool_losses[i])
+            if len(keep_ids) == cfg.buffer_size:
+                break
+        dev = s.buffer_ids.device
+        s.buffer_ids = torch.stack(keep_ids).to(dev)
+        s.buffer_losses = torch.stack(keep_losses)
+        if float(s.buffer_losses[0]) < s.best_loss - 1e-9:
+            s.best_loss, s.best_ids = float(s.buffer_losses[0]), s.buffer_ids[0].clone()
+            s.since_improvement = 0
+        else:
+            s.since_improvement += 1
+        if cfg.n_replace is None:
+            ratio = min(1.0, max(0.0, float(s.buffer_losses[0]) / (s.initial_loss + 1e-9))) if s.initial_loss > 0 else 0.0
+            s.n_replace = max(1, int(ratio ** (1 / cfg.replace_coefficient) * s.best_ids.shape[0]))
+        if s.since_improvement > cfg.patience and len(s.buffer_losses) > 1:
+            weights = torch.softmax(-(s.buffer_losses[1:] - s.buffer_losses[1:].min()), 0)
+            jump = 1 + int(torch.multinomial(weights, 1, generator=s.gen))
+            s.buffer_ids, s.buffer_losses = s.buffer_ids[jump:], s.buffer_losses[jump:]
+            s.since_improvement = 0
+
+    def _result(self, prompt: AttackPrompt, s: _State) -> SearchResult:
+        text = self.render(prompt, s.best_ids[None])[0]
+        return SearchResult(prompt.behavior, prompt.key, text, s.best_ids.tolist(), s.best_loss, s.initial_loss, s.step,
+                            time.perf_counter() - s.started, s.success, list(s.curve))
+
+    def _oom_retry(self, fn: Callable):
+        """Run fn; on out-of-memory halve the batch size and run it again (down to one row)."""
+        while True:
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
+                if not _is_oom(e) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                warnings.warn(f"out of memory: retrying with {self.batch_size} rows per forward")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()

