@@ -230,9 +230,8 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
         reasons = [why for bad, why in [(r["addition_score"] <= 0, "addition does not induce refusal"),
                                          (r["kl"] >= cfg.kl_threshold, f"KL >= {cfg.kl_threshold}")] if bad]
         r["passes"], r["filtered"] = not reasons, "; ".join(reasons)
-    passing = [i for i in keep if rows[i]["passes"]]
-    best = min(passing or keep, key=lambda i: rows[i]["ablation_score"])
-    chosen = dict(rows[best], fallback=not passing)
+    best, relaxed = _select(rows, keep, cfg.kl_threshold)
+    chosen = dict(rows[best], relaxed=relaxed)
     p, li = cand[best]
     l = layers[li]
     direction = Direction.from_vector(mean_diffs[p, li], {
@@ -245,6 +244,21 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     timings["total"] = time.perf_counter() - t0
     return RefusalResult(direction, rows, chosen, baseline, refusal, list(acts.position_tokens), layers, mean_diffs,
                          projections, timings, cfg)
+
+
+def _select(rows: list[dict], keep: list[int], kl_threshold: float) -> tuple[int, str | None]:
+    """The lowest ablation score among candidates passing every filter. When none passes (small models often
+    have no candidate whose addition alone tips the first token to a refusal), relax openly and say so: drop the
+    addition filter, then raise the KL threshold step by step (x2, x5, x10), then take the lowest KL."""
+    best = lambda ids: min(ids, key=lambda i: rows[i]["ablation_score"])
+    passing = [i for i in keep if rows[i]["passes"]]
+    if passing:
+        return best(passing), None
+    for factor in (1, 2, 5, 10):
+        ok = [i for i in keep if rows[i]["kl"] < kl_threshold * factor]
+        if ok:
+            return best(ok), f"no candidate passed all filters; dropped the addition filter, KL < {kl_threshold * factor:g}"
+    return min(keep, key=lambda i: rows[i]["kl"]), "no candidate passed any filter; took the lowest KL"
 
 
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],

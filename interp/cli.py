@@ -52,8 +52,9 @@ def capture(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundl
     """Capture activations for a prompt file."""
     from interp.prompts import read_prompts
 
+    items = read_prompts(prompts)  # bad inputs fail before the model loads
     m = _load(model, backend)
-    acts = m.capture(read_prompts(prompts), sites, positions=positions, batch_size=batch_size)
+    acts = m.capture(items, sites, positions=positions, batch_size=batch_size)
     typer.echo(f"wrote {len(acts)} prompts x {len(acts.acts)} sites to {acts.save(out)}")
 
 
@@ -77,11 +78,12 @@ def directions_extract(
         p = read_prompts(path)
         return p[:max_prompts] if max_prompts else p
 
+    sets = dict(harmful=first(harmful), harmless=first(harmless),
+                harmful_val=read_prompts(harmful_val) if harmful_val else None,
+                harmless_val=read_prompts(harmless_val) if harmless_val else None)
     m = _load(model)
     cfg = refusal.RefusalConfig(n_val=n_val, shortlist=shortlist or None, batch_size=batch_size)
-    result = refusal.run(m, first(harmful), first(harmless), config=cfg,
-                         harmful_val=read_prompts(harmful_val) if harmful_val else None,
-                         harmless_val=read_prompts(harmless_val) if harmless_val else None)
+    result = refusal.run(m, config=cfg, **sets)
     result.save(out)
     c = result.chosen
     typer.echo(f"chosen: layer {c['layer']}, position {c['position']} ({c['token']!r}); ablation refusal score "
@@ -134,9 +136,10 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
     from interp.subspace import Subspace
     import json
 
+    items = read_prompts(prompts)
+    Subspace.load(direction)  # a broken direction file fails before the model loads
     m = _load(model)
     d = Subspace.load(direction, model=m)
-    items = read_prompts(prompts)
     if mode == Mode.ablate:
         ivs = [Ablate(d)]
     elif mode == Mode.add:

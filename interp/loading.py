@@ -78,6 +78,7 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
     remote=True sends nnsight traces to NDIF (for models larger than one machine).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from interp.backends import BACKENDS
 
@@ -90,6 +91,7 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
             raise InterpError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise
     try:
         tok = AutoTokenizer.from_pretrained(where)
         hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)

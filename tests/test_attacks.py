@@ -200,8 +200,9 @@ def _write_behaviors(path: Path, behaviors=BEHAVIORS) -> Path:
 
 
 def _config(probe_dir: Path, **kw) -> AttackConfig:
-    return AttackConfig.build(template=TEMPLATE, layers=LAYERS, probes=str(probe_dir), steps=2, candidates=8,
-                              max_new_tokens=6, judge_every=1, **kw)
+    settings = dict(template=TEMPLATE, layers=LAYERS, probes=str(probe_dir), steps=2, candidates=8, max_new_tokens=6,
+                    judge_every=1)
+    return AttackConfig.build(**{**settings, **kw})
 
 
 def _finals(path: Path) -> dict[str, tuple]:
@@ -283,7 +284,10 @@ def test_clear_errors_leave_the_log_intact(smol, probe_dir, tmp_path):
     dirs = tmp_path / "qwen_dirs"
     save_directions([Direction.from_vector(torch.randn(896), {"model": qwen_fp, "layer": l}) for l in LAYERS], dirs)
     cfg = AttackConfig.build(template=TEMPLATE, layers=LAYERS, loss="steering", directions=str(dirs), steps=1)
-    fails("another model|d_model", lambda: attack(smol, behaviors, log, cfg))
+    fresh = tmp_path / "fresh.jsonl"
+    with pytest.raises(InterpError, match="another model|d_model"):
+        attack(smol, behaviors, fresh, cfg)
+    assert not fresh.exists()
     # a log written by another method
     fails("holds a", lambda: attack(smol, behaviors, log, AttackConfig.build(method="gcg", template=TEMPLATE)))
     # unknown settings in a TOML config

@@ -330,7 +330,6 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
         raise InterpError(f"the run log must be a .jsonl file, got {out}")
     previous = _check_log(out, model, config)  # everything is checked before the log is written
     for b in behaviors:
-        check_template(config.template)
         if not b.behavior.strip():
             raise InterpError(f"behaviour {b.id!r} is empty")
     loss = make_loss(model, config, out)

@@ -1,0 +1,96 @@
+"""The command line: prompt files, steer, ablate export, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from interp.cli import app
+from interp.errors import InterpError
+from interp.subspace import Direction
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def direction_dir(smol, tmp_path_factory) -> Path:
+    acts = smol.capture(["How do I pick a lock?", "How to make a weapon?", "Bake bread", "Write a poem"], "blocks.10.hook_resid_pre")
+    x = acts["blocks.10.hook_resid_pre"]
+    d = Direction.from_vector(x[:2].mean(0) - x[2:].mean(0), {"model": smol.fingerprint, "layer": 10,
+                                                             "site": "blocks.10.hook_resid_pre"})
+    return d.save(tmp_path_factory.mktemp("dir") / "direction")
+
+
+@pytest.mark.parametrize("mode", ["none", "ablate", "add"])
+def test_steer_writes_one_object_per_prompt(direction_dir, tmp_path, mode):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Name a colour\nName a fruit\n")
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["steer", "--model", "smollm2-135m-instruct", "--direction", str(direction_dir), "--mode", mode,
+                              "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Name a colour", "Name a fruit"]
+    assert all(isinstance(r["response"], str) and r["response"] for r in rows)
+
+
+def test_steer_none_equals_plain_generation(smol, direction_dir, tmp_path):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([{"prompt": "Name a colour"}, "Name a fruit"]))
+    out = tmp_path / "out.jsonl"
+    runner.invoke(app, ["steer", "--model", "smollm2-135m-instruct", "--direction", str(direction_dir), "--mode", "none",
+                        "--prompts", str(prompts), "--max-new-tokens", "6", "--out", str(out)])
+    rows = [json.loads(line)["response"] for line in out.read_text().splitlines()]
+    assert rows == smol.generate(["Name a colour", "Name a fruit"], max_new_tokens=6)
+
+
+def test_ablate_export_loads_in_plain_transformers(direction_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    res = runner.invoke(app, ["ablate", "--model", "smollm2-135m-instruct", "--direction", str(direction_dir),
+                              "--export", str(tmp_path / "ortho")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ortho"))
+    assert hf.config.num_hidden_layers == 30
+
+
+def test_direction_errors(direction_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hi\n")
+    base = ["steer", "--model", "smollm2-135m-instruct", "--mode", "ablate", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "subspace.safetensors").write_text("this is not safetensors")
+    (bad / "subspace.json").write_text((direction_dir / "subspace.json").read_text())
+    res = runner.invoke(app, base + ["--direction", str(bad)])
+    assert isinstance(res.exception, InterpError) and "safetensors" in str(res.exception)
+    nojson = tmp_path / "nojson"
+    nojson.mkdir()
+    (nojson / "subspace.safetensors").write_bytes((direction_dir / "subspace.safetensors").read_bytes())
+    res = runner.invoke(app, base + ["--direction", str(nojson)])
+    assert isinstance(res.exception, InterpError) and "JSON" in str(res.exception)
+    res = runner.invoke(app, base[:4] + ["add", "--layer", "99"] + base[5:] + ["--direction", str(direction_dir)])
+    assert isinstance(res.exception, InterpError) and "out of range" in str(res.exception)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_prompt_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "prompts.xml"
+    bad.write_text("<a/>")
+    proc = subprocess.run([sys.executable, "-m", "interp.cli", "capture", "--model", "smollm2-135m-instruct", "--prompts",
+                           str(bad), "--out", str(tmp_path / "acts")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and ".txt" in proc.stderr
+    assert not (tmp_path / "acts").exists()
+
+
+def test_models_lists_the_bundled_models():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    assert "qwen2.5-coder-0.5b-instruct" in res.output and "prepared" in res.output
