@@ -17,6 +17,15 @@ app.add_typer(models_app, name="models")
 app.add_typer(directions_app, name="directions")
 
 
+def _register_attack() -> None:
+    from interp.attacks.cli import attack  # light: typer and the error type only
+
+    app.command("attack")(attack)
+
+
+_register_attack()
+
+
 @models_app.callback()
 def models(ctx: typer.Context) -> None:
     """List the bundled models with size, state and path."""
