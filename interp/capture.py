@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from interp.activations import Activations
 from interp.errors import InterpError
 from interp.positions import Positions, check_positions, select
+from interp.prefix import SharedPrefix, common_prefix_length
 from interp.sites import Site
 
 if TYPE_CHECKING:
@@ -30,14 +31,35 @@ def _pad_left(t: torch.Tensor, width: int, dims: Sequence[int]) -> torch.Tensor:
     return t
 
 
+_MIN_PREFIX = 4
+
+
+def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, enabled: bool) -> "SharedPrefix | None":
+    """The shared leading tokens worth caching, when the positions asked for all lie after them."""
+    if not enabled or len(ids) < 2 or not getattr(model.backend, "supports_prefix", False):
+        return None
+    if positions == "last":
+        keep = 1
+    elif positions == "eoi":
+        keep = model.n_eoi
+    elif isinstance(positions, list) and all(p < 0 for p in positions):
+        keep = -min(positions)
+    else:
+        return None  # "all", "mean" and indices from the start read the prefix's own activations
+    length = min(common_prefix_length(ids), min(len(r) for r in ids) - keep)
+    return SharedPrefix.compute(model, ids[0][:length], stop) if length >= _MIN_PREFIX else None
+
+
 @torch.no_grad()
 def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions = "last", batch_size: int = 16,
             labels: Sequence | None = None, chat: bool | None = None, system: str | None = None,
-            progress: bool | None = None) -> Activations:
+            progress: bool | None = None, use_prefix_cache: bool = True) -> Activations:
     """Capture `sites` at `positions` for every prompt.
 
     positions: "last" (last token), "eoi" (the end-of-instruction tokens of the chat template), "all" (every
     token, pads zeroed, with a mask), "mean" (mean over real tokens), or token indices (negative from the end).
+    With positions counted from the end, the tokens every prompt shares at its start (the chat template's
+    system prompt and user header) run once and their KV cache is reused (`use_prefix_cache`).
     """
     texts = model.prepare_prompts(prompts, chat, system)
     if labels is not None and len(labels) != len(prompts):
@@ -47,8 +69,11 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     site_list = model.sites(sites)
     positions = check_positions(positions)
     ids = model.encode(texts)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     stop = max(s.layer for s in site_list)
+    prefix = _shared_prefix(model, ids, positions, stop, use_prefix_cache)
+    if prefix is not None:
+        ids = [row[prefix.length:] for row in ids]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     n_eoi = model.n_eoi if positions == "eoi" else 0
     chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
     masks: list[torch.Tensor] = []
@@ -63,7 +88,7 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
                 x = x.transpose(1, 2)
             return select(x, batch.attention_mask, positions, n_eoi).detach().float().cpu()
 
-        got = model.backend.capture_batch(batch, site_list, reduce, stop)
+        got = model.backend.capture_batch(batch, site_list, reduce, stop, **({"prefix": prefix} if prefix else {}))
         for s in site_list:
             chunks[s].append(got[s])
         masks.append(batch.attention_mask.cpu())

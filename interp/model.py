@@ -188,12 +188,13 @@ class Model:
 
     # ----- the flow -----
     def capture(self, prompts: Sequence[str], sites, positions="last", batch_size: int = 16, labels: Sequence | None = None,
-                chat: bool | None = None, system: str | None = None, progress: bool | None = None) -> "Activations":
+                chat: bool | None = None, system: str | None = None, progress: bool | None = None,
+                use_prefix_cache: bool = True) -> "Activations":
         """Batched activation capture; see `interp.capture.capture`."""
         from interp.capture import capture
 
         return capture(self, prompts, sites, positions=positions, batch_size=batch_size, labels=labels, chat=chat,
-                       system=system, progress=progress)
+                       system=system, progress=progress, use_prefix_cache=use_prefix_cache)
 
     @contextmanager
     def intervene(self, *interventions: "Intervention") -> Iterator["Model"]:

@@ -72,3 +72,17 @@ def test_activations_roundtrip_and_slicing(smol, tmp_path):
     assert back.stack().shape == (4, 2, smol.d_model)
     assert back.where("a").prompts == [MIXED[0], MIXED[2]]
     assert list(back.layer(4).acts) == ["blocks.4.hook_resid_post"]
+
+
+@pytest.mark.parametrize("positions", ["last", "eoi", [-2]])
+def test_shared_prefix_cache_equals_the_full_forward(qwen, positions):
+    """The chat template's shared system prompt runs once; the captured values do not change."""
+    from interp.prefix import common_prefix_length
+
+    ids = qwen.encode(qwen.prepare_prompts(MIXED))
+    assert common_prefix_length(ids) >= 10  # Qwen's default system prompt is shared
+    sites = ["blocks.2.hook_resid_post", "blocks.9.attn.hook_z", "blocks.9.hook_resid_pre"]
+    cached = qwen.capture(MIXED, sites, positions=positions, batch_size=3)
+    full = qwen.capture(MIXED, sites, positions=positions, batch_size=3, use_prefix_cache=False)
+    for s in sites:
+        assert (cached[s] - full[s]).abs().max() <= 1e-4, s

@@ -330,7 +330,7 @@ class Candidate:
     tokens: list[int]  # the mask tokens
     loss: float
     step: int
-    seconds: float  # since this behaviour's search started
+    started: float  # time.perf_counter() when this behaviour's search started
     final: bool  # the search of this behaviour ends with this candidate
     curve: list[float]  # best loss after each step so far
 
@@ -440,73 +440,21 @@ class TokenSearch:
     # -- the loop --
     def run(self, prompts: list[AttackPrompt], check: Check | None = None, progress: bool = True,
             chat: bool | None = None, system: str | None = None) -> list[SearchResult]:
+        """Search every prompt, `parallel` at a time. `check(candidates) -> successes` judges candidates (and
+        logs them); without it a behaviour stops when its loss reaches the threshold (`success` is then None)."""
         cfg = self.config
         if not prompts:
             raise InterpError("no prompts to attack")
         batcher = Batcher(self.model, prompts, self.loss, use_cache=cfg.prefix_cache)
-        judge_below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
-        queue = list(range(len(prompts)))
-        active: list[_State] = []
-        results: dict[int, SearchResult] = {}
+        queue, active, results = list(range(len(prompts))), [], {}
         bar = tqdm(total=len(prompts) * cfg.steps, desc=f"attack ({self.loss.name})", unit="step", disable=not progress)
-        m = prompts[0].n_mask
         try:
             while queue or active:
-                joining = queue[:cfg.parallel - len(active)]
-                queue = queue[len(joining):]
-                if joining:
-                    self._oom_retry(lambda: batcher.add_prefixes(joining))
-                    self._oom_retry(lambda: self._references(batcher, joining))
-                    for i in joining:
-                        gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(prompts[i].key.encode()))
-                        ids = torch.tensor([prompts[i].ids[p] for p in prompts[i].mask_positions], device=self.model.device)
-                        active.append(_State(i, gen, ids[None], torch.tensor([math.inf]), ids, math.inf, math.inf,
-                                             time.perf_counter(), cfg.n_replace or m))
-                rows = torch.tensor([s.index for s in active], device=self.model.device)
-                best = torch.stack([s.buffer_ids[0] for s in active])
-                losses, grads = self._oom_retry(lambda: self.token_gradients(batcher, rows, best))
-                cand_rows, cand_ids, owners = [], [], []
-                for k, s in enumerate(active):
-                    if s.initial_loss == math.inf:  # first step: the loss of the initial tokens
-                        s.initial_loss = s.best_loss = float(losses[k])
-                        s.buffer_losses = losses[k:k + 1].cpu()
-                    cand = self.sample(s.buffer_ids[0], grads[k], s.n_replace, s.gen)
-                    cand = cand[self.retokenizes(prompts[s.index], cand, chat, system).to(cand.device)]
-                    cand_rows.append(torch.full((len(cand),), s.index, device=self.model.device))
-                    cand_ids.append(cand)
-                    owners.append(len(cand))
-                all_rows, all_ids = torch.cat(cand_rows), torch.cat(cand_ids)
-                all_losses = self._oom_retry(lambda: self.evaluate(batcher, all_rows, all_ids)) if len(all_rows) else torch.zeros(0)
-                to_check: list[Candidate] = []
-                finished: list[_State] = []
-                start = 0
-                for s, ids, count in zip(active, cand_ids, owners):
-                    self._update(s, ids, all_losses[start:start + count].cpu())
-                    start += count
-                    s.step += 1
-                    s.curve.append(s.best_loss)
-                    bar.update(1)
-                    elapsed = time.perf_counter() - s.started
-                    out_of_budget = s.step >= cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
-                    text = self.render(prompts[s.index], s.best_ids[None])[0]
-                    due = text != s.last_judged and (
-                        s.best_loss <= judge_below or (cfg.judge_every and s.step % cfg.judge_every == 0))
-                    if check is None:
-                        if s.best_loss <= judge_below or out_of_budget:
-                            s.success = None
-                            finished.append(s)
-                    elif due or out_of_budget:
-                        to_check.append(Candidate(s.index, prompts[s.index], text, s.best_ids.tolist(), s.best_loss,
-                                                  s.step, elapsed, out_of_budget, list(s.curve)))
-                        s.last_judged = text
-                if to_check:
-                    verdicts = check(to_check)
-                    for cand, ok in zip(to_check, verdicts):
-                        s = next(st for st in active if st.index == cand.index)
-                        if ok or cand.final:
-                            s.success = bool(ok)
-                            finished.append(s)
-                for s in finished:
+                joining, queue = queue[:cfg.parallel - len(active)], queue[cfg.parallel - len(active):]
+                active += self._join(batcher, joining)
+                self._step(batcher, active, chat, system)
+                bar.update(len(active))
+                for s in self._finished(prompts, active, check):
                     results[s.index] = self._result(prompts[s.index], s)
                     bar.update(cfg.steps - s.step)
                     active.remove(s)
@@ -517,6 +465,69 @@ class TokenSearch:
         finally:
             bar.close()
         return [results[i] for i in range(len(prompts))]
+
+    def _join(self, batcher: Batcher, indices: list[int]) -> list[_State]:
+        """Start behaviours: their prefix caches, loss references, and a search state each."""
+        if not indices:
+            return []
+        self._oom_retry(lambda: batcher.add_prefixes(indices))
+        self._oom_retry(lambda: self._references(batcher, indices))
+        states = []
+        for i in indices:
+            p = batcher.prompts[i]
+            gen = torch.Generator().manual_seed(self.config.seed + zlib.crc32(p.key.encode()))
+            ids = torch.tensor([p.ids[j] for j in p.mask_positions], device=self.model.device)
+            states.append(_State(i, gen, ids[None], torch.tensor([math.inf]), ids, math.inf, math.inf,
+                                 time.perf_counter(), self.config.n_replace or p.n_mask))
+        return states
+
+    def _step(self, batcher: Batcher, active: list[_State], chat: bool | None, system: str | None) -> None:
+        """One step for every active behaviour: gradients, candidates, their losses, buffer updates."""
+        dev = self.model.device
+        rows = torch.tensor([s.index for s in active], device=dev)
+        best = torch.stack([s.buffer_ids[0] for s in active])
+        losses, grads = self._oom_retry(lambda: self.token_gradients(batcher, rows, best))
+        cand_rows, cand_ids = [], []
+        for k, s in enumerate(active):
+            if s.initial_loss == math.inf:  # first step: the loss of the initial tokens
+                s.initial_loss = s.best_loss = float(losses[k])
+                s.buffer_losses = losses[k:k + 1].cpu()
+            cand = self.sample(s.buffer_ids[0], grads[k], s.n_replace, s.gen)
+            cand = cand[self.retokenizes(batcher.prompts[s.index], cand, chat, system).to(cand.device)]
+            cand_rows.append(torch.full((len(cand),), s.index, device=dev))
+            cand_ids.append(cand)
+        all_rows, all_ids = torch.cat(cand_rows), torch.cat(cand_ids)
+        all_losses = self._oom_retry(lambda: self.evaluate(batcher, all_rows, all_ids)) if len(all_rows) else torch.zeros(0)
+        start = 0
+        for s, ids in zip(active, cand_ids):
+            self._update(s, ids, all_losses[start:start + len(ids)].cpu())
+            start += len(ids)
+            s.step += 1
+            s.curve.append(s.best_loss)
+
+    def _finished(self, prompts: list[AttackPrompt], active: list[_State], check: Check | None) -> list[_State]:
+        """Judge the candidates that are due; return the behaviours that are done (success or out of budget)."""
+        cfg = self.config
+        below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
+        done, to_check = [], []
+        for s in active:
+            over = s.step >= cfg.steps or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds)
+            if check is None:
+                if s.best_loss <= below or over:
+                    done.append(s)
+                continue
+            text = self.render(prompts[s.index], s.best_ids[None])[0]
+            due = text != s.last_judged and (s.best_loss <= below or (cfg.judge_every and s.step % cfg.judge_every == 0))
+            if due or over:
+                to_check.append((s, Candidate(s.index, prompts[s.index], text, s.best_ids.tolist(), s.best_loss, s.step,
+                                              s.started, over, list(s.curve))))
+                s.last_judged = text
+        if to_check:
+            for (s, cand), ok in zip(to_check, check([c for _, c in to_check])):
+                if ok or cand.final:
+                    s.success = bool(ok)
+                    done.append(s)
+        return done
 
     def _references(self, batcher: Batcher, indices: Sequence[int]) -> None:
         """Ask the loss for per-behaviour references (the unattacked activations), once per behaviour."""

@@ -355,10 +355,11 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
 
         def check(cands: list[Candidate]) -> list[bool]:
             verdicts = judge([c.prompt.behavior for c in cands], [c.text for c in cands])
+            now = time.perf_counter()
             for c, v in zip(cands, verdicts):
                 record = {
                     "behavior": c.prompt.behavior, "id": c.prompt.key, "adversarial_prompt": c.text,
-                    "response": v.response, "success": v.success, "seconds": round(c.seconds, 3), "loss": c.loss,
+                    "response": v.response, "success": v.success, "seconds": round(now - c.started, 3), "loss": c.loss,
                     "step": c.step, "method": config.name, "loss_name": loss.name, "layers": layers,
                     "model": model.name, "tokens": c.tokens, "refusal_score": v.refusal_score,
                     "response_tokens": v.response_tokens,

@@ -12,17 +12,19 @@ from interp.sites import Site
 
 if TYPE_CHECKING:
     from interp.model import Model, TokenBatch
+    from interp.prefix import SharedPrefix
 
 
 class HooksBackend:
     name = "hooks"
+    supports_prefix = True
 
     def __init__(self, model: "Model"):
         self.model = model
 
     @torch.no_grad()
     def capture_batch(self, batch: "TokenBatch", sites: list[Site], reduce: Callable[[Site, Tensor], Tensor],
-                      stop_layer: int) -> dict[Site, Tensor]:
+                      stop_layer: int, prefix: "SharedPrefix | None" = None) -> dict[Site, Tensor]:
         got: dict[Site, Tensor] = {}
 
         def keep(site: Site, x: Tensor) -> None:
@@ -30,5 +32,6 @@ class HooksBackend:
 
         need_eager = any(s.kind == "attn.hook_pattern" for s in sites)
         with eager_attention(self.model, need_eager), hooked(self.model, {s: [keep] for s in sites}, stop_after=stop_layer):
-            self.model.hf(**batch.inputs(), use_cache=False)
+            inputs = prefix.inputs(batch) if prefix is not None else {**batch.inputs(), "use_cache": False}
+            self.model.hf(**inputs)
         return got
