@@ -31,30 +31,45 @@ def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class SharedPrefix:
+    """Keys and values of a prefix, per layer [rows, heads, length, d_head]: one row when every prompt shares
+    it as is, or one row per candidate when each candidate intervention changes the prefix differently."""
+
     length: int
-    kv: list[tuple[Tensor, Tensor]]  # per layer (up to the deepest one run): keys, values [1, heads, length, d_head]
+    kv: list[tuple[Tensor, Tensor]]
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, model: "Model", prefix: Sequence[int], stop_layer: int | None = None) -> "SharedPrefix":
-        """Run `prefix` once (stopping after `stop_layer` when later layers are never needed)."""
+    def compute(cls, model: "Model", prefix: Sequence[int], stop_layer: int | None = None, rows: int = 1) -> "SharedPrefix":
+        """Run `rows` copies of `prefix` once (under whatever interventions the caller has active), stopping
+        after `stop_layer` when later layers are never needed."""
         cache = DynamicCache(config=model.hf.config)
-        batch = model.pad([list(prefix)])
+        batch = model.pad([list(prefix)] * rows)
         with hooked(model, {}, stop_after=stop_layer):
             model.hf(**batch.inputs(), past_key_values=cache, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers if getattr(layer, "keys", None) is not None
               and layer.keys.numel()]
         return cls(len(prefix), kv)
 
-    def inputs(self, suffix: "TokenBatch") -> dict[str, Tensor]:
-        """Model inputs for a left-padded batch of suffixes that follow this prefix."""
+    @classmethod
+    def cat(cls, parts: Sequence["SharedPrefix"]) -> "SharedPrefix":
+        """Stack the rows of several computations of the same prefix."""
+        kv = [(torch.cat([p.kv[i][0] for p in parts]), torch.cat([p.kv[i][1] for p in parts])) for i in range(len(parts[0].kv))]
+        return cls(parts[0].length, kv)
+
+    def inputs(self, suffix: "TokenBatch", rows: Tensor | None = None) -> dict[str, Tensor]:
+        """Model inputs for a left-padded batch of suffixes that follow this prefix; `rows` picks, for each
+        batch row, which prefix row it continues (default: the single shared one)."""
         b = suffix.input_ids.shape[0]
-        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.kv])
+        if rows is None:
+            layers = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.kv]
+        else:
+            idx = rows.to(self.kv[0][0].device)
+            layers = [(k[idx], v[idx]) for k, v in self.kv]
         ones = torch.ones(b, self.length, dtype=suffix.attention_mask.dtype, device=suffix.attention_mask.device)
         return {
             "input_ids": suffix.input_ids,
             "attention_mask": torch.cat([ones, suffix.attention_mask], 1),
             "position_ids": suffix.position_ids + self.length,
-            "past_key_values": cache,
+            "past_key_values": DynamicCache(ddp_cache_data=layers),
             "use_cache": True,
         }
