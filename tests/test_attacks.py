@@ -179,7 +179,8 @@ def test_loss_decreases(smol, reference, kind):
         loss = AttentionLoss.for_model(smol, heads=[(6, 0), (8, 3)])
     else:
         loss = GCGLoss()
-    prompts = [build_prompt(smol, TEMPLATE, b, target="Sure, here is") for b in BEHAVIORS[:2]]
+    n = 1 if kind == "gcg" else 2  # GCG runs the full model: one behaviour keeps the test short
+    prompts = [build_prompt(smol, TEMPLATE, b, target="Sure, here is") for b in BEHAVIORS[:n]]
     config = SearchConfig(steps=4, candidates=16, parallel=2, judge_below=-1.0, judge_every=0)
     results = TokenSearch(smol, loss, config).run(prompts, progress=False)
     for r in results:

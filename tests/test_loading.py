@@ -1,0 +1,29 @@
+"""Loading: bundled names, a .gguf file (converted once into the cache), local folders, defaults."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import interp
+from interp.registry import chunk_paths, get_bundled, model_dir
+
+
+def test_gguf_file_loads_like_the_bundled_model(smol):
+    (gguf,) = chunk_paths(get_bundled("smollm2-135m-instruct"))
+    m = interp.load(str(gguf))
+    prompts = ["Name a colour"]
+    assert torch.allclose(m.logits(prompts), smol.logits(prompts), atol=1e-4)
+    start = time.perf_counter()
+    again = interp.load(str(gguf))  # the converted folder is cached: no second conversion
+    assert time.perf_counter() - start < 30
+    assert again.d_model == smol.d_model
+
+
+def test_local_folder_and_defaults(smol):
+    m = interp.load(model_dir("smollm2-135m-instruct"))
+    assert m.dtype == torch.float32 and m.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert m.n_layers == 30 and m.eoi_ids == smol.eoi_ids
+    text = m.format_chat("Hello", system="Be brief.")
+    assert "Be brief." in text and text.index("Be brief.") < text.index("Hello")
