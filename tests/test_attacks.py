@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from interp.attacks.engine import Batcher
 from interp.attacks.losses import fit_directions, fit_probes, reference_activations, save_directions
 from interp.attacks.run import AttackConfig, Summary, attack, attack_cli
 from interp.errors import InterpError
-from interp.prompts import Behavior
 from interp.sites import Site
 from tests.conftest import registered_hooks
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 import time
 import warnings
 import zlib
