@@ -9,6 +9,8 @@ class means, r = mean(harmful) - mean(harmless). A good refusal direction is cau
 (a) ablating r everywhere (removing it from the residual stream at every layer and from every attention and
     MLP write) makes harmful prompts stop refusing: a low refusal score on harmful validation prompts;
 (b) adding r at its own layer makes harmless prompts refuse: a positive refusal score (Arditi's filter);
+    afterwards the smallest multiple of r that does so on the validation prompts is recorded as the
+    addition strength (`addition_alpha`; 1 in the paper, more on small quantised models);
 (c) ablating it barely changes the model elsewhere: KL(clean || ablated) on harmless prompts below 0.1;
 (d) it is not in the last 20% of layers (there it mostly reads out the answer, not the decision).
 
@@ -64,6 +66,7 @@ class RefusalConfig:
     rows_per_forward: int = 32  # (candidate, prompt) rows per scoring forward
     one_candidate_per_forward: bool = False  # the slow reference loop, for the benchmark
     refusal_new_tokens: int = 8  # greedy tokens generated to estimate the refusal tokens
+    addition_alphas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)  # tried for the addition strength
     seed: int = 0
 
 
@@ -234,11 +237,21 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     chosen = dict(rows[best], relaxed=relaxed)
     p, li = cand[best]
     l = layers[li]
+    # 6. the addition strength: the smallest multiple of the mean difference that tips harmless validation
+    # prompts to refusal (first-token score > 0); Arditi et al. add it once, which is too weak on some models
+    t = time.perf_counter()
+    alphas = torch.tensor(cfg.addition_alphas)
+    by_alpha = addition_scores(model, ids_s, alphas[:, None] * mean_diffs[p, li], [l] * len(alphas),
+                               lambda lg, _: refusal.score_logits(lg), **opts).mean(1)
+    tipped = (by_alpha > 0).nonzero().flatten()
+    chosen["addition_alpha"] = float(alphas[tipped[0]] if len(tipped) else alphas[-1])
+    chosen["addition_score_by_alpha"] = dict(zip(map(str, cfg.addition_alphas), by_alpha.tolist()))
+    timings["alpha"] = time.perf_counter() - t
     direction = Direction.from_vector(mean_diffs[p, li], {
         "model": model.fingerprint, "site": f"blocks.{l}.hook_resid_pre", "layer": l, "position": p - P,
         "position_token": acts.position_tokens[p], "method": "diff_in_means (Arditi et al. 2024)",
         "data_hash": Subspace.data_hash(harmful_train, harmless_train), "n_harmful": len(harmful_train),
-        "n_harmless": len(harmless_train),
+        "n_harmless": len(harmless_train), "addition_alpha": chosen["addition_alpha"],
     })
     projections = {"harmful": X[y == 1, p, li], "harmless": X[y == 0, p, li]}
     timings["total"] = time.perf_counter() - t0
@@ -262,9 +275,12 @@ def _select(rows: list[dict], keep: list[int], kl_threshold: float) -> tuple[int
 
 
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
-             max_new_tokens: int = 64, batch_size: int = 16, alpha: float = 1.0) -> dict:
+             max_new_tokens: int = 64, batch_size: int = 16, alpha: float | None = None) -> dict:
     """Greedy generations: harmful prompts at baseline and with the direction ablated, harmless prompts at
-    baseline and with the direction added at its layer; refusal rates by the substring judge; KL on harmless."""
+    baseline and with the direction added at its layer (`alpha` times the mean difference; by default the
+    strength calibrated on the validation prompts); refusal rates by the substring judge; KL on harmless."""
+    if alpha is None:
+        alpha = float(direction.provenance.get("addition_alpha", 1.0))
     judge = SubstringJudge()
     layer = int(direction.provenance.get("layer", 0))
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -279,4 +295,5 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     with model.intervene(Ablate(direction)):
         ablated = model.logits(harmless, batch_size=batch_size)
     kl = kl_rows(clean)(ablated, torch.arange(len(harmless))).mean().item()
-    return {"refusal_rate": rates, "kl_harmless_ablation": kl, "max_new_tokens": max_new_tokens, "generations": out}
+    return {"refusal_rate": rates, "kl_harmless_ablation": kl, "addition_alpha": alpha, "max_new_tokens": max_new_tokens,
+            "generations": out}

@@ -134,7 +134,8 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
           direction: Path = typer.Option(..., help="a direction folder written by `interp directions extract`"),
           mode: Mode = typer.Option(..., help="ablate | add | none (the unsteered baseline, same path)"),
           layer: Optional[int] = typer.Option(None, help="layer for --mode add (default: the direction's layer)"),
-          alpha: float = typer.Option(1.0, help="scale of the added vector, in units of the mean difference"),
+          alpha: Optional[float] = typer.Option(None, help="scale of the added vector, in units of the mean difference "
+                                                "(default: the direction's calibrated addition_alpha, else 1)"),
           prompts: Path = typer.Option(..., help="prompt file"),
           max_new_tokens: int = typer.Option(64), batch_size: int = typer.Option(16),
           out: Path = typer.Option(..., help="output JSONL, one object per prompt")) -> None:
@@ -149,6 +150,8 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
     Subspace.load(direction)  # a broken direction file fails before the model loads
     m = _load(model)
     d = Subspace.load(direction, model=m)
+    if alpha is None:
+        alpha = float(d.provenance.get("addition_alpha", 1.0))
     if mode == Mode.ablate:
         ivs = [Ablate(d)]
     elif mode == Mode.add:

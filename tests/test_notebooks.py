@@ -30,3 +30,7 @@ def test_capture_notebook():
 def test_refusal_notebook():
     execute("refusal.ipynb", {"INTERP_NOTEBOOK_MODEL": "qwen2.5-coder-0.5b-instruct", "INTERP_NOTEBOOK_N": "20",
                               "INTERP_NOTEBOOK_NVAL": "6"})
+
+
+def test_rerouting_notebook():
+    execute("rerouting.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct"})
