@@ -70,6 +70,8 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     positions = check_positions(positions)
     ids = model.encode(texts)
     stop = max(s.layer for s in site_list)
+    # attention patterns keep every key column, so a cached prefix would reorder them: run those in full
+    use_prefix_cache = use_prefix_cache and not any(s.kind == "attn.hook_pattern" for s in site_list)
     prefix = _shared_prefix(model, ids, positions, stop, use_prefix_cache)
     if prefix is not None:
         ids = [row[prefix.length:] for row in ids]

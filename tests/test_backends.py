@@ -75,7 +75,8 @@ def reference(request):
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_resid_post_equals_hidden_states(request, reference, name, backend, positions):
     model = _model(request, name, backend)
-    acts = model.capture(PROMPTS, "hook_resid_post", positions=positions)
+    # the full forward, as HF runs it (the shared-prefix KV cache path is checked in test_capture.py)
+    acts = model.capture(PROMPTS, "hook_resid_post", positions=positions, use_prefix_cache=False)
     attn = model.hf.config._attn_implementation
     assert attn == ("eager" if backend == "transformer_lens" else "sdpa")
     batch, hs = reference(name, attn)
