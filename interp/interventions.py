@@ -82,6 +82,13 @@ def _ablate_fn(basis: Tensor) -> HookFn:
     return fn
 
 
+def _ablation_sites(layers, kinds: Sequence[str], every_layer: bool) -> list[Site]:
+    """With every write into the residual stream ablated, the stream itself only needs it once, at the
+    embedding: `hook_resid_pre` of later layers would remove nothing more (saves a third of the hooks)."""
+    writes_covered = every_layer and {"hook_attn_out", "hook_mlp_out"} <= set(kinds)
+    return [Site(i, k) for i in layers for k in kinds if not (writes_covered and k == "hook_resid_pre" and i > 0)]
+
+
 @dataclass(frozen=True)
 class Add:
     """Add `alpha * vector` at `blocks.{layer}.{kind}` at every position (prompt and generated tokens)."""
@@ -113,7 +120,7 @@ class Ablate:
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         fn = _ablate_fn(_basis(model, self.subspace).float())
         layers = range(model.n_layers) if self.layers is None else [model.check_layer(i) for i in self.layers]
-        return {Site(i, k): [fn] for i in layers for k in self.kinds}
+        return {site: [fn] for site in _ablation_sites(layers, self.kinds, self.layers is None)}
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ class RowwiseAblate:
             r = cast(x).unsqueeze(1)  # [b, 1, d]
             return x - (x * r).sum(-1, keepdim=True) * r
 
-        return {Site(i, k): [fn] for i in range(model.n_layers) for k in self.kinds}
+        return {site: [fn] for site in _ablation_sites(range(model.n_layers), self.kinds, True)}
 
 
 @dataclass(frozen=True)
