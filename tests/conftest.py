@@ -21,5 +21,19 @@ def qwen() -> interp.Model:
 
 
 def registered_hooks(model: interp.Model) -> int:
-    """How many forward hooks and pre-hooks are registered anywhere in the model."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
+    """How many forward hooks and pre-hooks of ours (defined in interp) are registered anywhere in the model.
+
+    transformers 5 itself keeps output-recording hooks on the layers once `output_hidden_states` or
+    `output_attentions` has been asked for; those are not ours and are not counted."""
+    return sum(getattr(fn, "__module__", "").startswith("interp.")
+               for m in model.hf.modules() for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
+
+
+@pytest.fixture(autouse=True)
+def no_hook_left_behind(request):
+    """After every test that used a shared model: no hook of ours is left registered on it."""
+    yield
+    for name in ("smol", "qwen"):
+        if name in request.fixturenames:
+            model = request.getfixturevalue(name)
+            assert registered_hooks(model) == 0, f"{request.node.name} left hooks registered on {name}"
