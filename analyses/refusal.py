@@ -244,7 +244,7 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     by_alpha = addition_scores(model, ids_s, alphas[:, None] * mean_diffs[p, li], [l] * len(alphas),
                                lambda lg, _: refusal.score_logits(lg), **opts).mean(1)
     tipped = (by_alpha > 0).nonzero().flatten()
-    chosen["addition_alpha"] = float(alphas[tipped[0]] if len(tipped) else alphas[-1])
+    chosen["addition_alpha"] = float(alphas[tipped[0]] if len(tipped) else alphas[by_alpha.argmax()])  # else the strongest
     chosen["addition_score_by_alpha"] = dict(zip(map(str, cfg.addition_alphas), by_alpha.tolist()))
     timings["alpha"] = time.perf_counter() - t
     direction = Direction.from_vector(mean_diffs[p, li], {
