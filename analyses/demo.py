@@ -9,7 +9,7 @@ from interp.io import write_json
 from interp.prompts import dataset
 
 
-def run_demo(model_name: str, out: Path, n: int = 32, n_show: int = 3, max_new_tokens: int = 48) -> Path:
+def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_tokens: int = 48) -> Path:
     import interp
 
     out = Path(out)

@@ -179,7 +179,7 @@ def ablate(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
-         n: int = typer.Option(32, help="prompts per class")) -> None:
+         n: int = typer.Option(64, help="prompts per class (12 of each are held out for validation)")) -> None:
     """The main job: capture harmful vs harmless prompts, per-layer separation, the refusal direction, steered answers."""
     from analyses.demo import run_demo
 

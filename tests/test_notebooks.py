@@ -28,8 +28,8 @@ def test_capture_notebook():
 
 
 def test_refusal_notebook():
-    execute("refusal.ipynb", {"INTERP_NOTEBOOK_MODEL": "qwen2.5-coder-0.5b-instruct", "INTERP_NOTEBOOK_N": "20",
-                              "INTERP_NOTEBOOK_NVAL": "6"})
+    execute("refusal.ipynb", {"INTERP_NOTEBOOK_MODEL": "qwen2.5-coder-0.5b-instruct", "INTERP_NOTEBOOK_N": "16",
+                              "INTERP_NOTEBOOK_NVAL": "4"})
 
 
 def test_rerouting_notebook():
