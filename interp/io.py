@@ -116,3 +116,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 break
             raise InterpError(f"{path}, line {i + 1}, is not valid JSON ({e}); the log is corrupt") from e
     return rows
+
+
+def read_meta(directory: Path, meta: str, tensors: str, fmt: str, what: str) -> dict:
+    """The JSON sidecar of a saved artifact folder, checked to be of format `fmt` (e.g. "interp.subspace/1")."""
+    if not directory.is_dir():
+        raise InterpError(f"{what} directory {directory} does not exist; expected a folder with {tensors} and {meta}")
+    obj = read_json(directory / meta)
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise InterpError(f"{directory / meta} is not an interp {what} file (missing format {fmt!r})")
+    return obj

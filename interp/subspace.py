@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_json, read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -254,11 +254,7 @@ class Subspace:
     def load(cls, directory: str | os.PathLike, model: "Model | None" = None) -> "Subspace":
         """Load a saved subspace (a `Direction` when k == 1); with `model`, refuse one that does not fit it."""
         directory = Path(directory)
-        if not directory.is_dir():
-            raise InterpError(f"subspace directory {directory} does not exist; expected a folder with {TENSORS} and {META}")
-        meta = read_json(directory / META)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise InterpError(f"{directory / META} is not an interp subspace file (missing format {FORMAT!r})")
+        meta = read_meta(directory, META, TENSORS, FORMAT, "subspace")
         k, d = meta.get("k"), meta.get("d")
         if not isinstance(k, int) or not isinstance(d, int) or not isinstance(meta.get("provenance", {}), dict):
             raise InterpError(f"{directory / META} lacks integer 'k' and 'd' or has a non-dict provenance; the file is corrupt")

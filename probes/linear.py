@@ -38,7 +38,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.estimators import fit_provenance, check_xy
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_json, read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -219,11 +219,7 @@ class LinearProbes:
     def load(cls, directory: str | os.PathLike, model: "Model | None" = None) -> "LinearProbes":
         """Load saved probes; with `model`, refuse probes fitted on another model."""
         directory = Path(directory)
-        if not directory.is_dir():
-            raise InterpError(f"probe directory {directory} does not exist; expected a folder with {TENSORS} and {META}")
-        meta = read_json(directory / META)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise InterpError(f"{directory / META} is not an interp probes file (missing format {FORMAT!r})")
+        meta = read_meta(directory, META, TENSORS, FORMAT, "probes")
         shape, prov = meta.get("shape"), meta.get("provenance")
         if not isinstance(shape, list) or not shape or not isinstance(prov, dict) or meta.get("kind") not in KINDS:
             raise InterpError(f"{directory / META} lacks a valid 'shape', 'kind' or 'provenance'; the file is corrupt")
