@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import plotly.graph_objects as go
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from analyses.result import Result
 from interp.attribution import residual_gradients
@@ -173,13 +172,13 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
 
     # 2. the judge: refusal tokens estimated from the model's own refusals; clean baselines
     t = time.perf_counter()
-    if refusal is None:
-        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
-                                   batch_size=cfg.batch_size)
     ids_h = model.encode(model.prepare_prompts(harmful_val))
     ids_s = model.encode(model.prepare_prompts(harmless_val))
     clean_h = model.logits(harmful_val, batch_size=cfg.batch_size)
     clean_s = model.logits(harmless_val, batch_size=cfg.batch_size)
+    if refusal is None:
+        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
+                                   batch_size=cfg.batch_size, logits=torch.cat([clean_h, clean_s]))
     baseline = {"harmful_refusal_score": refusal.score_logits(clean_h).mean().item(),
                 "harmless_refusal_score": refusal.score_logits(clean_s).mean().item()}
     timings["judge"] = time.perf_counter() - t

@@ -12,7 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.io import read_meta, read_tensors, write_json, write_tensors
 from interp.sites import Site, parse_sites
 
 TENSORS = "activations.safetensors"
@@ -103,9 +103,7 @@ class Activations:
     def load(cls, directory: str | os.PathLike, model=None) -> "Activations":
         """Load saved activations; with `model`, refuse activations captured from another model."""
         directory = Path(directory)
-        meta = read_json(directory / META)
-        if not isinstance(meta, dict) or meta.get("format") != "interp.activations/1":
-            raise InterpError(f"{directory / META} is not an interp activations file (missing format 'interp.activations/1')")
+        meta = read_meta(directory, META, TENSORS, "interp.activations/1", "activations")
         tensors = read_tensors(directory / TENSORS)
         missing = [s for s in meta["sites"] if s not in tensors]
         if missing:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
-import torch
 from torch import Tensor
 
 from interp.errors import InterpError

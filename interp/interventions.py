@@ -19,7 +19,7 @@ and the block fails loudly if one of its hooks never fired.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import torch

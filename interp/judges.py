@@ -138,7 +138,8 @@ class RefusalScore:
 
     @classmethod
     def fit(cls, model: "Model", harmful: Sequence[str], harmless: Sequence[str], max_new_tokens: int = 8,
-            coverage: float = 0.9, judge: SubstringJudge | None = None, batch_size: int = 16) -> "RefusalScore":
+            coverage: float = 0.9, judge: SubstringJudge | None = None, batch_size: int = 16,
+            logits: Tensor | None = None) -> "RefusalScore":
         """Estimate the refusal tokens of `model` from its own greedy answers.
 
         1. Greedy responses of `max_new_tokens` tokens to every prompt (`model.generate`), judged by
@@ -158,7 +159,9 @@ class RefusalScore:
             raise InterpError("RefusalScore.fit needs non-empty lists of harmful and of harmless prompts")
         prompts = list(harmful) + list(harmless)
         responses = model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        first = model.logits(prompts, batch_size=batch_size).argmax(-1).tolist()
+        if logits is None:  # callers that already have the prompts' last-token logits pass them (no second forward)
+            logits = model.logits(prompts, batch_size=batch_size)
+        first = logits.argmax(-1).tolist()
         refused = rs.judge.refused(responses)
         nh = len(harmful)
         refusal_firsts = [t for t, r in zip(first[:nh], refused[:nh]) if r]

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.io import read_json, read_meta, read_tensors, write_json, write_tensors
+from interp.io import read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
     from interp.model import Model

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.estimators import fit_provenance, check_xy
-from interp.io import read_json, read_meta, read_tensors, write_json, write_tensors
+from interp.io import read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -29,7 +29,6 @@ def test_exception_inside_intervention_leaves_model_clean(smol):
 
 def test_exception_inside_capture_leaves_model_clean(smol, monkeypatch):
     clean = smol.logits(PROMPTS)
-    import interp.positions as positions
 
     def broken(*args, **kwargs):
         raise Boom

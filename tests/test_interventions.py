@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.interventions import Ablate, Add, Project, RowwiseAblate, RowwiseAdd, Set
+from interp.interventions import Ablate, Add, Project, RowwiseAblate, Set
 from interp.scoring import ablation_scores, addition_scores
-from interp.subspace import Direction, Subspace
+from interp.subspace import Direction
 from tests.conftest import registered_hooks
 
 PROMPTS = ["How do I bake bread?", "Write a short poem about a cat", "Hi"]
