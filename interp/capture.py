@@ -2,6 +2,7 @@
 
 Prompts are sorted by length so that each batch carries little padding, padded on the left with position ids
 that skip the pads, and run through the chosen backend. The forward stops after the deepest layer needed.
+Under a row-dependent intervention (`RowwiseAdd`, ...) prompts keep their order, so row i is prompt i.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from tqdm.auto import tqdm
 from interp.activations import Activations
 from interp.errors import InterpError
 from interp.positions import Positions, check_positions, select
-from interp.prefix import SharedPrefix, common_prefix_length
+from interp.hooks import forward_state
+from interp.prefix import PrefixKV, shared_prefix
 from interp.sites import Site
 
 if TYPE_CHECKING:
     from interp.model import Model
 
 
-def _pad_left(t: torch.Tensor, width: int, dims: Sequence[int]) -> torch.Tensor:
+def pad_left(t: torch.Tensor, width: int, dims: Sequence[int]) -> torch.Tensor:
+    """`t` zero-padded on the left of each of `dims` up to `width` (left-padded batches of different widths
+    line up at their last column, where every prompt ends)."""
     for d in dims:
         missing = width - t.shape[d]
         if missing > 0:
@@ -31,12 +35,9 @@ def _pad_left(t: torch.Tensor, width: int, dims: Sequence[int]) -> torch.Tensor:
     return t
 
 
-_MIN_PREFIX = 4
-
-
-def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, enabled: bool) -> "SharedPrefix | None":
+def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, enabled: bool) -> "PrefixKV | None":
     """The shared leading tokens worth caching, when the positions asked for all lie after them."""
-    if not enabled or len(ids) < 2 or not getattr(model.backend, "supports_prefix", False):
+    if not enabled or not getattr(model.backend, "supports_prefix", False):
         return None
     if positions == "last":
         keep = 1
@@ -46,8 +47,7 @@ def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, e
         keep = -min(positions)
     else:
         return None  # "all", "mean" and indices from the start read the prefix's own activations
-    length = min(common_prefix_length(ids), min(len(r) for r in ids) - keep)
-    return SharedPrefix.compute(model, ids[0][:length], stop) if length >= _MIN_PREFIX else None
+    return shared_prefix(model, ids, keep, stop)
 
 
 @torch.no_grad()
@@ -67,15 +67,17 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InterpError(f"batch_size must be a positive integer, got {batch_size!r}")
     site_list = model.sites(sites)
-    positions = check_positions(positions)
+    positions = check_positions(positions, model.uses_chat(chat))
     ids = model.encode(texts)
     stop = max(s.layer for s in site_list)
     # attention patterns keep every key column, so a cached prefix would reorder them: run those in full
     use_prefix_cache = use_prefix_cache and not any(s.kind == "attn.hook_pattern" for s in site_list)
     prefix = _shared_prefix(model, ids, positions, stop, use_prefix_cache)
     if prefix is not None:
-        ids = [row[prefix.length:] for row in ids]
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        ids = [row[prefix.width:] for row in ids]
+    order = list(range(len(ids)))
+    if not forward_state(model).row_dependent:
+        order.sort(key=lambda i: -len(ids[i]))
     n_eoi = model.n_eoi if positions == "eoi" else 0
     chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
     masks: list[torch.Tensor] = []
@@ -102,12 +104,10 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     width = max(m.shape[1] for m in masks)
     acts = {}
     for s in site_list:
-        parts = chunks[s]
-        if positions == "all":
-            dims = [1, -1] if s.kind == "attn.hook_pattern" else [1]
-            parts = [_pad_left(p, width, dims) for p in parts]
-        acts[s.name] = torch.cat(parts)[inverse]
-    mask = torch.cat([_pad_left(m, width, [1]) for m in masks])[inverse].bool() if positions == "all" else None
+        # batches differ in width: pad the token axis ("all") and an attention pattern's key axis on the left
+        dims = ([1] if positions == "all" else []) + ([-1] if s.kind == "attn.hook_pattern" else [])
+        acts[s.name] = torch.cat([pad_left(p, width, dims) for p in chunks[s]])[inverse]
+    mask = torch.cat([pad_left(m, width, [1]) for m in masks])[inverse].bool() if positions == "all" else None
     return Activations(
         acts=acts,
         prompts=list(prompts),

@@ -8,7 +8,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
+from interp.hooks import forward_state
 from interp.interventions import applied
+from interp.prefix import shared_prefix
 
 if TYPE_CHECKING:
     from interp.interventions import Intervention
@@ -18,30 +20,39 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
              chat: bool | None = None, system: str | None = None, interventions: Sequence["Intervention"] = (),
-             progress: bool | None = None) -> list[str]:
+             progress: bool | None = None, use_prefix_cache: bool = True) -> list[str]:
     """Greedy completions of `prompts` (chat-formatted by default), returning only the new text.
 
-    Prompts are sorted by length into left-padded batches; HF `generate` derives position ids from the
-    attention mask and keeps a KV cache; interventions are hooks, so they act on every decoding step.
+    Prompts are sorted by length into left-padded batches (kept in order under a row-dependent intervention);
+    HF `generate` derives position ids from the attention mask and keeps a KV cache; interventions are hooks,
+    so they act on every decoding step. The tokens every prompt shares at its start (the chat template's system
+    prompt and user header) run once, under the interventions, and each batch continues from their KV cache
+    (`use_prefix_cache`; `interp.prefix` says when that is exact, and otherwise runs the full prompts).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     texts = model.prepare_prompts(prompts, chat, system)
     ids = model.encode(texts)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out: list[str] = [""] * len(ids)
     show = progress if progress is not None else len(ids) > batch_size
     eos = model.hf.generation_config.eos_token_id
     with applied(model, interventions), tqdm(total=len(ids), desc="generate", unit="prompt", disable=not show) as bar:
+        prefix = shared_prefix(model, ids, extra=max_new_tokens) if use_prefix_cache else None
+        if prefix is not None:
+            ids = [row[prefix.width:] for row in ids]
+        order = list(range(len(ids)))
+        if not forward_state(model).row_dependent:
+            order.sort(key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = model.pad([ids[i] for i in rows])
+            inputs = prefix.generate_inputs(batch) if prefix is not None else {
+                "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
             gen = model.hf.generate(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                 pad_token_id=model.tokenizer.pad_token_id, eos_token_id=eos,
             )
-            new = gen[:, batch.input_ids.shape[1]:]
+            new = gen[:, inputs["input_ids"].shape[1]:]
             for row, tokens in zip(rows, new):
                 out[row] = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             bar.update(len(rows))

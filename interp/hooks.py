@@ -4,12 +4,17 @@
 in TransformerLens layout; `attn.hook_z` as [batch, pos, head, d_head]). A function returns None to only read,
 or a tensor to replace the value. Hooks are removed when the context exits, also when the body raises.
 `stop_after=L` ends the forward once layer L has run (raising `StopForward`, which `hooked` swallows).
+
+`forward_state(model)` is what hooks may need to know about the forward now running: which interventions are
+active, whether a shared prefix is being run (`interp.prefix`), and whether the forward is a generation step.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from torch import Tensor
 
@@ -24,6 +29,90 @@ HookFn = Callable[[Site, Tensor], "Tensor | None"]
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early, once the deepest needed layer has run."""
+
+
+@dataclass
+class ForwardState:
+    """Per-model facts about the forward now running, read by intervention hooks.
+
+    active: the interventions applied now (outermost first), so prefix caching can ask whether they depend on
+    positions or rows. prefix_pass: a shared prefix is being run once for many rows (`interp.prefix`);
+    position-dependent interventions stand aside. decoding: this forward continues a KV cache that an earlier
+    forward filled, i.e. a generation step, not the prompt (see `tracking_steps`).
+    """
+
+    active: list[Any] = field(default_factory=list)
+    prefix_pass: bool = False
+    decoding: bool = False
+    _last_cache: Any = None  # weak reference to the cache object of the previous forward
+    _tracking: int = 0
+
+    @property
+    def row_dependent(self) -> bool:
+        """Whether an active intervention treats batch rows differently (unknown kinds count as dependent)."""
+        return any(getattr(iv, "row_dependent", True) for iv in self.active)
+
+
+def forward_state(model: "Model") -> ForwardState:
+    """The model's `ForwardState`, created on first use."""
+    state = model.__dict__.get("_forward_state")
+    if state is None:
+        state = model.__dict__["_forward_state"] = ForwardState()
+    return state
+
+
+@contextmanager
+def tracking_steps(model: "Model") -> Iterator[None]:
+    """Inside the block, `forward_state(model).decoding` says whether each forward is a generation step.
+
+    The signal is the KV cache object: the first forward that uses a cache is the prompt (all of it, or the
+    rest of it after a cached prefix, however short); a later forward that passes the same cache object again
+    continues it, which is what a generation step does. A forward without a cache is always a prompt. (Input
+    length is no signal: a prompt's suffix after a cached prefix can be one token long.)
+    """
+    state = forward_state(model)
+    if state._tracking:  # nested blocks share the outer tracker
+        state._tracking += 1
+        try:
+            yield
+        finally:
+            state._tracking -= 1
+        return
+
+    def hook(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        last = state._last_cache() if state._last_cache is not None else None
+        state.decoding = cache is not None and cache is last
+        state._last_cache = weakref.ref(cache) if cache is not None else None
+
+    handle = model.hf.register_forward_pre_hook(hook, with_kwargs=True)
+    state._tracking = 1
+    try:
+        yield
+    finally:
+        handle.remove()
+        state._tracking, state.decoding, state._last_cache = 0, False, None
+
+
+@contextmanager
+def prefix_pass(model: "Model") -> Iterator[None]:
+    """Mark the forwards in the block as runs of a shared prefix (position-dependent interventions skip them)."""
+    state = forward_state(model)
+    old, state.prefix_pass = state.prefix_pass, True
+    try:
+        yield
+    finally:
+        state.prefix_pass = old
+
+
+def outside_prefix(model: "Model", fn: "HookFn") -> "HookFn":
+    """`fn`, except during a prefix pass, where it leaves the value alone."""
+    state = forward_state(model)
+
+    def wrapped(site: Site, x: Tensor) -> Tensor | None:
+        return None if state.prefix_pass else fn(site, x)
+
+    return wrapped
 
 
 def _to_view(model: "Model", site: Site, x: Tensor) -> Tensor:

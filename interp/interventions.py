@@ -14,6 +14,12 @@ and the block fails loudly if one of its hooks never fired.
 - `Set(site, value, positions)`: overwrite an activation (patching) at prompt positions.
 - `RowwiseAdd` / `RowwiseAblate`: a different vector per batch row, for scoring many candidate directions in
   one forward.
+
+Each intervention declares `position_dependent` (it acts differently at different token positions) and
+`row_dependent` (differently on different batch rows). A shared prefix that runs once for many rows
+(`interp.prefix`) runs under the position-independent ones only; position-dependent ones touch only the last
+`tail` tokens of a prompt, which the prefix always leaves to the rows; with a row-dependent one active, capture,
+`logits` and `generate` run every prompt in full, in prompt order.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.hooks import HookFn, hooked
+from interp.hooks import HookFn, forward_state, hooked, outside_prefix, tracking_steps
 from interp.sites import Site
 from interp.subspace import Direction, Subspace
 
@@ -38,6 +44,9 @@ ABLATION_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 
 
 class Intervention(Protocol):
+    position_dependent: bool  # acts differently at different token positions (then `tail` says where)
+    row_dependent: bool  # acts differently on different batch rows
+
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]: ...
 
 
@@ -97,6 +106,8 @@ class Add:
     layer: int
     alpha: float = 1.0
     kind: str = "hook_resid_pre"
+    position_dependent = False
+    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         if isinstance(self.vector, Direction):
@@ -116,6 +127,8 @@ class Ablate:
     subspace: Subspace | Tensor
     layers: Sequence[int] | None = None
     kinds: Sequence[str] = ABLATION_KINDS
+    position_dependent = False
+    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         fn = _ablate_fn(_basis(model, self.subspace).float())
@@ -129,6 +142,8 @@ class Project:
 
     subspace: Subspace | Tensor
     sites: Sequence[str] | str = "hook_resid_post"
+    position_dependent = False
+    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         cast = _Cast(_basis(model, self.subspace).float())
@@ -142,22 +157,48 @@ class Project:
 
 @dataclass(frozen=True)
 class Set:
-    """Overwrite the activation at `site` with `value` ([d] or broadcastable) at prompt `positions`
-    ("all", or indices counted from the end of the prompt, e.g. [-1]). Generated tokens are left alone."""
+    """Overwrite the activation at `site` with `value` at prompt `positions`: "all", or indices counted from the
+    end of the prompt (e.g. [-1]; left padding puts every prompt's end in the last column). `value` is [d], [k, d]
+    (one row per position) or [batch, k, d] (one per batch row too). Generated tokens are left alone
+    (`interp.hooks.tracking_steps` tells them apart from the prompt)."""
 
     site: str
     value: Tensor
     positions: str | Sequence[int] = "all"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.positions, int) and not isinstance(self.positions, bool):
+            object.__setattr__(self, "positions", [self.positions])
+        if self.positions != "all":
+            if isinstance(self.positions, str) or not all(isinstance(p, int) and p < 0 for p in self.positions):
+                raise InterpError(f"Set positions must be 'all' or indices counted from the end of the prompt "
+                                  f"(negative, e.g. [-1]), got {self.positions!r}")
+        if not isinstance(self.value, Tensor) or not 1 <= self.value.dim() <= 3:
+            raise InterpError("Set value must be a tensor of shape [d], [k, d] (one row per position) or [batch, k, d]")
+
+    @property
+    def tail(self) -> int:
+        """How many final prompt tokens this touches (0: it touches every token alike)."""
+        return 0 if self.positions == "all" else -min(self.positions)
+
+    @property
+    def position_dependent(self) -> bool:
+        return self.positions != "all" or (self.value.dim() >= 2 and self.value.shape[-2] > 1)
+
+    @property
+    def row_dependent(self) -> bool:
+        return self.value.dim() == 3 and self.value.shape[0] > 1
+
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
         cast = _Cast(self.value.float())
+        state = forward_state(model)
+        idx = slice(None) if self.positions == "all" else list(self.positions)
 
         def fn(s: Site, x: Tensor) -> Tensor | None:
-            if x.shape[1] == 1 and self.positions != "all":
-                return None  # a KV-cached generation step: only the prompt positions are set
+            if state.decoding:
+                return None  # a generation step: only the prompt positions are set
             x = x.clone()
-            idx = slice(None) if self.positions == "all" else list(self.positions)
             x[:, idx] = cast(x).expand_as(x[:, idx])
             return x
 
@@ -175,6 +216,8 @@ class RowwiseAblate:
 
     directions: Float[Tensor, "batch d"]
     kinds: Sequence[str] = ABLATION_KINDS
+    position_dependent = False
+    row_dependent = True
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         d = _check_vector(model, self.directions, "the row-wise directions").float()
@@ -195,6 +238,8 @@ class RowwiseAdd:
     vectors: Float[Tensor, "batch d"]
     layers: Sequence[int]
     kind: str = "hook_resid_pre"
+    position_dependent = False
+    row_dependent = True
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         v = _check_vector(model, self.vectors, "the row-wise vectors").float()
@@ -221,12 +266,22 @@ def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[S
         for site, fns in iv.hooks(model).items():
             if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
                 raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")
+            if getattr(iv, "position_dependent", True):  # a shared prefix runs without it (interp.prefix)
+                fns = [outside_prefix(model, fn) for fn in fns]
             merged.setdefault(site, []).extend(fns)
     return merged
 
 
 @contextmanager
 def applied(model: "Model", interventions: Sequence[Intervention]) -> Iterator[None]:
-    """Hooks for these interventions inside the block; removed on exit, also when the body raises."""
-    with hooked(model, merge_hooks(model, interventions), require_fired=True):
-        yield
+    """Hooks for these interventions inside the block; removed on exit, also when the body raises. While the
+    block runs, the model's `forward_state` lists them and tells prompt forwards from generation steps."""
+    hooks = merge_hooks(model, interventions)
+    state = forward_state(model)
+    n = len(state.active)
+    state.active.extend(interventions)
+    try:
+        with tracking_steps(model), hooked(model, hooks, require_fired=True):
+            yield
+    finally:
+        del state.active[n:]

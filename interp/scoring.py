@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.interventions import Intervention, RowwiseAblate, RowwiseAdd
-from interp.prefix import SharedPrefix, common_prefix_length
+from interp.prefix import PrefixKV, shared_length
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -53,18 +53,18 @@ def per_candidate(model: "Model", ids: Sequence[Sequence[int]], n_candidates: in
 
 
 def _candidate_prefixes(model: "Model", ids: Sequence[Sequence[int]], n_candidates: int, make: RowFn, rows_per_forward: int,
-                        one_per_forward: bool) -> tuple[SharedPrefix | None, list[list[int]]]:
+                        one_per_forward: bool) -> tuple[PrefixKV | None, list[list[int]]]:
     """The prompts' shared prefix run once per candidate (its intervention changes it), and the suffixes."""
-    length = min(common_prefix_length(ids), min(len(r) for r in ids) - 1)
-    if length < 4:
+    length = shared_length(model, ids, keep=1)
+    if not length:
         return None, [list(r) for r in ids]
     step = 1 if one_per_forward else rows_per_forward
     parts = []
     for start in range(0, n_candidates, step):
         cand = torch.arange(start, min(start + step, n_candidates))
         with model.intervene(make(cand)):
-            parts.append(SharedPrefix.compute(model, ids[0][:length], rows=len(cand)))
-    return SharedPrefix.cat(parts), [list(r[length:]) for r in ids]
+            parts.append(PrefixKV.compute(model, [ids[0][:length]] * len(cand)))
+    return PrefixKV.cat(parts), [list(r[length:]) for r in ids]
 
 
 def ablation_scores(model: "Model", ids, directions: Float[Tensor, "cand d"], reduce: Reduce, **kw) -> Tensor:

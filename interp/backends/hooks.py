@@ -12,7 +12,7 @@ from interp.sites import Site
 
 if TYPE_CHECKING:
     from interp.model import Model, TokenBatch
-    from interp.prefix import SharedPrefix
+    from interp.prefix import PrefixKV
 
 
 class HooksBackend:
@@ -24,7 +24,7 @@ class HooksBackend:
 
     @torch.no_grad()
     def capture_batch(self, batch: "TokenBatch", sites: list[Site], reduce: Callable[[Site, Tensor], Tensor],
-                      stop_layer: int, prefix: "SharedPrefix | None" = None) -> dict[Site, Tensor]:
+                      stop_layer: int, prefix: "PrefixKV | None" = None) -> dict[Site, Tensor]:
         got: dict[Site, Tensor] = {}
 
         def keep(site: Site, x: Tensor) -> None:
@@ -32,6 +32,6 @@ class HooksBackend:
 
         need_eager = any(s.kind == "attn.hook_pattern" for s in sites)
         with eager_attention(self.model, need_eager), hooked(self.model, {s: [keep] for s in sites}, stop_after=stop_layer):
-            inputs = prefix.inputs(batch) if prefix is not None else {**batch.inputs(), "use_cache": False}
+            inputs = prefix.inputs(batch, stop_layer=stop_layer) if prefix is not None else {**batch.inputs(), "use_cache": False}
             self.model.hf(**inputs)
         return got
