@@ -9,7 +9,11 @@ search) for exactly that move, measured by linear probes, a refusal direction, o
 Because the loss is read at a middle layer, every forward stops there, which is why SSR needs far less time
 per success than GCG, whose loss (the likelihood of "Sure, here is ...") needs the whole model.
 
-This analysis reads an attack run's log (`interp attack ... --out RUN.jsonl`) and reports:
+`attack` runs the attack (`interp attack ... --out RUN.jsonl` calls it): it loads the probes or refusal
+directions that probe- and steering-SSR need, or fits them on bundled harmful and harmless prompts and saves
+them beside the log, then hands them to the core engine (`interp.attacks`), which takes them as values.
+
+`rerouting` reads an attack run's log and reports:
 
 - the attack success rate (substring judge on greedy responses) and the seconds per success (total seconds
   over successes; a lower bound when nothing succeeded);
@@ -25,21 +29,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from analyses.result import Result
-from interp.attacks.losses import RESID, reference_activations
-from interp.attacks.run import Summary, default_layers
+from interp.result import Result
+from interp.attacks.losses import RESID, AttackLoss, check_layers
+from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, default_layers, final_rows
+from interp.attacks.run import attack as run_attack
 from interp.errors import InterpError
+from interp.estimators import DiffInMeans, class_means, pca
 from interp.sites import Site
+from interp.subspace import Direction, Subspace
+from probes import LinearProbes
 
 if TYPE_CHECKING:
     from interp.model import Model
+    from interp.prompts import Behavior
 
 GROUPS = ("harmful", "harmless", "original", "attacked")
 COLORS = {"harmful": "#d62728", "harmless": "#2ca02c", "original": "#ff7f0e", "attacked": "#1f77b4"}
@@ -118,24 +128,121 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
-def _pca2(reference: Tensor) -> tuple[Tensor, Tensor, list[float]]:
-    """Mean and top-2 principal axes of the reference points, and their explained variance ratios."""
-    mean = reference.mean(0)
-    _, s, vt = torch.linalg.svd((reference - mean).double(), full_matrices=False)
-    var = s**2
-    return mean, vt[:2].float(), (var[:2] / var.sum()).tolist()
+# ----- what SSR needs: probes and refusal directions of the attacked model -----
 
+def reference_activations(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0,
+                          system: str | None = None) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
+    """Last-token hook_resid_post at `layers` for n bundled harmful and n harmless training prompts
+    (Arditi et al.'s splits; harmless = Alpaca, CC BY-NC 4.0). Returns X [2n, k, d] and y (1 = harmful)."""
+    from interp.prompts import dataset
+
+    harmful, harmless = dataset("harmful_train", n=n, seed=seed), dataset("harmless_train", n=n, seed=seed)
+    sites = [Site(l, RESID) for l in layers]
+    acts = model.capture(harmful + harmless, sites, positions="last", system=system)
+    X = torch.stack([acts.acts[s.name] for s in sites], 1)
+    y = torch.tensor([1] * len(harmful) + [0] * len(harmless))
+    return X, y
+
+
+def _provenance(model: "Model", layers: Sequence[int], n: int, seed: int) -> dict:
+    return {"model": model.fingerprint, "site": RESID, "position": "last", "layers": list(layers),
+            "data": f"harmful_train/harmless_train n={n} seed={seed}"}
+
+
+def fit_probes(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
+               y: Tensor | None = None) -> LinearProbes:
+    """Logistic probes (class 1 = harmful) at `layers`, fitted on the bundled training prompts (or on X, y)."""
+    if X is None:
+        X, y = reference_activations(model, layers, n, seed)
+    return LinearProbes("logistic", provenance=_provenance(model, layers, n, seed)).fit(X, y)
+
+
+def fit_directions(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
+                   y: Tensor | None = None) -> list[Direction]:
+    """Difference-in-means refusal directions (harmful minus harmless) at `layers` (Arditi et al. 2024)."""
+    if X is None:
+        X, y = reference_activations(model, layers, n, seed)
+    fitted = DiffInMeans(provenance=_provenance(model, layers, n, seed)).fit(X, y)
+    return [fitted.direction_at(k, layer=l) for k, l in enumerate(layers)]
+
+
+def save_directions(directions: Sequence[Direction], directory: str | os.PathLike) -> Path:
+    """One `layer_<i>` Direction folder per layer."""
+    directory = Path(directory)
+    for d in directions:
+        d.save(directory / f"layer_{d.provenance['layer']}")
+    return directory
+
+
+def load_directions(directory: str | os.PathLike, model: "Model", layers: Sequence[int]) -> list[Direction]:
+    """The Direction of each layer from `directory/layer_<i>`; refuses directions of another model."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InterpError(f"direction directory {directory} does not exist; expected one layer_<i> folder per layer")
+    out = []
+    for l in layers:
+        sub = directory / f"layer_{l}"
+        if not sub.is_dir():
+            have = sorted(p.name for p in directory.glob("layer_*"))
+            raise InterpError(f"{directory} has no direction for layer {l} (expected {sub}; found {have or 'none'})")
+        d = Subspace.load(sub, model)
+        if not isinstance(d, Direction):
+            raise InterpError(f"{sub} holds a {d.k}-dimensional subspace, not a direction")
+        out.append(d)
+    return out
+
+
+def make_loss(model: "Model", config: AttackConfig, out: str | os.PathLike | None = None) -> AttackLoss:
+    """The loss of `config`: probes from `config.probes` or directions from `config.directions` when given, else
+    the ones saved beside the log `out` by an earlier run (`RUN.probes/`, `RUN.directions/`), else fitted on
+    `config.n_train` bundled prompts of each class and saved there, so that a resumed run uses the same ones."""
+    if config.method == "gcg" or config.loss == "attention":
+        return build_loss(model, config)
+    out = Path(out) if out is not None else None
+    layers = check_layers(model, config.layers if config.layers is not None else default_layers(model))
+    if config.loss == "probe":
+        path = Path(config.probes) if config.probes else (out.with_suffix(".probes") if out else None)
+        probes = None
+        if path is not None and (config.probes or path.is_dir()):
+            probes = LinearProbes.load(path, model)
+            if not config.probes and not set(layers) <= set(probes.layers or []):
+                probes = None  # the saved ones cover other layers: fit again
+        if probes is None:
+            probes = fit_probes(model, layers, config.n_train, config.data_seed)
+            if path is not None:
+                probes.save(path)
+        return build_loss(model, config, probes=probes)
+    path = Path(config.directions) if config.directions else (out.with_suffix(".directions") if out else None)
+    if path is not None and (config.directions or all((path / f"layer_{l}").is_dir() for l in layers)):
+        directions = load_directions(path, model, layers)
+    else:
+        directions = fit_directions(model, layers, config.n_train, config.data_seed)
+        if path is not None:
+            save_directions(directions, path)
+    return build_loss(model, config, directions=directions)
+
+
+def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLike, config: AttackConfig | None = None,
+           **kwargs: Any) -> Summary:
+    """`interp.attacks.attack` with the loss of `make_loss`: every input is checked before probes or directions are
+    fitted and saved, and before the log is touched. `kwargs` go to the core attack (progress, on_attempt, ...)."""
+    config = config or AttackConfig()
+    check_run(model, behaviors, out, config)
+    return run_attack(model, behaviors, out, config, loss=make_loss(model, config, out), **kwargs)
+
+
+# ----- the analysis -----
 
 def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: Sequence[int] | None = None,
               n_reference: int = 32, seed: int = 0, system: str | None = None, points: bool = True) -> ReroutingResult:
     """Summarise an attack log and (points=True) place its prompts among harmful/harmless activations."""
     if isinstance(log, (str, os.PathLike)):
-        summary = Summary.from_log(log)
         if not Path(log).exists():
             raise InterpError(f"attack log {log} does not exist")
+        summary = Summary.from_log(log)
     else:
-        finals = {r.get("id", r["behavior"]): r for r in log if r.get("final")}
-        summary = Summary(next(iter(finals.values()), {}).get("method", ""), "", Path("."), list(finals.values()), len(finals))
+        finals = final_rows(log)
+        summary = Summary(next(iter(finals), {}).get("method", ""), "", Path("."), finals, len(finals))
     rows = summary.rows
     if not rows:
         raise InterpError("the attack log has no finished behaviour (no attempt with final=true)")
@@ -156,12 +263,12 @@ def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: S
     nb = len(rows)
     for k, l in enumerate(layers):
         ref = X[:, k]
-        mean, axes, ratio = _pca2(ref)
+        fitted = pca(ref, 2)
         got = acts.acts[sites[k].name]
         groups = {"harmful": ref[y == 1], "harmless": ref[y == 0], "original": got[:nb], "attacked": got[nb:]}
-        result.points[l] = {g: (v - mean) @ axes.T for g, v in groups.items()}
-        result.explained[l] = ratio
-        mu1, mu0 = groups["harmful"].mean(0), groups["harmless"].mean(0)
+        result.points[l] = {g: fitted.transform(v).float() for g, v in groups.items()}
+        result.explained[l] = fitted.explained_variance_ratio.tolist()
+        mu0, mu1 = class_means(ref, y == 1)
         diff = mu1 - mu0
-        result.axis[l] = {g: (((v - mu0) @ diff) / diff.dot(diff)).tolist() for g, v in groups.items()}
+        result.axis[l] = {g: (((v.double() - mu0) @ diff) / diff.dot(diff)).tolist() for g, v in groups.items()}
     return result

@@ -17,8 +17,9 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 import probes
-from analyses.result import Result
+from interp.result import Result
 from interp.errors import InterpError
+from interp.estimators import class_means
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -50,7 +51,7 @@ class SeparationResult(Result):
 def mean_separation(X: Tensor, y: Tensor) -> Tensor:
     """d' along the mean difference: |mu1 - mu0| / pooled std of the projections, per layer ([n, L, d] -> [L])."""
     X = X.double()
-    mu1, mu0 = X[y].mean(0), X[~y].mean(0)
+    mu0, mu1 = class_means(X, y)
     axis = (mu1 - mu0) / (mu1 - mu0).norm(dim=-1, keepdim=True)
     proj = (X * axis).sum(-1)  # [n, L]
     pooled = ((proj[y].var(0) + proj[~y].var(0)) / 2).sqrt()

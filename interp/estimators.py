@@ -1,6 +1,6 @@
 """Estimators that turn labelled activations into directions and subspaces.
 
-Three ways to find "the" direction that separates a positive class (label 1: harmful, say) from a negative one:
+Two ways to find "the" direction that separates a positive class (label 1: harmful, say) from a negative one:
 
 - `DiffInMeans`: the difference of the class means, mu1 - mu0. Arditi et al. (2024) find the refusal direction
   this way; it is the maximum-likelihood direction when the classes share an isotropic noise, is cheap and has
@@ -9,8 +9,9 @@ Three ways to find "the" direction that separates a positive class (label 1: har
   the data comes in contrastive pairs, else each example's difference from the other class's mean. The PCA is
   uncentred: the consistent shift between the classes is the signal, and centring would remove it (Zou et al.'s
   representation reading flips pair order at random for the same reason). k > 1 gives a subspace.
-- `ProbeDirection`: the weight of an L2-regularised logistic regression (`probes.LinearProbes`), which down-weights
-  directions of high within-class variance.
+
+A third, the normalised weight of a logistic-regression probe, is `probes.ProbeDirection`: it needs the probes
+package, which builds on this core (the core never imports it).
 
 All follow scikit-learn: parameters in the constructor, `fit(X, y)` returns self, learned state ends in `_`.
 X is a tensor [n, ..., d]; any dims between n and d (positions, layers) are batch dims, so one call fits a
@@ -18,6 +19,9 @@ direction per (position, layer). y is bool or 0/1 (list or tensor), positive cla
 or `Subspace` carries provenance: method, a hash of the data, class counts, and any `provenance=` extras
 (model fingerprint, site, layer, position) the caller passes. A direction's `scale` is the class separation
 along it, (mu1 - mu0) . v, in activation units: what addition steering adds.
+
+Two helpers here are the only ones of their kind in interp, probes and analyses: `class_means` (the two class
+means, float64) and `pca` (top-k principal components, centred or not, batched).
 """
 
 from __future__ import annotations
@@ -79,7 +83,8 @@ def fit_provenance(method: str, X: Tensor, y: Tensor, extra: dict | None, **more
             "n_negative": int((~y).sum()), **more, **(extra or {})}
 
 
-def _at(t: Tensor, index: Sequence[int], batch_shape: torch.Size, what: str) -> Tensor:
+def slice_at(t: Tensor, index: Sequence[int], batch_shape: torch.Size, what: str) -> Tensor:
+    """The slice `t[index]` of a batched fit (batch shape `batch_shape`), with a clear error for a bad index."""
     if len(index) != len(batch_shape):
         raise InterpError(f"{what} was fitted with batch shape {tuple(batch_shape)}; give {len(batch_shape)} indices, got {tuple(index)}")
     for i, (ix, size) in enumerate(zip(index, batch_shape)):
@@ -88,9 +93,44 @@ def _at(t: Tensor, index: Sequence[int], batch_shape: torch.Size, what: str) -> 
     return t[tuple(index)]
 
 
-def _class_means(X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def class_means(X: Float[Tensor, "n *rest"], y: Bool[Tensor, "n"]) -> tuple[Float[Tensor, "*rest"], Float[Tensor, "*rest"]]:
+    """The means of class 0 and of class 1 (y bool, or 0/1) over the first dim, in float64: the small difference
+    of two large activation means keeps its digits. The one class-mean helper of interp, probes and analyses."""
+    y = torch.as_tensor(y, device=X.device).bool()
     Xf = X.to(torch.float64)
     return Xf[~y].mean(0), Xf[y].mean(0)
+
+
+@dataclass
+class PCA:
+    """Principal components of the rows of X (see `pca`); every field is float64, per batch slice.
+
+    `mean` [*batch, d] (zeros when uncentred), `components` [*batch, k, d] (orthonormal rows, by decreasing
+    singular value), `singular_values` [*batch, k], `explained_variance_ratio` [*batch, k] (share of the total
+    second moment about `mean`)."""
+
+    mean: Tensor
+    components: Tensor
+    singular_values: Tensor
+    explained_variance_ratio: Tensor
+
+    def transform(self, X: Float[Tensor, "n *batch d"]) -> Float[Tensor, "n *batch k"]:
+        """Coordinates of X's rows on the components, after subtracting `mean`."""
+        return torch.einsum("n...d,...kd->n...k", X.to(torch.float64) - self.mean, self.components)
+
+
+def pca(X: Float[Tensor, "n *batch d"], k: int, center: bool = True) -> PCA:
+    """Top-k principal components of the n rows of X, one PCA per slice of the dims between n and d, by SVD in
+    float64. center=False gives the uncentred PCA (the second moment about 0), which `PCADirections` uses.
+    The one PCA helper of interp, probes and analyses (figures included)."""
+    n, d = X.shape[0], X.shape[-1]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(n, d):
+        raise InterpError(f"k={k!r} principal components asked for, but {n} rows of width {d} give 1 to {min(n, d)}")
+    Xf = X.to(torch.float64)
+    mean = Xf.mean(0) if center else torch.zeros_like(Xf[0])
+    _, s, vh = torch.linalg.svd((Xf - mean).movedim(0, -2), full_matrices=False)  # [*batch, n, d] -> vh [*batch, r, d]
+    ratio = s**2 / (s**2).sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+    return PCA(mean, vh[..., :k, :], s[..., :k], ratio[..., :k])
 
 
 @dataclass
@@ -109,7 +149,7 @@ class DiffInMeans:
 
     def fit(self, X: Float[Tensor, "n *batch d"], y: Any) -> "DiffInMeans":
         X, y = check_xy(X, y)
-        mu0, mu1 = _class_means(X, y)
+        mu0, mu1 = class_means(X, y)
         diff = mu1 - mu0
         norms = diff.norm(dim=-1, keepdim=True)
         if (norms == 0).any():
@@ -125,7 +165,7 @@ class DiffInMeans:
 
     def direction_at(self, *index: int, **provenance: Any) -> Direction:
         """The Direction of one batch slice (e.g. `direction_at(pos, layer, layer=layer, position=pos)`)."""
-        v = _at(self.mean_diff_, index, self.batch_shape_, "DiffInMeans")
+        v = slice_at(self.mean_diff_, index, self.batch_shape_, "DiffInMeans")
         extra = {"index": list(index)} if index else {}
         return Direction.from_vector(v, {**self.provenance_, **extra, **provenance})
 
@@ -152,7 +192,7 @@ class PCADirections:
             raise InterpError(f"k must be a positive integer, got {self.k!r}")
         X, y = check_xy(X, y)
         x1, x0 = X[y].to(torch.float64), X[~y].to(torch.float64)
-        mu0, mu1 = x0.mean(0), x1.mean(0)
+        mu0, mu1 = class_means(X, y)
         if self.paired:
             if len(x1) != len(x0):
                 raise InterpError(f"paired=True needs as many positive as negative examples, got {len(x1)} and {len(x0)}")
@@ -162,14 +202,14 @@ class PCADirections:
         m, d = diffs.shape[0], diffs.shape[-1]
         if self.k > min(m, d):
             raise InterpError(f"k={self.k} components asked for, but {m} differences of width {d} give at most {min(m, d)}")
-        _, s, vh = torch.linalg.svd(diffs.movedim(0, -2), full_matrices=False)  # [..., m, d] -> vh [..., r, d]
-        comps = vh[..., : self.k, :]
+        fitted = pca(diffs, self.k, center=False)
+        comps = fitted.components
         diff = mu1 - mu0
         sign = torch.sign((comps * diff[..., None, :]).sum(-1, keepdim=True))
         comps = comps * torch.where(sign == 0, torch.ones_like(sign), sign)
         self.components_ = comps.float()
-        self.singular_values_ = s[..., : self.k].float()
-        self.explained_variance_ratio_ = (s[..., : self.k] ** 2 / (s**2).sum(-1, keepdim=True)).float()
+        self.singular_values_ = fitted.singular_values.float()
+        self.explained_variance_ratio_ = fitted.explained_variance_ratio.float()
         self.mean_diff_ = diff.float()
         self.batch_shape_ = X.shape[1:-1]
         self.provenance_ = fit_provenance("pca_paired" if self.paired else "pca", X, y, self.provenance, k=self.k)
@@ -179,48 +219,9 @@ class PCADirections:
 
     def subspace_at(self, *index: int, **provenance: Any) -> Subspace:
         """The Subspace (Direction when k == 1) of one batch slice."""
-        comps = _at(self.components_, index, self.batch_shape_, "PCADirections")
+        comps = slice_at(self.components_, index, self.batch_shape_, "PCADirections")
         prov = {**self.provenance_, **({"index": list(index)} if index else {}), **provenance}
         if self.k == 1:
-            diff = _at(self.mean_diff_, index, self.batch_shape_, "PCADirections")
+            diff = slice_at(self.mean_diff_, index, self.batch_shape_, "PCADirections")
             return Direction.from_vector(comps[0], prov, scale=float(diff @ comps[0]))
         return Subspace(comps, prov)
-
-
-@dataclass
-class ProbeDirection:
-    """The normalised weight of an L2 logistic-regression probe (scikit-learn's LogisticRegression(C=C) objective
-    on raw features; solved by batched Newton in `probes.LinearProbes`).
-
-    Learned: `probes_` (the fitted LinearProbes), `coef_` [..., d], `intercept_` [...], `directions_` [..., d]
-    (unit), and for X [n, d] `direction_`. For batched X use `direction_at(*index, **provenance)`.
-    """
-
-    C: float = 1.0
-    max_iter: int = 100
-    provenance: dict | None = None
-
-    def fit(self, X: Float[Tensor, "n *batch d"], y: Any) -> "ProbeDirection":
-        from probes.linear import LinearProbes  # probes builds on interp, so import it only when used
-
-        X, y = check_xy(X, y)
-        self.probes_ = LinearProbes("logistic", C=self.C, max_iter=self.max_iter).fit(X, y)
-        self.coef_ = self.probes_.coef_
-        self.intercept_ = self.probes_.intercept_
-        norms = self.coef_.norm(dim=-1, keepdim=True)
-        if (norms == 0).any():
-            raise InterpError("the probe weight is zero (in some slice): the classes are not linearly distinguishable there")
-        self.directions_ = self.coef_ / norms
-        mu0, mu1 = _class_means(X, y)
-        self.mean_diff_ = (mu1 - mu0).float()
-        self.batch_shape_ = X.shape[1:-1]
-        self.provenance_ = fit_provenance("logistic_probe", X, y, self.provenance, C=self.C)
-        if X.ndim == 2:
-            self.direction_ = self.direction_at()
-        return self
-
-    def direction_at(self, *index: int, **provenance: Any) -> Direction:
-        v = _at(self.directions_, index, self.batch_shape_, "ProbeDirection")
-        diff = _at(self.mean_diff_, index, self.batch_shape_, "ProbeDirection")
-        prov = {**self.provenance_, **({"index": list(index)} if index else {}), **provenance}
-        return Direction.from_vector(v, prov, scale=float(diff @ v))

@@ -8,6 +8,8 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from interp.estimators import pca
+
 
 def heatmap(values: Tensor, x: Sequence, y: Sequence, title: str, xaxis: str = "layer", yaxis: str = "position",
             colorscale: str = "RdBu_r", mark: tuple[int, int] | None = None) -> go.Figure:
@@ -20,20 +22,12 @@ def heatmap(values: Tensor, x: Sequence, y: Sequence, title: str, xaxis: str = "
     return fig
 
 
-def lines(series: dict[str, Sequence[float]], x: Sequence, title: str, xaxis: str = "layer", yaxis: str = "") -> go.Figure:
-    fig = go.Figure([go.Scatter(x=list(x), y=list(v), mode="lines+markers", name=k) for k, v in series.items()])
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
-    return fig
-
-
 def pca_scatter(groups: dict[str, Tensor], title: str, texts: dict[str, Sequence[str]] | None = None) -> go.Figure:
     """Project every group's rows ([n, d]) onto the top-2 principal components of all rows together."""
-    allx = torch.cat(list(groups.values())).double()
-    mean = allx.mean(0)
-    _, _, v = torch.linalg.svd(allx - mean, full_matrices=False)
+    fitted = pca(torch.cat(list(groups.values())), 2)
     fig = go.Figure()
     for name, x in groups.items():
-        xy = (x.double() - mean) @ v[:2].T
+        xy = fitted.transform(x)
         fig.add_trace(go.Scatter(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers", name=name,
                                  text=list(texts[name]) if texts else None))
     fig.update_layout(title=title, xaxis_title="PC1", yaxis_title="PC2")

@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.estimators import fit_provenance, check_xy
+from interp.estimators import check_xy, class_means, fit_provenance
 from interp.io import read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class LinearProbes:
         n, batch, d = X.shape[0], X.shape[1:-1], X.shape[-1]
         Xb = X.reshape(n, -1, d).transpose(0, 1)  # [b, n, d]
         if self.kind == "mass_mean":
-            mu0, mu1 = Xb[:, ~y].to(torch.float64).mean(1), Xb[:, y].to(torch.float64).mean(1)
+            mu0, mu1 = class_means(X.reshape(n, -1, d), y)  # [b, d] each
             w = mu1 - mu0
             b = -(w * (mu0 + mu1)).sum(-1) / 2
             self.n_iter_, self.converged_ = 0, torch.ones(w.shape[0], dtype=torch.bool)

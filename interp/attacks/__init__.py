@@ -2,8 +2,8 @@
 
 from interp.attacks.engine import MASK, AttackPrompt, Candidate, SearchConfig, SearchResult, TokenSearch, build_prompt
 from interp.attacks.losses import AttackLoss, AttentionLoss, GCGLoss, ProbeLoss, SteeringLoss
-from interp.attacks.run import AttackConfig, Summary, attack, attack_cli
+from interp.attacks.run import AttackConfig, Summary, attack, build_loss
 
 __all__ = ["MASK", "AttackPrompt", "Candidate", "SearchConfig", "SearchResult", "TokenSearch", "build_prompt",
            "AttackLoss", "AttentionLoss", "GCGLoss", "ProbeLoss", "SteeringLoss", "AttackConfig", "Summary", "attack",
-           "attack_cli"]
+           "build_loss"]

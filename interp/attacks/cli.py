@@ -1,13 +1,20 @@
-"""`interp attack ssr|gcg ...`: the typer command, for the main CLI to register (`app.command()(attack)`)."""
+"""`interp attack ssr|gcg ...`: the typer command, for the main CLI to register (`app.command()(attack)`).
+
+A command-line module: it sits on top of every package, so it may run `analyses.rerouting.attack` (which loads
+or fits the probes and directions SSR needs); the core attack in `interp.attacks.run` takes them as values.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from interp.errors import InterpError
+
+if TYPE_CHECKING:
+    from interp.attacks.run import Summary
 
 
 def _layers(text: Optional[str]) -> Optional[list[int]]:
@@ -17,6 +24,26 @@ def _layers(text: Optional[str]) -> Optional[list[int]]:
         return [int(x) for x in text.replace(",", " ").split()]
     except ValueError:
         raise InterpError(f"--layers must be integers separated by commas or spaces, e.g. '8,12'; got {text!r}") from None
+
+
+def attack_cli(method: str, model: str, behaviors: Path, max_behaviors: int | None, template: str | None,
+               layers: list[int] | None, steps: int | None, config: Path | None, out: Path, **extra: Any) -> "Summary":
+    """What `interp attack ssr|gcg` runs: load everything, check it, attack, print the summary table."""
+    import interp
+    from analyses.rerouting import attack as run_attack
+    from interp.attacks.run import AttackConfig
+    from interp.prompts import read_behaviors
+
+    if max_behaviors is not None and max_behaviors < 1:
+        raise InterpError(f"--max-behaviors must be a positive integer, got {max_behaviors}")
+    progress = extra.pop("progress", True)
+    cfg = AttackConfig.build(config, method=method, template=template, layers=list(layers) if layers else None,
+                             steps=steps, **extra)
+    items = read_behaviors(behaviors)[:max_behaviors]
+    m = interp.load(model)
+    summary = run_attack(m, items, out, cfg, progress=progress is not False)
+    summary.print()
+    return summary
 
 
 def attack(
@@ -38,8 +65,6 @@ def attack(
     seed: Optional[int] = typer.Option(None, "--seed"),
 ) -> None:
     """Attack the behaviours of a file with subspace rerouting (SSR) or GCG, logging every judged attempt."""
-    from interp.attacks.run import attack_cli
-
     try:
         attack_cli(method, model, behaviors, max_behaviors, template, _layers(layers), steps, config, out, loss=loss,
                    candidates=candidates, parallel=parallel, max_seconds=max_seconds,

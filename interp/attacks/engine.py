@@ -17,15 +17,18 @@ for every behaviour being attacked:
 5. a buffer of the best few candidates per behaviour; after `patience` steps without improvement the search
    jumps to a worse buffer entry (sampled by softmax(-loss)) to escape a plateau.
 
-A behaviour stops when the judge (a callback) says success, at the step budget, or at the wall-time cap.
+A behaviour stops when the judge (a callback) says success, at the step budget, at the wall-time cap, or (with
+a warning and a `stop_reason`) after `max_empty_steps` steps in a row that kept no candidate. `build_prompt`
+refuses an initial prompt that does not survive the retokenisation check itself.
 Behaviours run `parallel` at a time; a finished one is replaced by the next in the queue.
 
 Prefix KV cache: everything before a behaviour's first mask is fixed, so its keys and values are computed
 once (batched, left-padded) and only the rest (the masks, the end of the chat template, GCG's target) is run
-each step. The cache tensors are kept as plain per-layer (key, value) pairs; every forward gets a fresh
-`DynamicCache` built from the rows it needs, because a forward appends to its cache in place. Rows of a batch
-have different prefix and suffix lengths: both parts are left-padded, the attention mask covers prefix and
-suffix, and position ids count real tokens only, so each row computes exactly what it would alone.
+each step. `interp.prefix.PrefixKV` keeps them, one per behaviour; every forward gets a fresh cache built from
+the rows it needs, because a forward appends to its cache in place. Rows of a batch have different prefix and
+suffix lengths: both parts are left-padded, the attention mask covers prefix and suffix, and position ids count
+real tokens only, so each row computes exactly what it would alone. The cache is skipped where it would not be
+exact (`interp.prefix.usable`: a row-dependent intervention active, or a sliding window shorter than a row).
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from interp.attacks.losses import AttackLoss, RowBatch
 from interp.errors import InterpError
 from interp.hooks import eager_attention, hooked
+from interp.prefix import PrefixKV, usable
 
 if TYPE_CHECKING:
-    from interp.attacks.losses import AttackLoss
     from interp.model import Model
+    from interp.sites import Site
 
 MASK = "[MASK]"
 BEHAVIOR = "{behavior}"
@@ -99,11 +104,67 @@ class AttackPrompt:
         return "".join(out)
 
 
+def render_tokens(model: "Model", prompt: AttackPrompt, tokens: Int[Tensor, "c m"]) -> list[str]:
+    """The user messages of candidate mask tokens [c, m] of one prompt (each run of masks decoded as one text)."""
+    flat = [row[a:b] for row in tokens.tolist() for a, b in prompt.runs]
+    decoded = model.tokenizer.batch_decode(flat)
+    k = len(prompt.runs)
+    return [prompt.render(decoded[i * k:(i + 1) * k]) for i in range(len(tokens))]
+
+
+def reencode(model: "Model", prompt: AttackPrompt, tokens: Int[Tensor, "c m"], chat: bool | None = None,
+             system: str | None = None) -> list[list[int]]:
+    """The ids that candidate mask tokens [c, m] read back as: rendered to text, chat-formatted and encoded by the
+    same path as every other prompt (`Model.prepare_prompts`, `Model.encode`), in one batched tokenizer call."""
+    return model.encode(model.prepare_prompts(render_tokens(model, prompt, tokens), chat, system))
+
+
+_INIT_ALTERNATIVES = (" x", " !", " a", "x")
+
+
 def build_prompt(model: "Model", template: str, behavior: str, init: str = " x", target: str | None = None,
                  chat: bool | None = None, system: str | None = None, key: str | None = None) -> AttackPrompt:
-    """Token ids of `template` with `behavior` substituted, the masks filled with the token of `init`."""
+    """Token ids of `template` with `behavior` substituted, the masks filled with the token of `init`.
+
+    The prompt must read back as the same ids when rendered to text, chat-formatted and encoded, the check
+    every candidate goes through: otherwise (`init='!'`: adjacent masks read back as one `!!` token) every
+    candidate that keeps an initial token would be dropped and the search would stall. Such a prompt is refused,
+    with an init that does read back for this template and behaviour."""
+    prompt = _assemble(model, template, behavior, init, target, chat, system, key)
+    back = _reads_back(model, prompt, chat, system)
+    if back is None:
+        return prompt
+    works = None
+    for alt in _INIT_ALTERNATIVES:
+        try:
+            if alt != init and _reads_back(model, _assemble(model, template, behavior, alt, None, chat, system, key),
+                                           chat, system) is None:
+                works = alt
+                break
+        except InterpError:
+            continue
+    hint = f"use init={works!r}, which does here" if works else "use an init whose repeats stay one token each"
+    raise InterpError(f"with every [MASK] set to {init!r} the prompt does not read back as the same tokens "
+                      f"({back}), so every candidate would fail the retokenisation check; {hint}")
+
+
+def _reads_back(model: "Model", prompt: AttackPrompt, chat: bool | None, system: str | None) -> str | None:
+    """None when the prompt's initial tokens survive `reencode`; else where they first differ, as tokens."""
+    init = torch.tensor([[prompt.ids[i] for i in prompt.mask_positions]])
+    back = reencode(model, prompt, init, chat, system)[0]
+    if back == prompt.ids:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(back, prompt.ids)) if a != b), min(len(back), len(prompt.ids)))
+    window = slice(max(0, first - 2), first + 4)
+    tokens = model.tokenizer.convert_ids_to_tokens
+    return f"{tokens(prompt.ids[window])} reads back as {tokens(back[window])}"
+
+
+def _assemble(model: "Model", template: str, behavior: str, init: str, target: str | None, chat: bool | None,
+              system: str | None, key: str | None) -> AttackPrompt:
+    """The prompt's ids built piece by piece around the masks (the special prefix by `Model.encode`'s rule)."""
     check_template(template)
-    chat = model.has_chat_template if chat is None else chat
+    chat = model.uses_chat(chat)
     user = template.replace(BEHAVIOR, behavior)
     parts = user.split(MASK)
     text = model.format_chat(_SENTINEL.join(parts), system) if chat else _SENTINEL.join(parts)
@@ -113,8 +174,8 @@ def build_prompt(model: "Model", template: str, behavior: str, init: str = " x",
     tok = model.tokenizer
     init_ids = tok(init, add_special_tokens=False).input_ids
     if len(init_ids) != 1:
-        raise InterpError(f"the initial mask text {init!r} is {len(init_ids)} tokens; give text that is exactly one token (e.g. ' x' or '!')")
-    ids = tok(pieces[0], add_special_tokens=not chat).input_ids
+        raise InterpError(f"the initial mask text {init!r} is {len(init_ids)} tokens; give text that is exactly one token (e.g. ' x')")
+    ids = model.encode([pieces[0]])[0]
     positions = []
     for piece in pieces[1:]:
         positions.append(len(ids))
@@ -155,12 +216,16 @@ class Batcher:
     def __init__(self, model: "Model", prompts: list[AttackPrompt], loss: "AttackLoss", use_cache: bool = True):
         self.model, self.prompts, self.loss = model, prompts, loss
         self.embed = model.hf.get_input_embeddings()
-        self.use_cache = use_cache
         dev = model.device
         n = len(prompts)
         m = prompts[0].n_mask
         if any(p.n_mask != m for p in prompts):
             raise InterpError("all prompts of one search must have the same number of masks")
+        if use_cache:  # exact only where no active intervention or sliding window tells the rows apart
+            whole = [len(p.ids) + len(self._target(p)) for p in prompts]
+            widest = max(p.prefix_len for p in prompts) + max(w - p.prefix_len for w, p in zip(whole, prompts))
+            use_cache = usable(model, widest, min(w - p.prefix_len for w, p in zip(whole, prompts)))
+        self.use_cache = use_cache
         self.prefix_lens = torch.tensor([p.prefix_len if use_cache else 0 for p in prompts], device=dev)
         suffixes = [p.ids[int(pl):] + self._target(p) for p, pl in zip(prompts, self.prefix_lens)]
         width = max(len(s) for s in suffixes)
@@ -180,8 +245,8 @@ class Batcher:
             if self._target(p):
                 self.target_ids[i, t - len(p.target_ids):] = torch.tensor(p.target_ids, device=dev)
                 self.target_mask[i, t - len(p.target_ids):] = True
-        self._kv: list[list[tuple[Tensor, Tensor]]] = [[] for _ in prompts]
-        self.refs: dict[str, Tensor] = {}
+        self._kv: list[PrefixKV | None] = [None for _ in prompts]
+        self.refs: dict[Site, Tensor] = {}  # the loss's reference sites on each unattacked prompt, [n, ...]
 
     def _target(self, prompt: AttackPrompt) -> list[int]:
         """The target tokens run after the prompt, only for losses that read them (GCG)."""
@@ -191,43 +256,25 @@ class Batcher:
     @torch.no_grad()
     def add_prefixes(self, indices: Sequence[int]) -> None:
         """Compute and keep the prefix keys/values of these behaviours (one left-padded batch)."""
-        todo = [i for i in indices if not self._kv[i] and int(self.prefix_lens[i]) > 0]
+        todo = [i for i in indices if self._kv[i] is None and int(self.prefix_lens[i]) > 0]
         if not todo:
             return
-        batch = self.model.pad([self.prompts[i].ids[:int(self.prefix_lens[i])] for i in todo])
-        cache = DynamicCache(config=self.model.hf.config)
-        with hooked(self.model, {}, stop_after=self.loss.stop_layer):
-            self.model.hf(**batch.inputs(), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        width = batch.input_ids.shape[1]
-        for row, i in enumerate(todo):
-            keep = width - int(self.prefix_lens[i])
-            self._kv[i] = [(layer.keys[row:row + 1, :, keep:].clone(), layer.values[row:row + 1, :, keep:].clone())
-                           for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
+        prefixes = PrefixKV.compute(self.model, [self.prompts[i].ids[:int(self.prefix_lens[i])] for i in todo],
+                                    stop_layer=self.loss.stop_layer)
+        for i, one in zip(todo, prefixes.split()):
+            self._kv[i] = one
 
     def drop_prefixes(self, indices: Sequence[int]) -> None:
         for i in indices:
-            self._kv[i] = []
+            self._kv[i] = None
 
     def _cache_for(self, rows: Tensor) -> tuple[DynamicCache | None, Tensor]:
         """A fresh cache holding the (left-padded) prefixes of `rows`, and its attention mask."""
-        lens = self.prefix_lens[rows]
-        width = int(lens.max())
-        dev = self.model.device
-        cols = torch.arange(width, device=dev)
-        mask = (cols[None] >= (width - lens)[:, None]).long()
-        if width == 0:
-            return None, mask
+        if int(self.prefix_lens[rows].max()) == 0:
+            return None, torch.zeros((len(rows), 0), dtype=torch.long, device=self.model.device)
         uniq, inverse = torch.unique(rows, return_inverse=True)
-        per_layer = []
-        for layer in range(len(self._kv[int(uniq[0])])):
-            ks, vs = [], []
-            for i in uniq.tolist():
-                k, v = self._kv[i][layer]
-                missing = width - k.shape[2]
-                ks.append(torch.nn.functional.pad(k, (0, 0, missing, 0)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, missing, 0)))
-            per_layer.append((torch.cat(ks)[inverse], torch.cat(vs)[inverse]))
-        return DynamicCache(ddp_cache_data=per_layer, config=self.model.hf.config), mask
+        prefix = PrefixKV.cat([self._kv[i] for i in uniq.tolist()])
+        return prefix.cache(inverse, self.loss.stop_layer), prefix.mask[inverse].to(self.model.device)
 
     # -- forward --
     def forward(self, rows: Int[Tensor, "r"], tokens: Int[Tensor, "r m"] | None = None,
@@ -268,17 +315,6 @@ class Batcher:
         return acts, None if out is None else out.logits, batch
 
 
-@dataclass
-class RowBatch:
-    """What a loss knows about the rows of a batch, besides their activations."""
-
-    prompt: Int[Tensor, "r"]  # behaviour index of each row
-    mask_cols: Int[Tensor, "r m"]  # key columns (prefix included) of the optimised tokens
-    target_ids: Int[Tensor, "r t"]  # GCG target, right-aligned
-    target_mask: Bool[Tensor, "r t"]
-    refs: dict[str, Tensor]  # per-behaviour references the loss asked for (e.g. the unattacked activations)
-
-
 def _is_oom(e: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
@@ -305,9 +341,10 @@ class SearchConfig:
     ascii_only: bool = True
     prefix_cache: bool = True
     seed: int = 0
+    max_empty_steps: int = 5  # stop a behaviour after this many steps in a row keep no candidate
 
     def __post_init__(self) -> None:
-        for name in ("steps", "candidates", "topk", "buffer_size", "patience", "parallel", "batch_size"):
+        for name in ("steps", "candidates", "topk", "buffer_size", "patience", "parallel", "batch_size", "max_empty_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InterpError(f"{name} must be a positive integer, got {value!r}")
@@ -346,6 +383,7 @@ class SearchResult:
     seconds: float
     success: bool | None  # None when there is no judge
     curve: list[float]  # best loss after each step
+    stop_reason: str | None = None  # why the search stopped early, other than success or its budget
 
 
 Check = Callable[[list[Candidate]], list[bool]]
@@ -367,6 +405,8 @@ class _State:
     last_judged: str | None = None
     curve: list[float] = field(default_factory=list)
     success: bool | None = None
+    empty_steps: int = 0  # consecutive steps that kept no candidate
+    stop_reason: str | None = None
 
 
 class TokenSearch:
@@ -408,20 +448,14 @@ class TokenSearch:
 
     def render(self, prompt: AttackPrompt, tokens: Tensor) -> list[str]:
         """The user messages of candidate tokens [c, m] of one prompt."""
-        tok = self.model.tokenizer
-        flat = [row[a:b] for row in tokens.tolist() for a, b in prompt.runs]
-        decoded = tok.batch_decode(flat)
-        k = len(prompt.runs)
-        return [prompt.render(decoded[i * k:(i + 1) * k]) for i in range(len(tokens))]
+        return render_tokens(self.model, prompt, tokens)
 
     def retokenizes(self, prompt: AttackPrompt, tokens: Tensor, chat: bool | None = None,
                     system: str | None = None) -> Bool[Tensor, "c"]:
         """Whether each candidate's text encodes back to exactly its ids (one batched tokenizer call)."""
         if len(tokens) == 0:
             return torch.zeros(0, dtype=torch.bool)
-        texts = self.render(prompt, tokens)
-        full = self.model.prepare_prompts(texts, chat, system)
-        encoded = self.model.encode(full)
+        encoded = reencode(self.model, prompt, tokens, chat, system)
         expected = torch.tensor(prompt.ids).repeat(len(tokens), 1)
         expected[:, prompt.mask_positions] = tokens.cpu()
         want = expected.tolist()
@@ -493,6 +527,7 @@ class TokenSearch:
                 s.buffer_losses = losses[k:k + 1].cpu()
             cand = self.sample(s.buffer_ids[0], grads[k], s.n_replace, s.gen)
             cand = cand[self.retokenizes(batcher.prompts[s.index], cand, chat, system).to(cand.device)]
+            self._count_empty(s, batcher.prompts[s.index], len(cand))
             cand_rows.append(torch.full((len(cand),), s.index, device=dev))
             cand_ids.append(cand)
         all_rows, all_ids = torch.cat(cand_rows), torch.cat(cand_ids)
@@ -504,13 +539,23 @@ class TokenSearch:
             s.step += 1
             s.curve.append(s.best_loss)
 
+    def _count_empty(self, s: _State, prompt: AttackPrompt, kept: int) -> None:
+        """Count steps in a row that keep no candidate; after `max_empty_steps` stop the behaviour, with a warning
+        (a search that cannot propose a token sequence which survives retokenisation would only burn its budget)."""
+        s.empty_steps = 0 if kept else s.empty_steps + 1
+        if s.empty_steps == self.config.max_empty_steps:
+            s.stop_reason = (f"no candidate survived the retokenisation check for {s.empty_steps} steps in a row "
+                             f"(step {s.step + 1}); stopped")
+            warnings.warn(f"attack on {prompt.key!r}: {s.stop_reason}")
+
     def _finished(self, prompts: list[AttackPrompt], active: list[_State], check: Check | None) -> list[_State]:
         """Judge the candidates that are due; return the behaviours that are done (success or out of budget)."""
         cfg = self.config
         below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
         done, to_check = [], []
         for s in active:
-            over = s.step >= cfg.steps or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds)
+            over = (s.step >= cfg.steps or s.stop_reason is not None
+                    or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds))
             if check is None:
                 if s.best_loss <= below or over:
                     done.append(s)
@@ -529,19 +574,28 @@ class TokenSearch:
         return done
 
     def _references(self, batcher: Batcher, indices: Sequence[int]) -> None:
-        """Ask the loss for per-behaviour references (the unattacked activations), once per behaviour."""
-        if not self.loss.needs_reference:
+        """Read the loss's `reference_sites` on the unattacked prompts (masks at their initial tokens), once per
+        behaviour, and keep them for `RowBatch.refs`. The same forward and `read` as every candidate's."""
+        sites = self.loss.reference_sites
+        if not sites:
             return
+        missing = [s.name for s in sites if s not in self.loss.sites]
+        if missing:
+            raise InterpError(f"the {self.loss.name} loss asks for references at {missing}, which it does not read; "
+                              f"reference sites must be among its sites {[s.name for s in self.loss.sites]}")
         rows = torch.tensor(list(indices), device=self.model.device)
         tokens = torch.stack([torch.tensor([batcher.prompts[i].ids[p] for p in batcher.prompts[i].mask_positions])
                               for i in indices]).to(self.model.device)
-        with torch.no_grad():
-            refs = self.loss.reference(batcher, rows, tokens)
         n = len(batcher.prompts)
-        for name, value in refs.items():
-            if name not in batcher.refs:
-                batcher.refs[name] = torch.zeros((n, *value.shape[1:]), dtype=value.dtype, device=value.device)
-            batcher.refs[name][rows] = value
+        for start in range(0, len(rows), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            with torch.no_grad():
+                acts, _, _ = batcher.run(rows[chunk], tokens=tokens[chunk])
+            for site in sites:
+                value = acts[site]
+                if site not in batcher.refs:
+                    batcher.refs[site] = value.new_zeros((n, *value.shape[1:]))
+                batcher.refs[site][rows[chunk]] = value
 
     def _update(self, s: _State, ids: Tensor, losses: Tensor) -> None:
         """Merge candidates into the buffer, track the best ever, shrink n_replace, jump after `patience`."""
@@ -579,7 +633,7 @@ class TokenSearch:
     def _result(self, prompt: AttackPrompt, s: _State) -> SearchResult:
         text = self.render(prompt, s.best_ids[None])[0]
         return SearchResult(prompt.behavior, prompt.key, text, s.best_ids.tolist(), s.best_loss, s.initial_loss, s.step,
-                            time.perf_counter() - s.started, s.success, list(s.curve))
+                            time.perf_counter() - s.started, s.success, list(s.curve), s.stop_reason)
 
     def _oom_retry(self, fn: Callable):
         """Run fn; on out-of-memory halve the batch size and run it again (down to one row)."""

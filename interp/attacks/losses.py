@@ -21,32 +21,55 @@ forward stops after the deepest targeted layer. Each loss is normalised so that 
 - `GCGLoss` (Zou et al. 2023): mean cross-entropy of a target completion ("Sure, here is ...") after the
   prompt; needs the full model.
 
-`reference_activations` captures the last-token residual stream of bundled harmful and harmless prompts, from
-which `fit_probes` and `fit_directions` build what probe- and steering-SSR need inside a run.
+A loss declares what it needs and never calls back into the engine: the sites it reads (`sites`, read with
+`read`), where the forward may stop (`stop_layer`), and the sites whose values on the unattacked prompt it
+compares against (`reference_sites`, e.g. steering-SSR's e*). The engine computes those references once per
+behaviour and hands them over in `RowBatch.refs`. Losses take what was fitted as values (probe weights,
+directions); fitting them on bundled prompts is `analyses.rerouting`'s job.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.errors import InterpError
 from interp.sites import Site
 
 if TYPE_CHECKING:
-    from interp.attacks.engine import Batcher, RowBatch
     from interp.model import Model
     from interp.subspace import Direction
-    from probes import LinearProbes
 
 RESID = "hook_resid_post"
+
+
+@dataclass
+class RowBatch:
+    """What a loss knows about the rows of a batch, besides their activations."""
+
+    prompt: Int[Tensor, "r"]  # behaviour index of each row
+    mask_cols: Int[Tensor, "r m"]  # key columns (prefix included) of the optimised tokens
+    target_ids: Int[Tensor, "r t"]  # GCG target, right-aligned
+    target_mask: Bool[Tensor, "r t"]
+    refs: dict[Site, Tensor]  # the loss's `reference_sites` read on each row's unattacked prompt
+
+
+class LayerProbes(Protocol):
+    """Fitted per-layer linear probes, e.g. `probes.LinearProbes` (the core does not import that package)."""
+
+    coef_: Tensor  # [layers, d]
+    intercept_: Tensor  # [layers]
+
+    @property
+    def layers(self) -> list[int] | None: ...
+
+    def check_for(self, model: "Model") -> None: ...
 
 
 def _alphas(alphas: Sequence[float] | None, k: int, what: str) -> Tensor:
@@ -75,7 +98,7 @@ class AttackLoss(ABC):
     sites: list[Site] = []
     stop_layer: int | None = None  # the forward stops after this layer; None: the full model (logits)
     needs_pattern: bool = False  # attention weights (eager attention)
-    needs_reference: bool = False  # per-behaviour references computed on the unattacked prompt
+    reference_sites: list[Site] = []  # sites (among `sites`) the engine reads once on each unattacked prompt
     uses_target: bool = False  # the target completion is appended after the prompt (GCG)
 
     def read(self, site: Site, x: Tensor) -> Tensor:
@@ -85,14 +108,11 @@ class AttackLoss(ABC):
     def logits_to_keep(self, n_target: int) -> int:
         return 1
 
-    def reference(self, batcher: "Batcher", rows: Tensor, tokens: Tensor) -> dict[str, Tensor]:
-        return {}
-
     def describe(self) -> dict:
         return {"loss": self.name, "layers": sorted({s.layer for s in self.sites})}
 
     @abstractmethod
-    def __call__(self, acts: dict[Site, Tensor], logits: Tensor | None, batch: "RowBatch") -> Float[Tensor, "r"]:
+    def __call__(self, acts: dict[Site, Tensor], logits: Tensor | None, batch: RowBatch) -> Float[Tensor, "r"]:
         ...
 
 
@@ -114,9 +134,9 @@ class ProbeLoss(AttackLoss):
         self.alphas = _alphas(alphas, len(self.layers), "layers")
 
     @classmethod
-    def from_probes(cls, probes: "LinearProbes", model: "Model", layers: Sequence[int],
+    def from_probes(cls, probes: LayerProbes, model: "Model", layers: Sequence[int],
                     alphas: Sequence[float] | None = None) -> "ProbeLoss":
-        """Take the probes of `layers` out of a fitted per-layer `probes.LinearProbes` of this model."""
+        """Take the probes of `layers` out of fitted per-layer probes of this model (a `probes.LinearProbes`)."""
         probes.check_for(model)
         layers = check_layers(model, layers)
         have = probes.layers or list(range(probes.coef_.shape[0]))
@@ -143,7 +163,6 @@ class SteeringLoss(AttackLoss):
 
     name = "steering"
     threshold = 0.1
-    needs_reference = True
 
     def __init__(self, directions: Float[Tensor, "k d"], layers: Sequence[int], a: float = 2.0, beta: float = 0.0,
                  alphas: Sequence[float] | None = None, scales: Sequence[float] | None = None):
@@ -153,6 +172,7 @@ class SteeringLoss(AttackLoss):
             raise InterpError(f"the steering coefficient a must be positive (1: ablation, 2: reflection), got {a}")
         self.layers = list(layers)
         self.sites = [Site(l, RESID) for l in self.layers]
+        self.reference_sites = list(self.sites)  # e*: the unattacked prompt's activations
         self.stop_layer = max(self.layers)
         self.r = F.normalize(directions.float(), dim=-1)
         self.scales = torch.tensor([float(s) for s in scales]) if scales is not None else None
@@ -166,13 +186,9 @@ class SteeringLoss(AttackLoss):
         return cls(torch.stack([d.vector for d in directions]), check_layers(model, layers),
                    scales=[d.scale or 1.0 for d in directions], **kwargs)
 
-    def reference(self, batcher, rows, tokens):
-        acts, _, _ = batcher.run(rows, tokens=tokens)
-        return {"e_star": torch.stack([acts[s] for s in self.sites], 1)}  # [r, k, d]
-
     def __call__(self, acts, logits, batch):
         e = torch.stack([acts[s] for s in self.sites], 1)  # [r, k, d]
-        e_star = batch.refs["e_star"].to(e.device)
+        e_star = torch.stack([batch.refs[s] for s in self.sites], 1).to(e.device)
         r, a = self.r.to(e.device), self.alphas.to(e.device)
         p, p_star = (e * r).sum(-1), (e_star * r).sum(-1)  # [r, k]
         floor = 0.05 * (self.scales.to(e.device) if self.scales is not None else p_star.abs().mean(0))
@@ -259,73 +275,3 @@ class GCGLoss(AttackLoss):
 
     def describe(self) -> dict:
         return {"loss": self.name, "layers": []}
-
-
-# ----- what SSR needs: probes and refusal directions of the attacked model -----
-
-def reference_activations(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0,
-                          system: str | None = None) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
-    """Last-token hook_resid_post at `layers` for n bundled harmful and n harmless training prompts
-    (Arditi et al.'s splits; harmless = Alpaca, CC BY-NC 4.0). Returns X [2n, k, d] and y (1 = harmful)."""
-    from interp.prompts import dataset
-
-    harmful, harmless = dataset("harmful_train", n=n, seed=seed), dataset("harmless_train", n=n, seed=seed)
-    sites = [Site(l, RESID) for l in layers]
-    acts = model.capture(harmful + harmless, sites, positions="last", system=system)
-    X = torch.stack([acts.acts[s.name] for s in sites], 1)
-    y = torch.tensor([1] * len(harmful) + [0] * len(harmless))
-    return X, y
-
-
-def _provenance(model: "Model", layers: Sequence[int], n: int, seed: int) -> dict:
-    return {"model": model.fingerprint, "site": RESID, "position": "last", "layers": list(layers),
-            "data": f"harmful_train/harmless_train n={n} seed={seed}"}
-
-
-def fit_probes(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
-               y: Tensor | None = None) -> "LinearProbes":
-    """Logistic probes (class 1 = harmful) at `layers`, fitted on the bundled training prompts."""
-    from probes import LinearProbes
-
-    if X is None:
-        X, y = reference_activations(model, layers, n, seed)
-    return LinearProbes("logistic", provenance=_provenance(model, layers, n, seed)).fit(X, y)
-
-
-def fit_directions(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0, X: Tensor | None = None,
-                   y: Tensor | None = None) -> list["Direction"]:
-    """Difference-in-means refusal directions (harmful minus harmless) at `layers` (Arditi et al. 2024)."""
-    from interp.estimators import DiffInMeans
-
-    if X is None:
-        X, y = reference_activations(model, layers, n, seed)
-    fitted = DiffInMeans(provenance=_provenance(model, layers, n, seed)).fit(X, y)
-    return [fitted.direction_at(k, layer=l) for k, l in enumerate(layers)]
-
-
-def save_directions(directions: Sequence["Direction"], directory: str | os.PathLike) -> Path:
-    """One `layer_<i>` Direction folder per layer."""
-    directory = Path(directory)
-    for d in directions:
-        d.save(directory / f"layer_{d.provenance['layer']}")
-    return directory
-
-
-def load_directions(directory: str | os.PathLike, model: "Model", layers: Sequence[int]) -> list["Direction"]:
-    """The Direction of each layer from `directory/layer_<i>`; refuses directions of another model."""
-    from interp.subspace import Direction, Subspace
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise InterpError(f"direction directory {directory} does not exist; expected one layer_<i> folder per layer")
-    out = []
-    for l in layers:
-        sub = directory / f"layer_{l}"
-        if not sub.is_dir():
-            have = sorted(p.name for p in directory.glob("layer_*"))
-            raise InterpError(f"{directory} has no direction for layer {l} (expected {sub}; found {have or 'none'})")
-        d = Subspace.load(sub, model)
-        if not isinstance(d, Direction):
-            raise InterpError(f"{sub} holds a {d.k}-dimensional subspace, not a direction")
-        out.append(d)
-    return out

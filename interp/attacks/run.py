@@ -13,9 +13,12 @@ appends, so no finished attempt is lost (a line torn by a kill is cut off first)
 before the log is touched: a bad behaviour file, template, layer, or probe/direction file of another model
 raises `InterpError` and leaves the log as it was.
 
-Probe- and steering-SSR need per-layer probes or refusal directions of the attacked model: given as a folder
-(`probes=`, `directions=`), or fitted at the start from `n_train` bundled harmful and harmless prompts and
-saved beside the log (`RUN.probes/`, `RUN.directions/`) so that a resumed run uses the same ones.
+Probe- and steering-SSR need per-layer probes or refusal directions of the attacked model. This core module
+takes them as values: `attack(..., loss=ProbeLoss.from_probes(probes, model, layers))`, or
+`build_loss(model, config, probes=..., directions=...)`. Loading them from a folder (`probes=`, `directions=`)
+or fitting them from `n_train` bundled harmful and harmless prompts, saved beside the log (`RUN.probes/`,
+`RUN.directions/`) so that a resumed run uses the same ones, is `analyses.rerouting.attack`, which the
+`interp attack` command runs.
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import plotly.graph_objects as go
 
 from interp.attacks.engine import MASK, Candidate, SearchConfig, TokenSearch, build_prompt, check_template
-from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, ProbeLoss, SteeringLoss, check_layers,
-                                   fit_directions, fit_probes, load_directions, reference_activations, save_directions)
+from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, LayerProbes, ProbeLoss, SteeringLoss,
+                                   check_layers)
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
+from interp.result import Result
 
 if TYPE_CHECKING:
     from interp.judges import ClassifierJudge
+    from interp.subspace import Direction
     from interp.model import Model
     from interp.prompts import Behavior
 
@@ -177,8 +184,11 @@ class Judge:
 # ----- summary -----
 
 @dataclass
-class Summary:
-    """Per-behaviour outcome of a run (from its log), with success rate and time per success."""
+class Summary(Result):
+    """Per-behaviour outcome of a run (from its log), with success rate and time per success.
+
+    A `Result`: `summary()` and `to_json()` give the numbers and the final attempts, `figures()` the loss
+    curves and the time each behaviour took, and in Jupyter the summary displays itself."""
 
     name: str
     model: str
@@ -188,11 +198,7 @@ class Summary:
 
     @classmethod
     def from_log(cls, out: str | os.PathLike, name: str = "", model: str = "", requested: int = 0) -> "Summary":
-        finals: dict[str, dict] = {}
-        for r in read_jsonl(out):
-            if r.get("final"):
-                finals[r.get("id", r["behavior"])] = r
-        rows = list(finals.values())
+        rows = final_rows(read_jsonl(out))
         if rows and not name:
             name = rows[0].get("method", "")
             model = rows[0].get("model", "")
@@ -228,6 +234,29 @@ class Summary:
                 "requested": self.requested, "successes": self.n_success, "success_rate": self.success_rate,
                 "total_seconds": self.total_seconds, "seconds_per_success": self.seconds_per_success,
                 "seconds_per_success_is_lower_bound": self.lower_bound}
+
+    @property
+    def title(self) -> str:
+        return f"{self.name or 'attack'} on {self.model or 'a model'}"
+
+    def summary(self) -> dict:
+        keys = ("id", "behavior", "success", "loss", "step", "seconds", "adversarial_prompt", "response")
+        return {**self.to_dict(), "behaviors": [{k: r.get(k) for k in keys} for r in self.rows]}
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The best loss per step of each finished behaviour (where its log kept the curve), and the seconds
+        each behaviour took, coloured by success."""
+        curves = go.Figure(layout=dict(title="best loss per step", xaxis_title="step", yaxis_title="loss"))
+        for r in self.rows:
+            if r.get("curve"):
+                curves.add_scatter(y=r["curve"], mode="lines", name=_short(r["behavior"], 30))
+        ids = [str(r.get("id", r["behavior"])) for r in self.rows]
+        seconds = go.Figure(layout=dict(title="seconds per behaviour", xaxis_title="behaviour", yaxis_title="seconds"))
+        for ok in (True, False):
+            rows = [(i, r) for i, r in zip(ids, self.rows) if bool(r["success"]) == ok]
+            seconds.add_bar(x=[i for i, _ in rows], y=[r["seconds"] for _, r in rows],
+                            name="jailbroken" if ok else "not jailbroken")
+        return {"loss curves": curves, "seconds": seconds}
 
     def table(self) -> str:
         lines = [f"{self.name} on {self.model}: {self.n_success}/{self.n_finished} behaviours jailbroken "
@@ -268,35 +297,35 @@ def default_layers(model: "Model") -> list[int]:
     return sorted({model.n_layers // 3, model.n_layers // 2})
 
 
-def make_loss(model: "Model", config: AttackConfig, out: Path | None = None) -> AttackLoss:
-    """The loss of `config`, loading or fitting (and saving beside `out`) the probes or directions it needs."""
+def build_loss(model: "Model", config: AttackConfig, probes: LayerProbes | None = None,
+               directions: Sequence["Direction"] | None = None) -> AttackLoss:
+    """The loss of `config`, from what was fitted: per-layer `probes` (probe-SSR; a `probes.LinearProbes`) or one
+    refusal `directions` per layer (steering-SSR). GCG and attention-SSR need neither."""
     if config.method == "gcg":
         return GCGLoss()
     layers = check_layers(model, config.layers if config.layers is not None else default_layers(model))
     if config.loss == "attention":
         return AttentionLoss.for_model(model, config.heads, layers, config.query, config.alphas)
     if config.loss == "probe":
-        from probes import LinearProbes
-
-        path = Path(config.probes) if config.probes else (out.with_suffix(".probes") if out else None)
-        probes = None
-        if path is not None and (config.probes or path.is_dir()):
-            probes = LinearProbes.load(path, model)
-            if not config.probes and not set(layers) <= set(probes.layers or []):
-                probes = None  # the saved ones cover other layers: fit again
         if probes is None:
-            probes = fit_probes(model, layers, config.n_train, config.data_seed)
-            if path is not None:
-                probes.save(path)
+            raise InterpError("probe-SSR needs fitted probes: pass probes= (a probes.LinearProbes of this model), or "
+                              "use analyses.rerouting.attack, which loads config.probes or fits them")
         return ProbeLoss.from_probes(probes, model, layers, config.alphas)
-    path = Path(config.directions) if config.directions else (out.with_suffix(".directions") if out else None)
-    if path is not None and (config.directions or all((path / f"layer_{l}").is_dir() for l in layers)):
-        directions = load_directions(path, model, layers)
-    else:
-        directions = fit_directions(model, layers, config.n_train, config.data_seed)
-        if path is not None:
-            save_directions(directions, path)
+    if directions is None:
+        raise InterpError("steering-SSR needs one refusal direction per layer: pass directions=, or use "
+                          "analyses.rerouting.attack, which loads config.directions or fits them")
     return SteeringLoss.from_directions(directions, model, layers, a=config.a, beta=config.beta, alphas=config.alphas)
+
+
+def final_rows(rows: Iterable[dict]) -> list[dict]:
+    """The final attempt of each finished behaviour in a run log's rows (by id, else behaviour; a later final
+    attempt of the same behaviour replaces an earlier one), in order of first finishing. The one reader of a
+    log's final rows: the summary, resuming and the rerouting analysis use it."""
+    finals: dict[str, dict] = {}
+    for r in rows:
+        if r.get("final"):
+            finals[r.get("id", r["behavior"])] = r
+    return list(finals.values())
 
 
 def _repair_log(out: Path) -> None:
@@ -318,21 +347,35 @@ def _check_log(out: Path, model: "Model", config: AttackConfig) -> list[dict]:
     return rows
 
 
-def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLike, config: AttackConfig | None = None,
-           progress: bool = True, on_attempt: Callable[[dict], None] | None = None,
-           classifier: "ClassifierJudge | None" = None) -> Summary:
-    """Attack every behaviour not yet finished in `out`; returns the summary of the whole log."""
-    config = config or AttackConfig()
+def check_run(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLike, config: AttackConfig) -> list[dict]:
+    """Check a run's inputs before anything is written; returns the rows already in the log `out`."""
     out = Path(out)
     if not behaviors:
         raise InterpError("no behaviours to attack")
     if out.suffix != ".jsonl":
         raise InterpError(f"the run log must be a .jsonl file, got {out}")
-    previous = _check_log(out, model, config)  # everything is checked before the log is written
+    previous = _check_log(out, model, config)
     for b in behaviors:
         if not b.behavior.strip():
             raise InterpError(f"behaviour {b.id!r} is empty")
-    loss = make_loss(model, config, out)
+    return previous
+
+
+def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLike, config: AttackConfig | None = None,
+           progress: bool = True, on_attempt: Callable[[dict], None] | None = None,
+           classifier: "ClassifierJudge | None" = None, loss: AttackLoss | None = None) -> Summary:
+    """Attack every behaviour not yet finished in `out`; returns the summary of the whole log.
+
+    `loss`: the loss to minimise (default: `build_loss(model, config)`, which fits nothing, so probe- and
+    steering-SSR need it given; `analyses.rerouting.attack` loads or fits what they need)."""
+    config = config or AttackConfig()
+    out = Path(out)
+    previous = check_run(model, behaviors, out, config)  # everything is checked before the log is written
+    loss = build_loss(model, config) if loss is None else loss
+    expected = "gcg" if config.method == "gcg" else config.loss
+    if loss.name != expected:
+        raise InterpError(f"the config asks for a {expected} loss ({config.name}) but loss= is a {loss.name} loss; "
+                          "give a matching config (the log records config.name)")
     refusal = None
     if config.refusal_score:
         from interp.judges import RefusalScore
@@ -346,7 +389,7 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
     prompts = [build_prompt(model, config.template, b.behavior, config.init, target(b), system=config.system, key=b.id)
                for b in behaviors]
 
-    finished = {r.get("id", r["behavior"]) for r in previous if r.get("final")}
+    finished = {r.get("id", r["behavior"]) for r in final_rows(previous)}
     todo = [i for i, b in enumerate(behaviors) if b.id not in finished]
     _repair_log(out)
     if todo:
@@ -377,23 +420,5 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
     return Summary.from_log(out, config.name, model.name, len(behaviors))
 
 
-def attack_cli(method: str, model: str, behaviors: Path, max_behaviors: int | None, template: str | None,
-               layers: list[int] | None, steps: int | None, config: Path | None, out: Path, **extra: Any) -> Summary:
-    """What `interp attack ssr|gcg` runs: load everything, check it, attack, print the summary table."""
-    import interp
-    from interp.prompts import read_behaviors
-
-    if max_behaviors is not None and max_behaviors < 1:
-        raise InterpError(f"--max-behaviors must be a positive integer, got {max_behaviors}")
-    progress = extra.pop("progress", True)
-    cfg = AttackConfig.build(config, method=method, template=template, layers=list(layers) if layers else None,
-                             steps=steps, **extra)
-    items = read_behaviors(behaviors)[:max_behaviors]
-    m = interp.load(model)
-    summary = attack(m, items, out, cfg, progress=progress is not False)
-    summary.print()
-    return summary
-
-
-__all__ = ["AttackConfig", "Judge", "Summary", "Verdict", "attack", "attack_cli", "make_loss", "default_layers",
-           "DEFAULT_TEMPLATE", "reference_activations"]
+__all__ = ["AttackConfig", "Judge", "Summary", "Verdict", "attack", "build_loss", "check_run", "final_rows",
+           "default_layers", "DEFAULT_TEMPLATE"]
