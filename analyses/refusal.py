@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -40,7 +41,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from analyses.result import Result
+from interp.result import Result
 from interp.attribution import residual_gradients
 from interp.errors import InterpError
 from interp.estimators import DiffInMeans
@@ -273,15 +274,59 @@ def _select(rows: list[dict], keep: list[int], kl_threshold: float) -> tuple[int
     return min(keep, key=lambda i: rows[i]["kl"]), "no candidate passed any filter; took the lowest KL"
 
 
+@dataclass
+class RefusalEvaluation(Result, Mapping):
+    """What `evaluate` returns: refusal rates (substring judge) of greedy answers at baseline and under the
+    direction, the KL its ablation costs on harmless prompts, and every generation.
+
+    Also a read-only mapping with the keys "refusal_rate", "kl_harmless_ablation", "addition_alpha",
+    "max_new_tokens" and "generations", so `ev["refusal_rate"]` and `dict(ev)` work as before."""
+
+    refusal_rate: dict[str, float]  # harmful_baseline, harmful_ablated, harmless_baseline, harmless_added
+    kl_harmless_ablation: float
+    addition_alpha: float
+    max_new_tokens: int
+    generations: dict[str, list[str]]  # the prompts ("harmful", "harmless") and each condition's answers
+    title: str = "Refusal direction: evaluation"
+
+    def _keys(self) -> list[str]:
+        return ["refusal_rate", "kl_harmless_ablation", "addition_alpha", "max_new_tokens", "generations"]
+
+    def __getitem__(self, key: str):
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def summary(self) -> dict:
+        return {k: self[k] for k in self}
+
+    def figures(self) -> dict[str, go.Figure]:
+        r = self.refusal_rate
+        fig = go.Figure(layout=dict(title=f"refusal rate (substring judge, {self.max_new_tokens} new tokens)",
+                                    yaxis=dict(title="refused", range=[0, 1]), barmode="group"))
+        fig.add_bar(x=["harmful", "harmless"], y=[r["harmful_baseline"], r["harmless_baseline"]], name="baseline")
+        fig.add_bar(x=["harmful", "harmless"], y=[r["harmful_ablated"], r["harmless_added"]],
+                    name=f"ablated (harmful) / added x{self.addition_alpha:g} (harmless)")
+        return {"refusal_rate": fig}
+
+
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
-             max_new_tokens: int = 64, batch_size: int = 16, alpha: float | None = None) -> dict:
+             max_new_tokens: int = 64, batch_size: int = 16, alpha: float | None = None,
+             layer: int | None = None) -> RefusalEvaluation:
     """Greedy generations: harmful prompts at baseline and with the direction ablated, harmless prompts at
-    baseline and with the direction added at its layer (`alpha` times the mean difference; by default the
-    strength calibrated on the validation prompts); refusal rates by the substring judge; KL on harmless."""
+    baseline and with the direction added at `layer` (default: the direction's own layer; an error when it has
+    none) with `alpha` times the mean difference (default: the strength calibrated on the validation prompts);
+    refusal rates by the substring judge; KL on harmless."""
     if alpha is None:
         alpha = float(direction.provenance.get("addition_alpha", 1.0))
     judge = SubstringJudge()
-    layer = int(direction.provenance.get("layer", 0))
+    layer = direction.layer_for(model, layer)
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     out = {"harmful": list(harmful), "harmless": list(harmless)}
     out["harmful_baseline"] = model.generate(harmful, **gen)
@@ -294,5 +339,4 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     with model.intervene(Ablate(direction)):
         ablated = model.logits(harmless, batch_size=batch_size)
     kl = kl_rows(clean)(ablated, torch.arange(len(harmless))).mean().item()
-    return {"refusal_rate": rates, "kl_harmless_ablation": kl, "addition_alpha": alpha, "max_new_tokens": max_new_tokens,
-            "generations": out}
+    return RefusalEvaluation(rates, kl, alpha, max_new_tokens, out)

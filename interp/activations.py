@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.io import read_meta, read_tensors, write_json, write_tensors
-from interp.sites import Site, parse_sites
+from interp.sites import KINDS, Site, parse_sites
 
 TENSORS = "activations.safetensors"
 META = "activations.json"
@@ -52,12 +53,31 @@ class Activations:
     def layers(self, kind: str = "hook_resid_post") -> list[int]:
         return sorted(s.layer for s in self.sites if s.kind == kind)
 
-    def stack(self, kind: str = "hook_resid_post") -> Float[Tensor, "n layer ..."]:
-        """All captured layers of one kind stacked on dim 1, in layer order."""
-        layers = self.layers(kind)
-        if not layers:
-            raise InterpError(f"no {kind} sites were captured; captured: {', '.join(self.acts)}")
-        return torch.stack([self.acts[f"blocks.{i}.{kind}"] for i in layers], 1)
+    def stack(self, sites: str | Site | Sequence[str | Site] = "hook_resid_post") -> Float[Tensor, "n site ..."]:
+        """Captured sites stacked on dim 1. A kind (`"hook_resid_post"`, `"resid_post"`, `"blocks.*.hook_z"`) means
+        every captured layer of it, in layer order; site names (`"blocks.10.hook_resid_post"`, or a list) mean those
+        sites in the order given ([n, 1, ...] for one name; `acts[name]` is that site's tensor without the new dim)."""
+        names: list[str] = []
+        for item in [sites] if isinstance(sites, (str, Site)) else list(sites):
+            if isinstance(item, str) and not re.match(r"blocks\.\d+\.", item):  # a kind: every captured layer
+                try:
+                    kind = parse_sites(item, 1)[0].kind
+                except InterpError:
+                    raise InterpError(f"{item!r} is neither a site kind ({', '.join(KINDS)}) nor a site name like "
+                                      "'blocks.10.hook_resid_post'") from None
+                found = [f"blocks.{i}.{kind}" for i in self.layers(kind)]
+                if not found:
+                    raise InterpError(f"no {kind} sites were captured; captured: {', '.join(self.acts)}")
+                names += found
+            else:
+                names += [s.name for s in parse_sites(item, 10**6)]
+        missing = [n for n in names if n not in self.acts]
+        if missing:
+            raise InterpError(f"site {missing[0]} was not captured; captured: {', '.join(self.acts)}")
+        shapes = {tuple(self.acts[n].shape) for n in names}
+        if len(shapes) > 1:
+            raise InterpError(f"sites {', '.join(names)} have different shapes {sorted(shapes)}; stack one kind at a time")
+        return torch.stack([self.acts[n] for n in names], 1)
 
     def label_array(self) -> list[Any]:
         if self.labels is None:

@@ -133,7 +133,8 @@ class Mode(str, Enum):
 def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
           direction: Path = typer.Option(..., help="a direction folder written by `interp directions extract`"),
           mode: Mode = typer.Option(..., help="ablate | add | none (the unsteered baseline, same path)"),
-          layer: Optional[int] = typer.Option(None, help="layer for --mode add (default: the direction's layer)"),
+          layer: Optional[int] = typer.Option(None, help="layer for --mode add (default: the direction's layer; "
+                                              "required when it names none)"),
           alpha: Optional[float] = typer.Option(None, help="scale of the added vector, in units of the mean difference "
                                                 "(default: the direction's calibrated addition_alpha, else 1)"),
           prompts: Path = typer.Option(..., help="prompt file"),
@@ -155,7 +156,8 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
     if mode == Mode.ablate:
         ivs = [Ablate(d)]
     elif mode == Mode.add:
-        ivs = [Add(d, m.check_layer(layer if layer is not None else int(d.provenance.get("layer", 0))), alpha)]
+        layer = d.layer_for(m, layer, "--layer ")
+        ivs = [Add(d, layer, alpha)]
     else:
         ivs = []
     responses = m.generate(items, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=ivs, progress=True)

@@ -6,8 +6,6 @@ inside a `with` block, and weight edits (orthogonalisation) work on a copy that 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -70,6 +68,7 @@ class Model:
         self.backend_options = dict(backend_options or {})  # e.g. {"remote": True} for nnsight on NDIF
         self._backend = None
         self._eoi_ids: list[int] | None = None
+        self._special_prefix: list[int] | None = None
 
     # ----- identity -----
     @property
@@ -84,9 +83,6 @@ class Model:
     def fingerprint(self) -> dict:
         """What must match for activations, directions or probes to be reused with this model."""
         return {"name": self.name, "model_type": self.hf.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model}
-
-    def fingerprint_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_compatible(self, fingerprint: dict, what: str) -> None:
         mine = self.fingerprint
@@ -142,17 +138,38 @@ class Model:
     def eoi_tokens(self) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(self.eoi_ids)
 
+    def uses_chat(self, chat: bool | None) -> bool:
+        """Whether prompts get the chat template: `chat`, or by default when the tokenizer has one."""
+        return self.has_chat_template if chat is None else bool(chat)
+
     def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None) -> list[str]:
         """Validate prompts and apply the chat template (by default when the tokenizer has one)."""
         check_prompts(prompts)
-        chat = self.has_chat_template if chat is None else chat
-        return [self.format_chat(p, system) for p in prompts] if chat else list(prompts)
+        return [self.format_chat(p, system) for p in prompts] if self.uses_chat(chat) else list(prompts)
 
     # ----- tokens -----
+    @property
+    def special_prefix(self) -> list[int]:
+        """The ids the tokenizer puts before any text by itself: BOS where it adds one (Llama, Gemma), else none
+        (Qwen, SmolLM2). Special tokens it would append (an EOS) are never wanted at the end of a prompt."""
+        if self._special_prefix is None:
+            plain = self.tokenizer("x", add_special_tokens=False).input_ids
+            full = self.tokenizer("x", add_special_tokens=True).input_ids
+            starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+            self._special_prefix = full[:starts[0]] if starts else []
+        return self._special_prefix
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of already-formatted texts; chat-formatted text carries its own special tokens."""
-        add_special = not self.has_chat_template
-        ids = self.tokenizer(list(texts), add_special_tokens=add_special).input_ids
+        """Token ids of already-formatted prompts (raw or chat-formatted), by one rule for special tokens.
+
+        Every prompt starts with the tokenizer's special prefix (`special_prefix`) exactly once: a chat template
+        writes it into the text itself (Llama 3's `<|begin_of_text|>`, Gemma's `<bos>`), a raw prompt gets it
+        here. Everything that turns a prompt into ids (capture, logits, generate, scoring, the attack engine's
+        prompts and its retokenisation check) comes through this function, so they all agree.
+        """
+        prefix = self.special_prefix
+        rows = self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        ids = [row if row[:len(prefix)] == prefix else prefix + row for row in rows]
         for text, row in zip(texts, ids):
             if len(row) > self.n_ctx:
                 raise InterpError(
@@ -205,24 +222,44 @@ class Model:
             yield self
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
-                 system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None) -> list[str]:
+                 system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
+                 use_prefix_cache: bool = True) -> list[str]:
         """Greedy, batched, KV-cached generation; returns only the new text of each prompt."""
         from interp.generation import generate
 
         return generate(self, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, system=system,
-                        interventions=interventions, progress=progress)
+                        interventions=interventions, progress=progress, use_prefix_cache=use_prefix_cache)
 
     @torch.no_grad()
     def logits(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None, last_only: bool = True,
-               batch_size: int = 16) -> Tensor:
-        """Logits at the last token of each prompt ([n, vocab]), or all positions when last_only=False (one batch)."""
-        texts = self.prepare_prompts(prompts, chat, system)
+               batch_size: int = 16, use_prefix_cache: bool = True) -> Tensor:
+        """Logits (fp32, on the CPU), one row per prompt in prompt order.
+
+        last_only=True: at the last token of each prompt, [n, vocab]; the tokens every prompt shares at its start
+        (the chat template's system prompt) run once and each batch continues from their KV cache
+        (`use_prefix_cache`, exact: see `interp.prefix`). last_only=False: at every token, [n, width, vocab],
+        left-padded to the longest prompt like a batch: prompt i's tokens are its last `len_i` columns and the
+        pad columns before them are zero.
+        """
+        from interp.capture import pad_left
+        from interp.prefix import shared_prefix
+
+        ids = self.encode(self.prepare_prompts(prompts, chat, system))
+        prefix = shared_prefix(self, ids) if use_prefix_cache and last_only else None
+        if prefix is not None:
+            ids = [row[prefix.width:] for row in ids]
+        width = max(len(r) for r in ids)
         outs = []
-        for start in range(0, len(texts), batch_size):
-            tb = self.tokenize(texts[start:start + batch_size])
-            out = self.hf(**tb.inputs(), use_cache=False, logits_to_keep=1 if last_only else 0).logits
-            outs.append((out[:, -1] if last_only else out).float().cpu())
-        return torch.cat(outs) if last_only else outs[0]
+        for start in range(0, len(ids), batch_size):
+            tb = self.pad(ids[start:start + batch_size])
+            inputs = prefix.inputs(tb) if prefix is not None else {**tb.inputs(), "use_cache": False}
+            out = self.hf(**inputs, logits_to_keep=1 if last_only else 0).logits
+            if last_only:
+                outs.append(out[:, -1].float().cpu())
+            else:
+                out = out.float() * tb.attention_mask[..., None]
+                outs.append(pad_left(out.cpu(), width, [1]))
+        return torch.cat(outs)
 
 
 def check_prompts(prompts) -> None:

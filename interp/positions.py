@@ -14,10 +14,16 @@ Positions = Union[str, int, Sequence[int]]
 NAMED = ("last", "eoi", "all", "mean")
 
 
-def check_positions(positions: Positions) -> Positions:
+def check_positions(positions: Positions, chat: bool = True) -> Positions:
+    """`positions` checked and normalised (an int becomes a one-item list), for prompts that are chat-formatted
+    (`chat`, see `Model.uses_chat`) or raw: "eoi" names the chat template's end-of-instruction tokens, which raw
+    prompts do not have (their last tokens are the instruction's own)."""
     if isinstance(positions, str):
         if positions not in NAMED:
             raise InterpError(f"unknown positions {positions!r}; use one of {', '.join(NAMED)}, or token indices (negative from the end)")
+        if positions == "eoi" and not chat:
+            raise InterpError("positions='eoi' means the chat template's end-of-instruction tokens, but these prompts are raw "
+                              "(chat=False, or the model has no chat template); use chat=True, or positions='last'")
         return positions
     if isinstance(positions, int) and not isinstance(positions, bool):
         return [positions]

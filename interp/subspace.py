@@ -228,6 +228,17 @@ class Subspace:
         for lay in layers:
             model.check_layer(lay, f"the layer of this {what}")
 
+    def layer_for(self, model: "Model", layer: int | None = None, option: str = "layer=") -> int:
+        """The one layer to act at: `layer` when given, else the layer in the provenance. Never a silent default:
+        a subspace that names no single layer (made by hand, or fitted across layers) needs `layer` (`option`)."""
+        chosen = self.provenance.get("layer") if layer is None else layer
+        if chosen is None or isinstance(chosen, (list, tuple)):
+            what = "direction" if self.k == 1 else f"subspace (k={self.k})"
+            has = "no layer" if chosen is None else f"several layers {list(chosen)}"
+            raise InterpError(f"this {what} carries {has} in its provenance; say where to act with {option}L "
+                              f"(L in 0..{model.n_layers - 1})")
+        return model.check_layer(chosen, f"the layer of this {'direction' if self.k == 1 else 'subspace'}")
+
     @staticmethod
     def data_hash(*items: Any) -> str:
         """A short sha256 (16 hex digits) of tensors, prompt lists or other JSON-able data, for provenance."""

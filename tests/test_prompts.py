@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from interp.errors import InterpError
 from interp.prompts import DATA_DIR, DATASETS, Behavior, dataset, dataset_path, read_behaviors, read_prompts, split
@@ -139,3 +140,48 @@ def test_split():
         split(prompts, [0.5, 0.4])
     with pytest.raises(InterpError, match="empty"):
         split(prompts[:2], [0.9, 0.1])
+
+
+# ----- one rule for special tokens -----
+
+def _with_bos(model):
+    """The same weights behind a copy of the tokenizer that adds BOS by itself (as Llama's and Gemma's do)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    import interp
+
+    tok = copy.deepcopy(model.tokenizer)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                              special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("Hi").input_ids[0] == tok.bos_token_id
+    return interp.Model(model.hf, tok, model.name + "-bos")
+
+
+def test_capture_logits_generate_and_attack_tokenize_a_prompt_alike(smol):
+    """A raw prompt (chat=False) gets the tokenizer's BOS, a chat-formatted one keeps the template's own, exactly
+    once, in capture, logits, generate and the attack engine alike (Model.encode used to drop BOS for raw prompts
+    of a chat model while build_prompt added it, so every attack candidate failed the retokenisation check)."""
+    from interp.attacks import GCGLoss, TokenSearch, build_prompt
+
+    model = _with_bos(smol)
+    bos, raw = model.tokenizer.bos_token_id, "Tell me a story about a cat"
+    want_raw = [bos] + model.tokenizer(raw, add_special_tokens=False).input_ids
+    chat_text = model.prepare_prompts([raw])[0]
+    want_chat = model.tokenizer(chat_text, add_special_tokens=False).input_ids
+    assert want_chat[0] == bos and want_chat[1] != bos  # the template writes BOS itself (SmolLM2's is <|im_start|>)
+    seen: list[list[int]] = []
+    pad = model.pad
+    model.pad = lambda ids: (seen.extend(list(map(list, ids))), pad(ids))[1]
+    for chat, want in ((False, want_raw), (True, want_chat)):
+        seen.clear()
+        model.capture([raw], "blocks.0.hook_resid_post", chat=chat)
+        model.logits([raw], chat=chat)
+        model.generate([raw], max_new_tokens=1, chat=chat)
+        assert seen == [want] * 3
+        p = build_prompt(model, "{behavior}[MASK][MASK]", raw, chat=chat)
+        assert p.ids[:p.prefix_len] == want[:p.prefix_len] and p.ids[p.prefix_len - 1] == want_raw[-1]  # up to the mask
+        init = torch.tensor([[p.ids[i] for i in p.mask_positions]])
+        assert TokenSearch(model, GCGLoss()).retokenizes(p, init, chat=chat).all()
