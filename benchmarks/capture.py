@@ -20,26 +20,23 @@ median over rounds of the ratio within one round (steadier on a busy machine). M
 - nnsight: our nnsight backend, one trace saving the same as hooks (last token, stopped after the last layer).
 
 Each model is its own `Model` (TransformerLens switches its model to eager attention and rewires its modules).
-Results go to a JSON file, written atomically: seconds per method, ratios to bare, and the settings.
+Results go to a JSON file, written atomically: provenance (commit, command, machine, versions, date; see
+`benchmarks.common`), seconds per method, ratios to bare, and the settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from importlib.metadata import version
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 import interp
+from benchmarks.common import provenance, ratios, rounds, write_result
 from interp.backends.hooks import HooksBackend
 from interp.backends.nnsight_backend import NnsightBackend
 from interp.backends.tl import TransformerLensBackend
-from interp.io import write_json
 from interp.model import Model, TokenBatch, position_ids_for
 from interp.positions import Positions, select
 from interp.sites import Site
@@ -104,22 +101,6 @@ def methods(model: str, batch_size: int, tokens: int, dtype: torch.dtype, device
     return timed, info
 
 
-def measure(timed: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in timed}
-    names = list(timed)
-    for r in tqdm(range(warmup + runs), desc="benchmark rounds", unit="round"):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            fn = timed[name]
-            start = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[name].append(elapsed)
-    return times
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -136,26 +117,21 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--runs must be at least 5 (the median of fewer is too noisy)")
     torch.set_num_threads(args.threads)
     timed, info = methods(args.model, args.batch, args.tokens, getattr(torch, args.dtype), args.device)
-    times = measure(timed, args.runs, args.warmup)
-    med = {name: statistics.median(t) for name, t in times.items()}
-    result = {f"{name}_s": med[name] for name in timed}
-    result |= {f"{name}_ratio": med[name] / med["bare"] for name in timed if name != "bare"}
-    result["hooks_body_ratio"] = med["hooks"] / med["body"]  # the hooks' own cost, early-stop saving excluded
-    # Paired: the median over rounds of (method / bare in the same round); steadier when the machine is shared.
-    result |= {f"{name}_paired_ratio": statistics.median(t / b for t, b in zip(times[name], times["bare"]))
-               for name in timed if name != "bare"}
+    times = rounds(timed, args.runs, args.warmup, args.device)
+    result: dict = ratios(times, "bare")
+    result["hooks_body_ratio"] = result["hooks_s"] / result["body_s"]  # the hooks' own cost, early-stop saving excluded
     result["settings"] = {
         **info, "batch": args.batch, "tokens": args.tokens, "runs": args.runs, "warmup": args.warmup,
-        "torch_threads": torch.get_num_threads(), "device": args.device, "dtype": args.dtype,
-        "cpu": platform.processor() or platform.machine(),
-        "versions": {pkg: version(pkg) for pkg in ("torch", "transformers", "transformer-lens", "nnsight")},
+        "device": args.device, "dtype": args.dtype,
+        "versions": {pkg: version(pkg) for pkg in ("transformer-lens", "nnsight")},
     }
     result["times_s"] = times
-    write_json(args.out, result)
+    out = write_result(args.out, result, provenance("benchmarks.capture", argv, args.device))
     for name in timed:
         ratio = f"  x{result[name + '_ratio']:.3f} (paired x{result[name + '_paired_ratio']:.3f})" if name != "bare" else ""
-        print(f"{name:>17}: {med[name]:.3f} s{ratio}")
-    return result
+        print(f"{name:>17}: {result[name + '_s']:.3f} s{ratio}")
+    print(f"wrote {args.out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -2,73 +2,40 @@
 
     python -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --out refusal.json
 
-In one process:
+In one process (each comparison against a baseline measured in the same run):
 1. Extract the direction (analyses.refusal.run) from `--n-train` harmful + harmless training prompts
-   (refusal_splits train: AdvBench/MaliciousInstruct/TDC harmful, Alpaca harmless), with batched scoring.
+   (refusal_splits train: AdvBench/MaliciousInstruct/TDC harmful, Alpaca harmless), with batched scoring; the
+   extraction time of each stage and in all (`extraction.timings_s`), and the addition strength calibrated on
+   the validation prompts (`extraction.chosen.addition_alpha`).
 2. The same extraction with the one-candidate-per-forward loop: the same chosen direction? and the ratio of
-   scoring times.
+   scoring times (`--skip-loop` leaves it out).
 3. On prompts not used for fitting (HarmBench val harmful, Alpaca val harmless; `--n-eval` each), greedy
    generations of `--max-new-tokens` tokens: refusal rate (substring judge) at baseline and with the direction
-   ablated, harmless refusal rate with the direction added at its layer, KL on harmless under ablation.
+   ablated; harmless refusal rate with the direction added at its layer at the calibrated strength and at
+   alpha = 1 (Arditi et al.'s strength); KL on harmless under ablation.
 4. The weight-orthogonalised checkpoint, loaded with plain transformers: the same refuse/comply decision as
    the hook ablation on the harmful evaluation prompts?
-5. Steered generation (ablation at every layer) vs unsteered generation through the same path, and vs plain
-   `hf.generate`: the time ratio on the same prompts and token counts (greedy, `min_new_tokens` forced).
+5. Steered generation (ablation at every layer) vs plain `hf.generate` on the same `--gen-prompts` prompts and
+   exactly `--max-new-tokens` tokens (greedy, `min_new_tokens` forced): the time ratio.
+
+The JSON (written atomically) starts with the provenance of the run (see `benchmarks.common`).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 import interp
 from analyses import refusal
-from interp.interventions import Ablate
-from interp.io import write_json
+from benchmarks.common import generation_overhead, provenance, write_result
+from interp.interventions import Ablate, Add
 from interp.judges import SubstringJudge
 from interp.prompts import dataset
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def generation_overhead(model, direction, prompts: list[str], tokens: int, runs: int) -> dict:
-    """Steered vs unsteered generation of exactly `tokens` new tokens (median of `runs`, order rotated)."""
-    batch = model.tokenize(model.prepare_prompts(prompts))
-    kw = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=tokens,
-              min_new_tokens=tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
-    methods = {
-        "plain_hf_generate": lambda: model.hf.generate(**kw),
-        "steered": lambda: _steered(model, direction, kw),
-    }
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    names = list(methods)
-    with torch.no_grad():
-        for name in names:  # warm-up
-            methods[name]()
-        for r in range(runs):
-            for name in names[r % 2:] + names[: r % 2]:
-                times[name].append(_timed(methods[name]))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"plain_generate_s": med["plain_hf_generate"], "steered_generate_s": med["steered"],
-            "steered_ratio": med["steered"] / med["plain_hf_generate"], "runs": runs, "new_tokens": tokens,
-            "prompts": len(prompts), "target_ratio": 1.05}
-
-
-def _steered(model, direction, kw):
-    with model.intervene(Ablate(direction)):
-        return model.hf.generate(**kw)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--out", required=True, type=Path)
@@ -76,14 +43,15 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=12, help="validation prompts per class (held out of training)")
     ap.add_argument("--n-eval", type=int, default=32, help="evaluation prompts per class, not used for fitting")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--gen-prompts", type=int, default=8, help="prompts of the steered-generation timing")
     ap.add_argument("--gen-runs", type=int, default=3)
     ap.add_argument("--skip-loop", action="store_true", help="skip the one-candidate-per-forward comparison")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     model = interp.load(args.model)
     harmful, harmless = dataset("harmful_train", n=args.n_train), dataset("harmless_train", n=args.n_train)
-    out: dict = {"model": model.fingerprint, "device": str(model.device), "dtype": str(model.dtype),
-                 "threads": torch.get_num_threads(), "settings": vars(args) | {"out": str(args.out)}}
+    prov = provenance("benchmarks.refusal", argv, model.device)
+    out: dict = {"model": model.fingerprint, "dtype": str(model.dtype), "settings": vars(args) | {"out": str(args.out)}}
 
     cfg = refusal.RefusalConfig(n_val=args.n_val)
     res = refusal.run(model, harmful, harmless, config=cfg)
@@ -105,11 +73,15 @@ def main() -> None:
     ev = refusal.evaluate(model, res.direction, harmful_eval, harmless_eval, max_new_tokens=args.max_new_tokens)
     rates = ev["refusal_rate"]
     base, abl = rates["harmful_baseline"], rates["harmful_ablated"]
+    judge = SubstringJudge()
+    once = model.generate(harmless_eval, max_new_tokens=args.max_new_tokens,
+                          interventions=[Add(res.direction, res.chosen["layer"], 1.0)])
     out["evaluation"] = {
-        **{k: v for k, v in ev.items() if k != "generations"},
+        **{k: ev[k] for k in ("refusal_rate", "kl_harmless_ablation", "addition_alpha", "max_new_tokens")},
         "ablation_cut_of_baseline": (base - abl) / base if base else None, "target_cut": 0.8,
         "harmless_refused_with_addition": rates["harmless_added"], "target_addition": 0.8,
-        "examples": {k: v[:4] for k, v in ev["generations"].items()},
+        "harmless_refused_with_addition_alpha1": sum(judge.refused(once)) / len(once),
+        "examples": {k: v[:4] for k, v in ev["generations"].items()} | {"harmless_added_alpha1": once[:4]},
     }
     print("evaluation", {k: v for k, v in out["evaluation"].items() if k != "examples"}, flush=True)
 
@@ -123,7 +95,6 @@ def main() -> None:
         plain = AutoModelForCausalLM.from_pretrained(str(Path(tmp) / "ortho"), dtype=model.dtype).to(model.device)
         edited = Model(plain, model.tokenizer, name=model.name)
         ortho_responses = edited.generate(harmful_eval, max_new_tokens=args.max_new_tokens)
-    judge = SubstringJudge()
     hook_dec = judge.refused(ev["generations"]["harmful_ablated"])
     ortho_dec = judge.refused(ortho_responses)
     agree = sum(a == b for a, b in zip(hook_dec, ortho_dec)) / len(hook_dec)
@@ -131,10 +102,12 @@ def main() -> None:
                              "identical_text": sum(a == b for a, b in zip(ortho_responses, ev["generations"]["harmful_ablated"])) / len(hook_dec)}
     print("orthogonalized", out["orthogonalized"], flush=True)
 
-    out["generation_overhead"] = generation_overhead(model, res.direction, harmful_eval[:8], args.max_new_tokens, args.gen_runs)
-    print("generation", out["generation_overhead"], flush=True)
-    write_json(args.out, out)
+    out["generation_overhead"] = generation_overhead(model, Ablate(res.direction), harmful_eval[:args.gen_prompts],
+                                                     args.max_new_tokens, args.gen_runs)
+    print("generation", {k: v for k, v in out["generation_overhead"].items() if k != "times_s"}, flush=True)
+    written = write_result(args.out, out, prov)
     print(f"wrote {args.out}")
+    return written
 
 
 if __name__ == "__main__":
