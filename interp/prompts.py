@@ -1,4 +1,4 @@
-"""Prompt and behaviour files, and the prompt sets bundled in the repository's `data/` folder.
+"""Prompt and behaviour files, and the prompt sets bundled with the package (`interp/data/`, linked as `data/`).
 
 One reader serves every format, so a prompt file and a behaviour file are the same thing seen twice:
 
@@ -36,7 +36,7 @@ CONTEXT_KEY = "contextstring"
 FORMATS = ".txt (one prompt per line), .csv (a column goal, prompt, instruction, Behavior or question), " \
           ".json (a list of strings or of objects with one of those keys) or .jsonl (one string or object per line)"
 
-DATA_DIR: Path = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR: Path = Path(__file__).resolve().parent / "data"  # package data; the repository root links to it
 
 DATASETS: dict[str, str] = {
     "harmful_train": "refusal_splits/harmful_train.json",
@@ -95,8 +95,8 @@ def dataset_path(name: str) -> Path:
         raise InterpError(f"unknown dataset {name!r}; the bundled sets are: {', '.join(DATASETS)}")
     path = DATA_DIR / DATASETS[name]
     if not path.is_file():
-        raise InterpError(f"the bundled data file {path} is missing; the repository's data/ folder is incomplete "
-                          "(reinstall from a full checkout)")
+        raise InterpError(f"the bundled data file {path} is missing; the package's data folder is incomplete "
+                          "(reinstall interp-subspaces, or check out the repository again)")
     return path
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.io import read_json, write_json
+from interp.io import write_json
 
 READY_MARKER = "interp_prepared.json"
 
@@ -195,7 +195,3 @@ def describe() -> list[dict]:
         state = "prepared" if is_prepared(m.name) else ("installed" if installed else "not installed")
         rows.append({"name": m.name, "size_mb": m.size_mb, "state": state, "path": str(model_dir(m.name)), "about": m.description})
     return rows
-
-
-def prepared_info(name: str) -> dict:
-    return read_json(model_dir(name) / READY_MARKER)

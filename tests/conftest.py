@@ -1,23 +1,106 @@
-"""Shared fixtures: the real bundled models, loaded once per test session (fp32 on the CPU)."""
+"""Shared fixtures: the real bundled models, loaded once per test session, on an explicit device and dtype.
+
+Tests never rely on the library's defaults (fp32 on a CPU, bf16 on a GPU): the device is `INTERP_TEST_DEVICE`
+(e.g. "cpu", "cuda", "cuda:1"), else cuda where available, else the CPU; the dtype is `INTERP_TEST_DTYPE`,
+float32 by default because most tests compare two computation paths to float noise. Compare with `tol(dtype)`,
+the absolute tolerance for such a comparison on activations of unit scale.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 import interp
+from interp.errors import InterpError
+from interp.judges import RefusalScore
+from interp.prompts import dataset
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+def _device() -> torch.device:
+    name = os.environ.get("INTERP_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InterpError(f"INTERP_TEST_DEVICE={name} but torch sees no CUDA device; unset it or use cpu")
+    return device
+
+
+def _dtype() -> torch.dtype:
+    name = os.environ.get("INTERP_TEST_DTYPE", "float32")
+    if name not in TOLERANCES:
+        raise InterpError(f"INTERP_TEST_DTYPE={name!r} is not one of {', '.join(TOLERANCES)}")
+    return getattr(torch, name)
+
+
+TOLERANCES: dict[str, float] = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+DEVICE: torch.device = _device()
+DTYPE: torch.dtype = _dtype()
+
+
+def tol(dtype: torch.dtype) -> float:
+    """Absolute tolerance for two computation paths of the same unit-scale values in `dtype` (1e-4 in fp32)."""
+    return TOLERANCES[str(dtype).removeprefix("torch.")]
+
+
+def load(name: str, **kwargs) -> interp.Model:
+    """A bundled model on the test device and dtype (a test's own loads go through here too)."""
+    return interp.load(name, dtype=DTYPE, device=DEVICE, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def smol() -> interp.Model:
-    return interp.load("smollm2-135m-instruct", dtype=torch.float32, device="cpu")
+    return load("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def qwen() -> interp.Model:
-    return interp.load("qwen2.5-coder-0.5b-instruct", dtype=torch.float32, device="cpu")
+    return load("qwen2.5-coder-0.5b-instruct")
+
+
+# ----- the real refusing model's refusal direction, refusal score and refused prompts, from bundled prompts -----
+
+QWEN_N_TRAIN = 16  # harmful and harmless training prompts each
+QWEN_REFUSAL_LAYER = 15  # resid_pre at the last prompt token: the site refusal.run picks on this model (README)
+QWEN_PROBE_LAYER = 8  # resid_post, 1/3 of the depth: the attack's default layer
+
+
+@pytest.fixture(scope="session")
+def qwen_train(qwen) -> interp.Activations:
+    """16 + 16 bundled training prompts (label 1: harmful), captured at the last prompt token at the refusal
+    direction's site and the probe's site."""
+    harmful, harmless = dataset("harmful_train", n=QWEN_N_TRAIN), dataset("harmless_train", n=QWEN_N_TRAIN)
+    sites = [f"blocks.{QWEN_REFUSAL_LAYER}.hook_resid_pre", f"blocks.{QWEN_PROBE_LAYER}.hook_resid_post"]
+    return qwen.capture(harmful + harmless, sites, positions="last", labels=[1] * QWEN_N_TRAIN + [0] * QWEN_N_TRAIN)
+
+
+@pytest.fixture(scope="session")
+def qwen_refusal_direction(qwen, qwen_train) -> interp.Direction:
+    """The difference in means of the training prompts at layer 15's resid_pre (Arditi et al.'s direction)."""
+    site = f"blocks.{QWEN_REFUSAL_LAYER}.hook_resid_pre"
+    provenance = {"model": qwen.fingerprint, "site": site, "layer": QWEN_REFUSAL_LAYER}
+    return interp.DiffInMeans(provenance=provenance).fit(qwen_train[site], qwen_train.labels).direction_
+
+
+@pytest.fixture(scope="session")
+def qwen_refusal_score(qwen) -> RefusalScore:
+    """First-token refusal log-odds with the token "I" (Qwen's "I'm sorry, ..."), the token `RefusalScore.fit`
+    estimates on this model (test_judges.py measures it); set by hand to save the generations."""
+    return RefusalScore(refusal_ids=qwen.tokenizer("I", add_special_tokens=False).input_ids)
+
+
+@pytest.fixture(scope="session")
+def qwen_refused(qwen, qwen_refusal_score) -> tuple[list[str], torch.Tensor]:
+    """Held-out harmful prompts (of 24 HarmBench-style validation prompts) that the model refuses: refusal
+    score > 0. Returns the prompts and their scores."""
+    pool = dataset("harmful_val", n=24)
+    scores = qwen_refusal_score.score(qwen, pool)
+    keep = (scores > 0).nonzero().flatten().tolist()
+    assert len(keep) >= 2, f"the model refuses too few held-out prompts for the tests: scores {scores}"
+    return [pool[i] for i in keep], scores[keep]
 
 
 def registered_hooks(model: interp.Model) -> int:

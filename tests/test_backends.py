@@ -15,14 +15,15 @@ from interp.backends.tl import TransformerLensBackend
 from interp.errors import InterpError
 from interp.hooks import eager_attention
 from interp.sites import KINDS
+from tests.conftest import DTYPE, load, tol
 
 PROMPTS = ["Hi", "Name three primes.", "Explain in one sentence why the sky looks blue at noon."]
-TOL = 1e-4
+TOL = tol(DTYPE)
 MODELS = {"smol": "smollm2-135m-instruct", "qwen": "qwen2.5-coder-0.5b-instruct"}
 
 
 def _load(name: str, backend: str) -> interp.Model:
-    return interp.load(MODELS[name], backend=backend, dtype=torch.float32, device="cpu")
+    return load(MODELS[name], backend=backend)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def reference(request):
             batch = model.tokenize(model.prepare_prompts(PROMPTS))
             with torch.no_grad(), eager_attention(model, attn == "eager"):
                 hs = model.hf(**batch.inputs(), use_cache=False, output_hidden_states=True).hidden_states
-            cache[name, attn] = (batch, hs)
+            cache[name, attn] = (batch, [h.float().cpu() for h in hs])  # where captures land
         return cache[name, attn]
 
     return get
@@ -80,7 +81,7 @@ def test_resid_post_equals_hidden_states(request, reference, name, backend, posi
     attn = model.hf.config._attn_implementation
     assert attn == ("eager" if backend == "transformer_lens" else "sdpa")
     batch, hs = reference(name, attn)
-    mask = batch.attention_mask.bool()
+    mask = batch.attention_mask.bool().cpu()
     assert acts.mask is None or torch.equal(acts.mask, mask)
     norm = request.getfixturevalue(name).hf.get_submodule(model.family.final_norm)  # untouched reference module
     n = model.n_layers
@@ -89,7 +90,7 @@ def test_resid_post_equals_hidden_states(request, reference, name, backend, posi
         want = hs[layer + 1]
         if layer == n - 1:  # HF's last hidden state has the final norm applied
             with torch.no_grad():
-                got = norm(got)
+                got = norm(got.to(model.device, model.dtype)).float().cpu()
         if positions == "last":
             assert got.shape == (len(PROMPTS), model.d_model)
             diff = (got - want[:, -1]).abs().max()

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from interp.cli import app
 from interp.errors import InterpError
-from interp.subspace import Direction
+from interp.interventions import Ablate, Add
+from interp.judges import SubstringJudge
+from interp.subspace import Direction, Subspace
 
 runner = CliRunner()
 
@@ -26,20 +28,53 @@ def direction_dir(smol, tmp_path_factory) -> Path:
     return d.save(tmp_path_factory.mktemp("dir") / "direction")
 
 
-@pytest.mark.parametrize("mode", ["none", "ablate", "add"])
-def test_steer_writes_one_object_per_prompt(direction_dir, tmp_path, mode):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Name a colour\nName a fruit\n")
-    out = tmp_path / "out.jsonl"
-    res = runner.invoke(app, ["steer", "--model", "smollm2-135m-instruct", "--direction", str(direction_dir), "--mode", mode,
-                              "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(out)])
+@pytest.fixture
+def cli_models(request, monkeypatch):
+    """The CLI loads its model with `interp.cli._load`; hand it the session's models, on the test device and dtype
+    (the library's defaults differ between a CPU and a GPU), which also saves loading them again."""
+    names = {"smollm2-135m-instruct": "smol", "qwen2.5-coder-0.5b-instruct": "qwen"}
+    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": request.getfixturevalue(names[model]))
+
+
+def _steer(direction: Path, prompts: list[str], tmp_path: Path, mode: str, model: str = "smollm2-135m-instruct",
+           max_new_tokens: int = 8) -> list[dict]:
+    """Run `interp steer` on `prompts`; the objects it wrote."""
+    path, out = tmp_path / f"{mode}.json", tmp_path / f"{mode}.jsonl"
+    path.write_text(json.dumps(prompts))
+    res = runner.invoke(app, ["steer", "--model", model, "--direction", str(direction), "--mode", mode, "--prompts",
+                              str(path), "--max-new-tokens", str(max_new_tokens), "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["Name a colour", "Name a fruit"]
-    assert all(isinstance(r["response"], str) and r["response"] for r in rows)
+    assert [r["prompt"] for r in rows] == prompts and all(r["mode"] == mode for r in rows)
+    return rows
 
 
-def test_steer_none_equals_plain_generation(smol, direction_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["ablate", "add"])
+def test_steer_writes_the_answer_under_the_named_intervention(smol, direction_dir, cli_models, tmp_path, mode):
+    """One object per prompt, whose answer is the library's generation under that intervention (the direction
+    ablated everywhere, or added once at its layer), and not the unsteered answer."""
+    prompts = ["Name a colour", "Name a fruit"]
+    rows = _steer(direction_dir, prompts, tmp_path, mode)
+    d = Subspace.load(direction_dir, model=smol)
+    intervention = Ablate(d) if mode == "ablate" else Add(d, layer=10, alpha=1.0)
+    steered = smol.generate(prompts, max_new_tokens=8, interventions=[intervention])
+    assert [r["response"] for r in rows] == steered
+    assert all(a != b for a, b in zip(steered, smol.generate(prompts, max_new_tokens=8))), steered
+
+
+def test_steer_ablate_stops_the_real_model_refusing(qwen, qwen_refusal_direction, qwen_refused, cli_models, tmp_path):
+    """On Qwen, prompts it refuses are refused at `--mode none` and answered at `--mode ablate`."""
+    direction = qwen_refusal_direction.save(tmp_path / "direction")
+    prompts = qwen_refused[0]
+    judge = SubstringJudge()
+    baseline = [r["response"] for r in _steer(direction, prompts, tmp_path, "none", model=qwen.name, max_new_tokens=12)]
+    ablated = [r["response"] for r in _steer(direction, prompts, tmp_path, "ablate", model=qwen.name, max_new_tokens=12)]
+    assert all(judge.refused(baseline)), baseline
+    assert not any(judge.refused(ablated)), ablated
+    assert all(r.strip() for r in ablated)
+
+
+def test_steer_none_equals_plain_generation(smol, direction_dir, cli_models, tmp_path):
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps([{"prompt": "Name a colour"}, "Name a fruit"]))
     out = tmp_path / "out.jsonl"
@@ -59,7 +94,7 @@ def test_ablate_export_loads_in_plain_transformers(direction_dir, tmp_path):
     assert hf.config.num_hidden_layers == 30
 
 
-def test_direction_errors(direction_dir, tmp_path):
+def test_direction_errors(direction_dir, cli_models, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("Hi\n")
     base = ["steer", "--model", "smollm2-135m-instruct", "--mode", "ablate", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]

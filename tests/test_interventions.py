@@ -58,11 +58,33 @@ def test_set_patches_prompt_positions(smol):
     assert not torch.allclose(x[:, 1], value.expand(3, -1))
 
 
+def test_set_refuses_positions_counted_from_the_start(smol):
+    """Left padding moves the start of a prompt: only "all" or indices from the end mean the same in every row."""
+    for positions in ([0], [2, -1], "last"):
+        with pytest.raises(InterpError, match="counted from the end"):
+            Set("blocks.2.hook_resid_post", torch.ones(smol.d_model), positions=positions)
+
+
+def test_set_acts_on_the_prompt_not_on_generated_tokens(smol):
+    """Every prompt forward (the shared prefix, the rest of the prompt) is set; generation steps are not."""
+    from interp.hooks import hooked
+    from interp.sites import Site
+
+    value = torch.full((smol.d_model,), 2.0)
+    seen = []
+    with smol.intervene(Set("blocks.3.hook_resid_post", value)):
+        with hooked(smol, {Site(3, "hook_resid_post"): [lambda s, x: seen.append(x[:, -1].detach().float().cpu())]}):
+            smol.generate(PROMPTS[:2], max_new_tokens=3)
+    assert len(seen) >= 3
+    assert all(torch.allclose(x, value.expand_as(x)) for x in seen[:-2])  # the prompt
+    assert not any(torch.allclose(x, value.expand_as(x)) for x in seen[-2:])  # two generation steps
+
+
 def _greedy_no_cache(model, prompt: str, n: int, interventions) -> str:
     ids = model.encode(model.prepare_prompts([prompt]))[0]
     with model.intervene(*interventions):
         for _ in range(n):
-            logits = model.hf(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+            logits = model.hf(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, -1]
             ids.append(int(logits.argmax()))
     return ids
 
@@ -71,19 +93,28 @@ def test_generate_with_kv_cache_matches_a_no_cache_loop_under_intervention(smol,
     ivs = [Add(direction, layer=6, alpha=4.0)]
     n = 8
     batched = smol.generate(PROMPTS, max_new_tokens=n, interventions=ivs)
+    eos = smol.hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
     for prompt, text in zip(PROMPTS, batched):
         ids = _greedy_no_cache(smol, prompt, n, ivs)
-        prompt_len = len(smol.encode(smol.prepare_prompts([prompt]))[0])
-        expected = smol.tokenizer.decode(ids[prompt_len:], skip_special_tokens=True).strip()
-        assert expected.startswith(text) or text.startswith(expected[: len(text)])
-        assert text == expected or len(text) < len(expected)  # generation may stop at end-of-turn
+        new = ids[len(smol.encode(smol.prepare_prompts([prompt]))[0]):]
+        stop = next((i for i, t in enumerate(new) if t in eos), len(new))  # generate stops at end-of-turn
+        expected = smol.tokenizer.decode(new[:stop], skip_special_tokens=True).strip()
+        assert expected and text == expected, (prompt, text, expected)
     assert registered_hooks(smol) == 0
 
 
 def test_batched_generation_equals_one_prompt_at_a_time(smol):
+    """Left-padded batches give each prompt its own greedy answer: real answers, not empty or shared ones."""
     batched = smol.generate(PROMPTS, max_new_tokens=10)
     single = [smol.generate([p], max_new_tokens=10)[0] for p in PROMPTS]
     assert batched == single
+    assert smol.generate(PROMPTS, max_new_tokens=10, batch_size=2) == single
+    assert all(len(smol.tokenizer(t, add_special_tokens=False).input_ids) >= 5 for t in single), single
+    assert len(set(single)) == len(PROMPTS)
+    first = smol.logits(PROMPTS).argmax(-1)  # each answer opens with the model's own next token for its prompt
+    for text, token in zip(single, first.tolist()):
+        assert text.startswith(smol.tokenizer.decode([token]).strip()), (text, token)
 
 
 def test_rowwise_ablate_equals_ablate(smol, direction):
@@ -116,7 +147,7 @@ def test_orthogonalized_checkpoint_matches_hook_ablation(smol, direction, tmp_pa
 
     before = {k: v.clone() for k, v in list(smol.hf.state_dict().items())[:5]}
     export_orthogonalized(smol, direction, tmp_path / "ortho")
-    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ortho"), dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ortho"), dtype=smol.dtype).to(smol.device)
     batch = smol.tokenize(smol.prepare_prompts(PROMPTS))
     with smol.intervene(Ablate(direction)):
         hooked = smol.hf(**batch.inputs()).logits

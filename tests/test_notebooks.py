@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom (executed with nbclient on the real bundled models)."""
+"""The notebooks run top to bottom (executed with nbclient on the real bundled models), every code cell ran, and
+the cells that show a figure or a Result show it (a plotly figure, a Result's HTML table and figures)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+PLOTLY = "application/vnd.plotly.v1+json"
 
 
-def execute(name: str, env: dict[str, str]) -> None:
+def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+    """The notebook after running it with `env` set (and restored afterwards)."""
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -20,16 +23,33 @@ def execute(name: str, env: dict[str, str]) -> None:
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "a code cell did not run"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    return nb
+
+
+def shown(nb: nbformat.NotebookNode, source_end: str) -> dict:
+    """The rich output (mime type -> data) of the code cell whose source ends with `source_end`."""
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and c.source.rstrip().endswith(source_end)]
+    return {k: v for o in cell.outputs if o.output_type in ("execute_result", "display_data") for k, v in o.data.items()}
 
 
 def test_capture_notebook():
-    execute("capture.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct", "INTERP_NOTEBOOK_N": "8"})
+    nb = execute("capture.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct", "INTERP_NOTEBOOK_N": "8"})
+    assert PLOTLY in shown(nb, "f'PCA at layer {layer}')")
 
 
 def test_refusal_notebook():
-    execute("refusal.ipynb", {"INTERP_NOTEBOOK_MODEL": "qwen2.5-coder-0.5b-instruct", "INTERP_NOTEBOOK_N": "16",
-                              "INTERP_NOTEBOOK_NVAL": "4"})
+    nb = execute("refusal.ipynb", {"INTERP_NOTEBOOK_MODEL": "qwen2.5-coder-0.5b-instruct", "INTERP_NOTEBOOK_N": "16",
+                                   "INTERP_NOTEBOOK_NVAL": "4"})
+    for figure in ("result.figure('ablation_score')", "result.figure('pca')", "result.figure('projection')"):
+        assert PLOTLY in shown(nb, figure), figure
+    page = shown(nb, "ev")["text/html"]  # the evaluation is a Result: it displays itself
+    assert "refusal_rate.harmful_ablated" in page and "Plotly.newPlot" in page
 
 
 def test_rerouting_notebook():
-    execute("rerouting.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct"})
+    nb = execute("rerouting.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct"})
+    for figure in ('result.figure("rerouting")', 'result.figure("loss curves")'):
+        assert PLOTLY in shown(nb, figure), figure

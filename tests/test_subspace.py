@@ -10,9 +10,10 @@ import scipy.linalg
 import torch
 
 from interp.errors import InterpError
-from interp.estimators import DiffInMeans, PCADirections, ProbeDirection
+from interp.estimators import DiffInMeans, PCADirections
 from interp.io import write_json, write_tensors
 from interp.subspace import Direction, Subspace
+from probes import ProbeDirection
 
 
 def rand(*shape, seed=0, dtype=torch.float32):
