@@ -83,7 +83,7 @@ def addition_scores(model: "Model", ids, vectors: Float[Tensor, "cand d"], layer
 
 def kl_rows(clean: Float[Tensor, "n vocab"]) -> Reduce:
     """A `Reduce` giving KL(clean || steered) of the next-token distribution of each row."""
-    p = clean.float().log_softmax(-1)
+    p = clean.float().log_softmax(-1).cpu()  # beside the logits `per_candidate` hands over (on the CPU)
 
     def reduce(logits: Tensor, prompt: Tensor) -> Tensor:
         q = logits.log_softmax(-1)

@@ -285,7 +285,11 @@ class Batcher:
     def run(self, rows: Int[Tensor, "r"], tokens: Int[Tensor, "r m"] | None = None,
             embeds: Float[Tensor, "r m d"] | None = None) -> tuple[dict, Tensor | None, "RowBatch"]:
         """One forward of these rows: what the loss reads at its sites, the kept logits (None when the forward
-        stopped early) and the rows' bookkeeping."""
+        stopped early) and the rows' bookkeeping. Row, token and embedding tensors may be on any device."""
+        dev = self.model.device
+        rows = rows.to(dev)
+        tokens = tokens.to(dev) if tokens is not None else None
+        embeds = embeds.to(dev) if embeds is not None else None
         ids = self.suffix_ids[rows]
         cols = self.mask_cols[rows]
         if tokens is not None:
@@ -423,6 +427,7 @@ class TokenSearch:
     def token_gradients(self, batcher: Batcher, rows: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Loss [r] and d loss / d one-hot [r, m, vocab] at each row's masks."""
         weight = batcher.embed.weight
+        rows, tokens = rows.to(weight.device), tokens.to(weight.device)  # the caller's may be on another device
         losses, grads = [], []
         for chunk in self._chunks(len(rows)):
             with torch.enable_grad():
@@ -437,7 +442,7 @@ class TokenSearch:
                gen: torch.Generator) -> Int[Tensor, "c m"]:
         """Candidates: `n_replace` random positions of `best` set to random top-k tokens of -grad."""
         c, m = self.config.candidates, best.shape[0]
-        g = grad.masked_fill(self.disallowed[None], float("inf"))
+        g = grad.masked_fill(self.disallowed.to(grad.device)[None], float("inf"))
         top = (-g).topk(self.config.topk, dim=-1).indices.cpu()  # [m, k]
         pos = torch.rand((c, m), generator=gen).argsort(-1)[:, :n_replace]  # [c, n]
         pick = torch.randint(0, self.config.topk, (c, n_replace), generator=gen)
