@@ -83,7 +83,7 @@ def test_gradient_equals_one_hot_gradient(smol, reference):
     rows, tokens = torch.tensor([0, 1]), torch.cat([_init(p) for p in prompts])
     values, grads = TokenSearch(smol, loss).token_gradients(batcher, rows, tokens)
     W = smol.hf.get_input_embeddings().weight
-    onehot = torch.nn.functional.one_hot(tokens, W.shape[0]).float().requires_grad_(True)
+    onehot = torch.nn.functional.one_hot(tokens.to(W.device), W.shape[0]).to(W.dtype).requires_grad_(True)
     explicit = batcher.forward(rows, embeds=onehot @ W)
     (g,) = torch.autograd.grad(explicit.sum(), onehot)
     assert torch.allclose(values, explicit.detach(), atol=1e-5)
@@ -99,12 +99,13 @@ def test_candidates_follow_the_gradient(smol):
     grad = torch.randn(5, vocab, generator=gen)
     best = torch.tensor([1792] * 5)
     cand = search.sample(best, grad, n_replace=2, gen=gen)
-    allowed_top = (-grad.masked_fill(search.disallowed[None], float("inf"))).topk(8, -1).indices
+    disallowed = search.disallowed.cpu()  # kept on the model's device; grad, best and the candidates are on the CPU
+    allowed_top = (-grad.masked_fill(disallowed[None], float("inf"))).topk(8, -1).indices
     changed = cand != best
     assert len(cand) > 30 and (changed.sum(-1) >= 1).all() and (changed.sum(-1) <= 2).all()
     for row, ch in zip(cand, changed):
         for pos in ch.nonzero().flatten().tolist():
-            assert row[pos] in allowed_top[pos] and not search.disallowed[row[pos]]
+            assert row[pos] in allowed_top[pos] and not disallowed[row[pos]]
     assert len({tuple(r) for r in cand.tolist()}) == len(cand)  # no duplicates
 
 
@@ -185,7 +186,7 @@ def test_engine_computes_the_references_a_loss_declares(smol):
     assert isinstance(batch, RowBatch) and set(batch.refs) == set(loss.reference_sites)
     for site in loss.reference_sites:
         assert (batch.refs[site] - acts[site]).abs().max() <= 1e-4
-    assert torch.allclose(loss(acts, None, batch), torch.ones(2), atol=1e-3)
+    assert torch.allclose(loss(acts, None, batch).cpu(), torch.ones(2), atol=1e-3)
 
     class Unread(SteeringLoss):
         def __init__(self):

@@ -14,13 +14,15 @@ MIXED = ["Hi", "How do I bake sourdough bread at home with a cast iron pot?", "N
 def test_resid_post_matches_hidden_states(smol):
     acts = smol.capture(MIXED, "hook_resid_post", positions="all")
     tb = smol.tokenize(smol.prepare_prompts(MIXED))
-    hs = smol.hf(**tb.inputs(), output_hidden_states=True).hidden_states
-    mask = tb.attention_mask.bool()
+    with torch.no_grad():
+        hs = [h.float().cpu() for h in smol.hf(**tb.inputs(), output_hidden_states=True).hidden_states]  # where acts land
+        last = acts[f"blocks.{smol.n_layers - 1}.hook_resid_post"]
+        last = smol.hf.model.norm(last.to(smol.device, smol.dtype)).float().cpu()  # HF's last hidden state is normed
+    mask = tb.attention_mask.bool().cpu()
     for layer in range(smol.n_layers - 1):
         got = acts[f"blocks.{layer}.hook_resid_post"]
         assert (got[mask] - hs[layer + 1][mask]).abs().max() <= 1e-4
-    last = acts[f"blocks.{smol.n_layers - 1}.hook_resid_post"]
-    assert (smol.hf.model.norm(last)[mask] - hs[-1][mask]).abs().max() <= 1e-4
+    assert (last[mask] - hs[-1][mask]).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("positions", ["last", "eoi", "mean", "all", [-1, -3]])

@@ -84,7 +84,7 @@ def test_steer_none_equals_plain_generation(smol, direction_dir, cli_models, tmp
     assert rows == smol.generate(["Name a colour", "Name a fruit"], max_new_tokens=6)
 
 
-def test_ablate_export_loads_in_plain_transformers(direction_dir, tmp_path):
+def test_ablate_export_loads_in_plain_transformers(direction_dir, cli_models, tmp_path):
     from transformers import AutoModelForCausalLM
 
     res = runner.invoke(app, ["ablate", "--model", "smollm2-135m-instruct", "--direction", str(direction_dir),

@@ -101,7 +101,7 @@ def test_the_prefix_runs_only_under_position_independent_interventions(smol):
     seen = {}
 
     def keep(site: Site, x: torch.Tensor) -> None:
-        seen[site.kind] = x.detach().float().clone()
+        seen[site.kind] = x.detach().float().cpu()  # beside `value`, on the CPU
 
     with smol.intervene(Set(f"blocks.{LAYER}.hook_resid_post", value, positions=[-1]), Add(value, layer=LAYER + 1)):
         assert [type(iv).__name__ for iv in forward_state(smol).active] == ["Set", "Add"]
