@@ -5,7 +5,7 @@ Every result file carries a `provenance` block, so that a figure can be traced t
 produced it and regenerated with the same command:
 
     git_commit, git_dirty   the commit of the working tree (git_dirty: uncommitted changes were present). Where
-                            the tree has no .git (a copied tree on a lent machine), BENCH_GIT_COMMIT is used.
+                            BENCH_GIT_COMMIT is set (a copied tree on a lent machine, whose .git may be stale), it wins.
     command                 the exact command line (`python -m benchmarks.x ...`)
     machine                 CPU model (/proc/cpuinfo), cores, torch threads; GPU name and CUDA version if used
     versions                python, torch, transformers
@@ -36,7 +36,7 @@ ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "INTER
 
 
 def git_state(root: Path = ROOT) -> dict[str, Any]:
-    """The commit of `root` and whether its tracked files differ from it; BENCH_GIT_COMMIT when git cannot say."""
+    """The commit of `root` and whether its tracked files differ from it; BENCH_GIT_COMMIT, where set, wins."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -44,6 +44,8 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    if os.environ.get("BENCH_GIT_COMMIT"):  # a copied tree (a lent machine): its .git, if any, may be stale
+        return {"git_commit": os.environ["BENCH_GIT_COMMIT"], "git_dirty": None, "git_source": "BENCH_GIT_COMMIT"}
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"git_commit": os.environ.get("BENCH_GIT_COMMIT"), "git_dirty": None,

@@ -16,7 +16,7 @@ from interp.activations import Activations
 from interp.errors import InterpError
 from interp.positions import Positions, check_positions, select
 from interp.hooks import forward_state
-from interp.prefix import PrefixKV, shared_prefix
+from interp.prefix import PrefixKV, shared_prefix, wanted
 from interp.sites import Site
 
 if TYPE_CHECKING:
@@ -53,13 +53,14 @@ def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, e
 @torch.no_grad()
 def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions = "last", batch_size: int = 16,
             labels: Sequence | None = None, chat: bool | None = None, system: str | None = None,
-            progress: bool | None = None, use_prefix_cache: bool = True) -> Activations:
+            progress: bool | None = None, use_prefix_cache: bool | None = None) -> Activations:
     """Capture `sites` at `positions` for every prompt.
 
     positions: "last" (last token), "eoi" (the end-of-instruction tokens of the chat template), "all" (every
     token, pads zeroed, with a mask), "mean" (mean over real tokens), or token indices (negative from the end).
     With positions counted from the end, the tokens every prompt shares at its start (the chat template's
-    system prompt and user header) run once and their KV cache is reused (`use_prefix_cache`).
+    system prompt and user header) run once and their KV cache is reused (`use_prefix_cache`; by default on the
+    CPU only, see `interp.prefix.wanted`).
     """
     texts = model.prepare_prompts(prompts, chat, system)
     if labels is not None and len(labels) != len(prompts):
@@ -71,7 +72,7 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     ids = model.encode(texts)
     stop = max(s.layer for s in site_list)
     # attention patterns keep every key column, so a cached prefix would reorder them: run those in full
-    use_prefix_cache = use_prefix_cache and not any(s.kind == "attn.hook_pattern" for s in site_list)
+    use_prefix_cache = wanted(model, use_prefix_cache) and not any(s.kind == "attn.hook_pattern" for s in site_list)
     prefix = _shared_prefix(model, ids, positions, stop, use_prefix_cache)
     if prefix is not None:
         ids = [row[prefix.width:] for row in ids]

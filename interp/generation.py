@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from interp.errors import InterpError
 from interp.hooks import forward_state
 from interp.interventions import applied
-from interp.prefix import shared_prefix
+from interp.prefix import shared_prefix, wanted
 
 if TYPE_CHECKING:
     from interp.interventions import Intervention
@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
              chat: bool | None = None, system: str | None = None, interventions: Sequence["Intervention"] = (),
-             progress: bool | None = None, use_prefix_cache: bool = True) -> list[str]:
+             progress: bool | None = None, use_prefix_cache: bool | None = None) -> list[str]:
     """Greedy completions of `prompts` (chat-formatted by default), returning only the new text.
 
     Prompts are sorted by length into left-padded batches (kept in order under a row-dependent intervention);
     HF `generate` derives position ids from the attention mask and keeps a KV cache; interventions are hooks,
     so they act on every decoding step. The tokens every prompt shares at its start (the chat template's system
     prompt and user header) run once, under the interventions, and each batch continues from their KV cache
-    (`use_prefix_cache`; `interp.prefix` says when that is exact, and otherwise runs the full prompts).
+    (`use_prefix_cache`, by default on the CPU only; `interp.prefix` says when that is exact, and otherwise runs the full prompts).
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -37,7 +37,7 @@ def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, b
     show = progress if progress is not None else len(ids) > batch_size
     eos = model.hf.generation_config.eos_token_id
     with applied(model, interventions), tqdm(total=len(ids), desc="generate", unit="prompt", disable=not show) as bar:
-        prefix = shared_prefix(model, ids, extra=max_new_tokens) if use_prefix_cache else None
+        prefix = shared_prefix(model, ids, extra=max_new_tokens) if wanted(model, use_prefix_cache) else None
         if prefix is not None:
             ids = [row[prefix.width:] for row in ids]
         order = list(range(len(ids)))

@@ -206,7 +206,7 @@ class Model:
     # ----- the flow -----
     def capture(self, prompts: Sequence[str], sites, positions="last", batch_size: int = 16, labels: Sequence | None = None,
                 chat: bool | None = None, system: str | None = None, progress: bool | None = None,
-                use_prefix_cache: bool = True) -> "Activations":
+                use_prefix_cache: bool | None = None) -> "Activations":
         """Batched activation capture; see `interp.capture.capture`."""
         from interp.capture import capture
 
@@ -223,7 +223,7 @@ class Model:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
                  system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
-                 use_prefix_cache: bool = True) -> list[str]:
+                 use_prefix_cache: bool | None = None) -> list[str]:
         """Greedy, batched, KV-cached generation; returns only the new text of each prompt."""
         from interp.generation import generate
 
@@ -232,20 +232,20 @@ class Model:
 
     @torch.no_grad()
     def logits(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None, last_only: bool = True,
-               batch_size: int = 16, use_prefix_cache: bool = True) -> Tensor:
+               batch_size: int = 16, use_prefix_cache: bool | None = None) -> Tensor:
         """Logits (fp32, on the CPU), one row per prompt in prompt order.
 
         last_only=True: at the last token of each prompt, [n, vocab]; the tokens every prompt shares at its start
         (the chat template's system prompt) run once and each batch continues from their KV cache
-        (`use_prefix_cache`, exact: see `interp.prefix`). last_only=False: at every token, [n, width, vocab],
+        (`use_prefix_cache`, by default on the CPU only; exact: see `interp.prefix`). last_only=False: at every token, [n, width, vocab],
         left-padded to the longest prompt like a batch: prompt i's tokens are its last `len_i` columns and the
         pad columns before them are zero.
         """
         from interp.capture import pad_left
-        from interp.prefix import shared_prefix
+        from interp.prefix import shared_prefix, wanted
 
         ids = self.encode(self.prepare_prompts(prompts, chat, system))
-        prefix = shared_prefix(self, ids) if use_prefix_cache and last_only else None
+        prefix = shared_prefix(self, ids) if wanted(self, use_prefix_cache) and last_only else None
         if prefix is not None:
             ids = [row[prefix.width:] for row in ids]
         width = max(len(r) for r in ids)

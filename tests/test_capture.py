@@ -84,7 +84,7 @@ def test_shared_prefix_cache_equals_the_full_forward(qwen, positions):
     ids = qwen.encode(qwen.prepare_prompts(MIXED))
     assert common_prefix_length(ids) >= 10  # Qwen's default system prompt is shared
     sites = ["blocks.2.hook_resid_post", "blocks.9.attn.hook_z", "blocks.9.hook_resid_pre"]
-    cached = qwen.capture(MIXED, sites, positions=positions, batch_size=3)
+    cached = qwen.capture(MIXED, sites, positions=positions, batch_size=3, use_prefix_cache=True)
     full = qwen.capture(MIXED, sites, positions=positions, batch_size=3, use_prefix_cache=False)
     for s in sites:
         assert (cached[s] - full[s]).abs().max() <= 1e-4, s
@@ -93,7 +93,7 @@ def test_shared_prefix_cache_equals_the_full_forward(qwen, positions):
 def test_shared_prefix_cache_is_float_noise_at_every_layer(smol):
     """Deep SmolLM2 layers carry values of several hundred, where a different summation order moves fp32 by
     ~1e-4 in absolute terms: the cached path must agree to ~1e-6 relative."""
-    cached = smol.capture(MIXED, "hook_resid_post")
+    cached = smol.capture(MIXED, "hook_resid_post", use_prefix_cache=True)
     full = smol.capture(MIXED, "hook_resid_post", use_prefix_cache=False)
     for s, x in full.acts.items():
         rel = ((cached[s] - x).norm(dim=-1) / x.norm(dim=-1)).max()

@@ -13,7 +13,7 @@ import torch
 import interp
 from interp.hooks import forward_state, hooked
 from interp.interventions import Ablate, Add, Project, RowwiseAblate, RowwiseAdd, Set
-from interp.prefix import PrefixKV, common_prefix_length, shared_length, sliding_window, usable
+from interp.prefix import PrefixKV, common_prefix_length, shared_length, sliding_window, usable, wanted
 from interp.sites import Site
 from tests.conftest import DEVICE, DTYPE, registered_hooks, tol
 
@@ -68,7 +68,7 @@ def test_capture_under_every_intervention_equals_the_full_forward(smol, kind):
     sites = [f"blocks.{LAYER}.hook_resid_post", READ]
     with smol.intervene(iv):
         for positions in ("last", [-1, -2], "eoi"):
-            cached = smol.capture(PROMPTS, sites, positions=positions)
+            cached = smol.capture(PROMPTS, sites, positions=positions, use_prefix_cache=True)
             full = smol.capture(PROMPTS, sites, positions=positions, use_prefix_cache=False)
             for s in sites:
                 assert close(cached[s], full[s]), (kind, positions, s)
@@ -80,7 +80,7 @@ def test_capture_under_every_intervention_equals_the_full_forward(smol, kind):
 def test_logits_under_every_intervention_equal_the_full_forward(smol, kind):
     batch_size = len(PROMPTS) if kind.startswith("rowwise") else 3  # a row-wise intervention covers one batch
     with smol.intervene(_interventions(smol)[kind]):
-        cached = smol.logits(PROMPTS, batch_size=batch_size)
+        cached = smol.logits(PROMPTS, batch_size=batch_size, use_prefix_cache=True)
         full = smol.logits(PROMPTS, batch_size=batch_size, use_prefix_cache=False)
     assert close(cached, full), kind
 
@@ -88,7 +88,7 @@ def test_logits_under_every_intervention_equal_the_full_forward(smol, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_under_every_intervention_equals_the_full_forward(smol, kind):
     iv = _interventions(smol)[kind]
-    cached = smol.generate(PROMPTS, max_new_tokens=6, interventions=[iv])
+    cached = smol.generate(PROMPTS, max_new_tokens=6, interventions=[iv], use_prefix_cache=True)
     full = smol.generate(PROMPTS, max_new_tokens=6, interventions=[iv], use_prefix_cache=False)
     assert same_texts(cached, full), kind
     assert registered_hooks(smol) == 0
@@ -123,14 +123,14 @@ def test_set_acts_when_every_suffix_is_one_token(smol, use):
     value = _vectors(smol, 1, 3)[0]
     with smol.intervene(Set(site, value, positions=[-1])):
         if use == "capture":
-            cached = smol.capture(prompts, [site, READ], chat=False)
+            cached = smol.capture(prompts, [site, READ], chat=False, use_prefix_cache=True)
             full = smol.capture(prompts, [site, READ], chat=False, use_prefix_cache=False)
             assert close(cached[site], value.expand(len(prompts), -1))  # Set acted on the one-token suffix
             assert close(cached[READ], full[READ])
         elif use == "logits":
-            assert close(smol.logits(prompts, chat=False), smol.logits(prompts, chat=False, use_prefix_cache=False))
+            assert close(smol.logits(prompts, chat=False, use_prefix_cache=True), smol.logits(prompts, chat=False, use_prefix_cache=False))
         else:
-            cached = smol.generate(prompts, max_new_tokens=5, chat=False)
+            cached = smol.generate(prompts, max_new_tokens=5, chat=False, use_prefix_cache=True)
             full = smol.generate(prompts, max_new_tokens=5, chat=False, use_prefix_cache=False)
             assert same_texts(cached, full)
     clean = smol.generate(prompts, max_new_tokens=5, chat=False) if use == "generate" else None
@@ -187,9 +187,9 @@ def test_prefix_cache_in_bf16(smol):
     model = interp.load("smollm2-135m-instruct", dtype=torch.bfloat16, device=DEVICE)
     with model.intervene(Set(f"blocks.{LAYER}.hook_resid_post", torch.ones(model.d_model), positions=[-1]),
                          Add(_vectors(model, 1)[0], layer=LAYER)):
-        cached = model.capture(PROMPTS, READ)[READ]
+        cached = model.capture(PROMPTS, READ, use_prefix_cache=True)[READ]
         full = model.capture(PROMPTS, READ, use_prefix_cache=False)[READ]
-        logits = model.logits(PROMPTS), model.logits(PROMPTS, use_prefix_cache=False)
+        logits = model.logits(PROMPTS, use_prefix_cache=True), model.logits(PROMPTS, use_prefix_cache=False)
     assert close(cached, full, torch.bfloat16)
     assert close(*logits, torch.bfloat16)
     assert registered_hooks(model) == 0
@@ -221,12 +221,12 @@ def test_sliding_window_family(smol, family):
     assert shared_length(model, ids) > 0  # the cache is used
     sites = ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"]
     with model.intervene(Set("blocks.0.hook_resid_post", torch.ones(64), positions=[-1]), Add(torch.ones(64), layer=1)):
-        cached = model.capture(PROMPTS, sites, positions=[-1, -2])
+        cached = model.capture(PROMPTS, sites, positions=[-1, -2], use_prefix_cache=True)
         full = model.capture(PROMPTS, sites, positions=[-1, -2], use_prefix_cache=False)
         for s in sites:
             assert close(cached[s], full[s], torch.float32), s
-        assert close(model.logits(PROMPTS), model.logits(PROMPTS, use_prefix_cache=False), torch.float32)
-        assert model.generate(PROMPTS, max_new_tokens=4) == model.generate(PROMPTS, max_new_tokens=4, use_prefix_cache=False)
+        assert close(model.logits(PROMPTS, use_prefix_cache=True), model.logits(PROMPTS, use_prefix_cache=False), torch.float32)
+        assert model.generate(PROMPTS, max_new_tokens=4, use_prefix_cache=True) == model.generate(PROMPTS, max_new_tokens=4, use_prefix_cache=False)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
@@ -244,4 +244,10 @@ def test_sliding_window_shorter_than_the_prompts(smol, family):
         full = model.hf(**model.pad([row]).inputs(), use_cache=False, output_hidden_states=True).hidden_states
     for a, b in zip(cached[1:], full[1:]):
         assert close(a, b[:, -5:], torch.float32)
-    assert close(model.logits(PROMPTS), model.logits(PROMPTS, use_prefix_cache=False), torch.float32)
+    assert close(model.logits(PROMPTS, use_prefix_cache=True), model.logits(PROMPTS, use_prefix_cache=False), torch.float32)
+
+
+def test_prefix_cache_default_follows_the_device(smol):
+    """`use_prefix_cache=None` means on for a CPU model (compute-bound), off on a GPU (launch-bound)."""
+    assert wanted(smol, None) == (smol.device.type == "cpu")
+    assert wanted(smol, True) and not wanted(smol, False)
