@@ -1,7 +1,7 @@
 """Plain torch hooks on HF modules, addressed by canonical site. Users never see this module.
 
 `hooked(model, fns)` registers one hook per site that calls the given functions on the site's value (a tensor
-in TransformerLens layout; `attn.hook_z` as [batch, pos, head, d_head]). A function returns None to only read,
+in TransformerLens layout; `attn.hook_z` and `attn.hook_q|k|v` as [batch, pos, head, d_head]). A function returns None to only read,
 or a tensor to replace the value. Hooks are removed when the context exits, also when the body raises.
 `stop_after=L` ends the forward once layer L has run (raising `StopForward`, which `hooked` swallows).
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.sites import Site
+from interp.sites import HEAD_KINDS, Site
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -116,13 +116,13 @@ def outside_prefix(model: "Model", fn: "HookFn") -> "HookFn":
 
 
 def _to_view(model: "Model", site: Site, x: Tensor) -> Tensor:
-    if site.kind == "attn.hook_z":
-        return x.view(*x.shape[:-1], model.n_heads, model.d_head)
+    if site.kind in HEAD_KINDS:  # hook_k / hook_v have n_key_value_heads heads under grouped-query attention
+        return x.view(*x.shape[:-1], x.shape[-1] // model.d_head, model.d_head)
     return x
 
 
 def _from_view(site: Site, y: Tensor, like: Tensor) -> Tensor:
-    if site.kind == "attn.hook_z":
+    if site.kind in HEAD_KINDS:
         return y.reshape(like.shape)
     return y
 

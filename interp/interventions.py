@@ -14,6 +14,8 @@ and the block fails loudly if one of its hooks never fired.
 - `Set(site, value, positions)`: overwrite an activation (patching) at prompt positions.
 - `RowwiseAdd` / `RowwiseAblate`: a different vector per batch row, for scoring many candidate directions in
   one forward.
+- `Patch(site, source, positions, heads, rows)`: activation patching: per-row source activations from another
+  run (per head at `attn.hook_z|q|k|v`), on chosen rows, so many patch locations share one forward.
 
 Each intervention declares `position_dependent` (it acts differently at different token positions) and
 `row_dependent` (differently on different batch rows). A shared prefix that runs once for many rows
@@ -34,7 +36,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.hooks import HookFn, forward_state, hooked, outside_prefix, tracking_steps
-from interp.sites import Site
+from interp.sites import HEAD_KINDS, Site
 from interp.subspace import Direction, Subspace
 
 if TYPE_CHECKING:
@@ -258,11 +260,105 @@ class RowwiseAdd:
         return out
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Activation patching: write per-row `source` activations (captured from another run, e.g. the clean one)
+    into this run at `site` and prompt `positions`.
+
+    positions: "all", or indices counted from the end of the prompt (negative; left padding puts every prompt's
+    end in the last column). source: [batch, pos, ...] a whole run's activations aligned at the last column
+    (its last columns meet the run's; wider is fine), or [batch, len(positions), ...] one entry per position
+    (a source exactly len(positions) wide is read this way). `...` is [d] for residual-width sites and
+    [head, d_head] for `attn.hook_z|q|k|v`, where `heads` picks the heads written (default: all).
+    rows: the batch rows written, source row i going to batch row rows[i] (default: every row, in order), so
+    several patches can share one forward, each on its own rows. Generated tokens are left alone.
+    Writing a run's own activations back changes nothing, bit for bit.
+    """
+
+    site: str
+    source: Tensor
+    positions: str | Sequence[int] = "all"
+    heads: Sequence[int] | None = None
+    rows: Sequence[int] | None = None
+    position_dependent = True  # a different value at every position
+    row_dependent = True  # a different value on every row
+
+    def __post_init__(self) -> None:
+        if isinstance(self.positions, int) and not isinstance(self.positions, bool):
+            object.__setattr__(self, "positions", [self.positions])
+        if self.positions != "all":
+            if isinstance(self.positions, str) or not self.positions or \
+                    not all(isinstance(p, int) and p < 0 for p in self.positions):
+                raise InterpError(f"Patch positions must be 'all' or indices counted from the end of the prompt "
+                                  f"(negative, e.g. [-1]), got {self.positions!r}")
+            object.__setattr__(self, "positions", list(self.positions))
+        if not isinstance(self.source, Tensor) or self.source.dim() < 3:
+            raise InterpError("Patch source must be a tensor [batch, pos, d] (or [batch, pos, head, d_head] per head)")
+        if self.rows is not None and len(self.rows) != self.source.shape[0]:
+            raise InterpError(f"Patch has {self.source.shape[0]} source rows for {len(self.rows)} batch rows; give one per row")
+
+    @property
+    def tail(self) -> int | None:
+        """How many final prompt tokens this touches (None: all of them, each differently: no prefix cache)."""
+        return None if self.positions == "all" else -min(self.positions)
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        (site,) = model.sites(self.site)
+        per_head = site.kind in HEAD_KINDS
+        src = self.source.detach()
+        if per_head != (src.dim() == 4) or src.dim() > 4:
+            want = "[batch, pos, head, d_head]" if per_head else "[batch, pos, d]"
+            raise InterpError(f"Patch source for {site} must be {want}, got shape {tuple(src.shape)}")
+        if per_head:
+            n_heads = src.shape[2]
+            heads = list(range(n_heads)) if self.heads is None else list(self.heads)
+            bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < n_heads]
+            if bad or not heads:
+                raise InterpError(f"Patch heads {bad or heads} out of range: {site} has heads 0..{n_heads - 1}")
+        elif self.heads is not None:
+            raise InterpError(f"Patch heads apply to attn.hook_z|q|k|v only, not {site}")
+        else:
+            heads = None
+        positions = self.positions
+        per_position = positions != "all" and src.shape[1] == len(positions)
+        state = forward_state(model)
+        rows = None if self.rows is None else torch.as_tensor(list(self.rows), dtype=torch.long)
+        cast = _Cast(src)
+
+        def fn(s: Site, x: Tensor) -> Tensor | None:
+            if state.decoding:
+                return None  # a generation step: only the prompt positions are patched
+            n, width = x.shape[0], x.shape[1]
+            r = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
+            if len(r) != src.shape[0] or (len(r) and int(r.max()) >= n):
+                raise InterpError(f"a Patch for {src.shape[0]} rows met a batch of {n} rows at {s}")
+            if positions == "all":
+                cols = torch.arange(width, device=x.device)
+            else:
+                if -min(positions) > width:
+                    raise InterpError(f"Patch position {min(positions)} is outside this run's {width} tokens at {s}")
+                cols = torch.tensor(positions, device=x.device) + width
+            value = cast(x)  # per_position: [rows, len(positions), ...] as it is
+            if not per_position:
+                if value.shape[1] < width:
+                    raise InterpError(f"Patch source has {value.shape[1]} positions, the run at {s} has {width}")
+                value = value[:, cols - width + value.shape[1]]
+            x = x.clone()
+            if heads is None:
+                x[r[:, None], cols[None, :]] = value
+            else:
+                h = torch.tensor(heads, device=x.device)
+                x[r[:, None, None], cols[None, :, None], h[None, None, :]] = value[:, :, h]
+            return x
+
+        return {site: [fn]}
+
+
 def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[Site, list[HookFn]]:
     merged: dict[Site, list[HookFn]] = {}
     for iv in interventions:
         if not hasattr(iv, "hooks"):
-            raise InterpError(f"{iv!r} is not an intervention (Add, Ablate, Project, Set, RowwiseAdd, RowwiseAblate)")
+            raise InterpError(f"{iv!r} is not an intervention (Add, Ablate, Project, Set, Patch, RowwiseAdd, RowwiseAblate)")
         for site, fns in iv.hooks(model).items():
             if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
                 raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")

@@ -104,6 +104,9 @@ class Model:
         return check_layer(layer, self.n_layers, what)
 
     def site_module(self, site: Site) -> tuple[nn.Module, str]:
+        if site.kind not in self.family.sites:
+            raise InterpError(f"{site} is not available for {self.hf.config.model_type} models; "
+                              f"available kinds: {', '.join(self.family.sites)}")
         path, where = self.family.sites[site.kind]
         layer = self.layers[site.layer]
         return (layer.get_submodule(path) if path else layer), where

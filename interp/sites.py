@@ -21,7 +21,11 @@ KINDS = (
     "attn.hook_z",
     "attn.hook_pattern",
     "mlp.hook_post",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
 )
+HEAD_KINDS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")  # seen per head: [batch, pos, head, d_head]
 
 # Where each kind lives inside one decoder layer: (module path relative to the layer, "in" or "out").
 # "" is the decoder layer itself. hook_pattern reads output[1] of the attention module (eager attention).
@@ -34,6 +38,11 @@ _LLAMA = {
     "attn.hook_z": ("self_attn.o_proj", "in"),
     "attn.hook_pattern": ("self_attn", "out"),
     "mlp.hook_post": ("mlp.down_proj", "in"),
+    # queries, keys and values before the rotary embedding (TransformerLens' hook_q/k/v); with grouped-query
+    # attention, hook_k and hook_v have the model's n_key_value_heads heads, shared by groups of query heads
+    "attn.hook_q": ("self_attn.q_proj", "out"),
+    "attn.hook_k": ("self_attn.k_proj", "out"),
+    "attn.hook_v": ("self_attn.v_proj", "out"),
 }
 _GEMMA = {
     **_LLAMA,
@@ -50,6 +59,7 @@ _GPT2 = {
     "attn.hook_z": ("attn.c_proj", "in"),
     "attn.hook_pattern": ("attn", "out"),
     "mlp.hook_post": ("mlp.c_proj", "in"),
+    # no attn.hook_q/k/v: GPT-2 computes them in one fused c_attn projection
 }
 
 
@@ -62,9 +72,12 @@ class Family:
     o_proj: str  # attention output projection, relative to a layer (for weight orthogonalisation)
     down_proj: str  # MLP output projection, relative to a layer
     conv1d: bool = False  # GPT-2 stores linear weights transposed (Conv1D)
+    qkv_proj: tuple[str, str, str] | None = None  # query, key, value projections relative to a layer (interp.heads)
+    attn_norm: str | None = None  # the norm in front of attention, relative to a layer (folded into W_Q/W_K/W_V)
 
 
-_LLAMA_FAMILY = Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj")
+_LLAMA_FAMILY = Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj",
+                       qkv_proj=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), attn_norm="input_layernorm")
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA_FAMILY,
     "qwen2": _LLAMA_FAMILY,

@@ -101,7 +101,8 @@ def test_resid_post_equals_hidden_states(request, reference, name, backend, posi
         assert diff <= TOL, (backend, layer, float(diff))
 
 
-OTHER_KINDS = [k for k in KINDS if k not in ("hook_resid_post", "attn.hook_pattern")]
+# attn.hook_q|k|v (path patching) are hooks-backend sites only
+OTHER_KINDS = [k for k in KINDS if k not in ("hook_resid_post", "attn.hook_pattern", "attn.hook_q", "attn.hook_k", "attn.hook_v")]
 
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
