@@ -179,6 +179,64 @@ def ablate(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
 
 
 @app.command()
+def patch(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+          task: Optional[str] = typer.Option(None, help="ioi | laundry | capitals (or give --pairs)"),
+          pairs: Optional[Path] = typer.Option(None, help="JSONL of your own items: clean, corrupted, answer, wrong_answer"),
+          n: int = typer.Option(8, help="items generated for --task"),
+          seed: int = typer.Option(0, help="seed of the generated items"),
+          length: Optional[int] = typer.Option(None, help="list length for --task laundry"),
+          sites: List[str] = typer.Option(["resid", "attn", "mlp", "heads"], help="grids: resid | attn | mlp | heads (repeat or comma-separate)"),
+          head_position: Optional[int] = typer.Option(None, help="patch heads at this position only (negative, from the end); default every position"),
+          attribution: bool = typer.Option(True, help="also estimate every grid by attribution patching"),
+          min_solve_rate: float = typer.Option(0.5, help="refuse a task the model solves less often than this"),
+          rows_per_forward: int = typer.Option(64),
+          out: Path = typer.Option(..., help="output folder (result.json, report.html)")) -> None:
+    """Activation patching sweeps (residual stream, attention and MLP outputs, heads) with attribution patching."""
+    from analyses import patching
+    from interp.errors import InterpError
+    from interp.tasks import from_pairs, make_task
+
+    if (task is None) == (pairs is None):
+        raise InterpError("give exactly one of --task (ioi, laundry, capitals) and --pairs FILE.jsonl")
+    grids = patching.check_sites([s.strip() for item in sites for s in item.split(",") if s.strip()])
+    options = {"length": length} if length is not None else {}
+    items = from_pairs(pairs) if pairs is not None else make_task(task, n, seed, **options)  # before the model loads
+    m = _load(model)
+    result = patching.run(m, items, sites=grids, head_position=head_position, attribution=attribution,
+                          rows_per_forward=rows_per_forward, min_solve_rate=min_solve_rate)
+    result.save(out)
+    corr = ", ".join(f"{k} r={v:.2f}" for k, v in result.correlation.items())
+    typer.echo(f"{result.n_items} items (solve rate {result.solve_rate:.0%}); grids {', '.join(result.grids)}"
+               f"{'; attribution ' + corr if corr else ''}; {result.timings['total']:.0f} s")
+    typer.echo(f"wrote {out}/result.json, report.html")
+
+
+@app.command()
+def heads(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+          out: Path = typer.Option(..., help="output folder (result.json, report.html, heads.safetensors)"),
+          modes: List[str] = typer.Option(["Q", "K", "V"], help="composition kinds: Q, K, V"),
+          top: int = typer.Option(8, help="strongest pairs per kind whose channels are listed"),
+          share: float = typer.Option(0.5, help="a channel: the fewest components carrying this share of a pair"),
+          baseline_samples: int = typer.Option(256, help="random matrix pairs for the baseline"),
+          fold_norm: bool = typer.Option(True, help="fold the attention norm's weight into W_Q, W_K, W_V")) -> None:
+    """Heads as matrices: OV/QK singular value spectra, composition scores against random matrices, channels."""
+    from analyses import heads as heads_analysis
+
+    modes = [m.upper() for m in modes]
+    m = _load(model)
+    result = heads_analysis.run(m, modes=modes, top=top, share=share, baseline_samples=baseline_samples,
+                                fold_norm=fold_norm)
+    result.save(out)
+    s = result.summary()
+    for mode in modes:
+        best = s["composition"][mode]["top_pairs"][0]
+        typer.echo(f"{mode}-composition: mean {s['composition'][mode]['mean']:.4f} (random {s['baseline']['mean']:.4f}); "
+                   f"strongest {best['sender'][0]}.{best['sender'][1]} -> {best['receiver'][0]}.{best['receiver'][1]} "
+                   f"{best['score']:.3f}, components {best['components']} carry {sum(best['shares']):.0%}")
+    typer.echo(f"wrote {out}/result.json, report.html, heads.safetensors")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
          n: int = typer.Option(64, help="prompts per class (12 of each are held out for validation)")) -> None:

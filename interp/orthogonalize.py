@@ -68,21 +68,35 @@ def orthogonalized_copy(model: "Model", subspace: Subspace) -> nn.Module:
     return hf
 
 
-def export_orthogonalized(model: "Model", subspace: Subspace, out_dir: str | os.PathLike) -> Path:
-    """Write the orthogonalised checkpoint (weights, config, tokenizer) to `out_dir`, atomically."""
+def check_export_dir(out_dir: str | os.PathLike) -> Path:
+    """The folder for an exported checkpoint: new or empty (checked before any work is done)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InterpError(f"{out_dir} exists and is not empty; choose a new folder for the exported checkpoint")
-    hf = orthogonalized_copy(model, subspace)
+    return out_dir
+
+
+def write_checkpoint(hf: nn.Module, tokenizer, out_dir: str | os.PathLike, sidecar: str, meta: dict) -> Path:
+    """Write an HF model (weights, config), its tokenizer and a JSON sidecar to `out_dir`, atomically: a
+    temporary folder beside it is renamed into place only when everything is written."""
+    out_dir = check_export_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         hf.save_pretrained(str(work))
-        model.tokenizer.save_pretrained(str(work))
-        write_json(work / "interp_orthogonalized.json", {"source_model": model.fingerprint, "direction": subspace.provenance})
+        tokenizer.save_pretrained(str(work))
+        write_json(work / sidecar, meta)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(work, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def export_orthogonalized(model: "Model", subspace: Subspace, out_dir: str | os.PathLike) -> Path:
+    """Write the orthogonalised checkpoint (weights, config, tokenizer) to `out_dir`, atomically."""
+    check_export_dir(out_dir)
+    hf = orthogonalized_copy(model, subspace)
+    return write_checkpoint(hf, model.tokenizer, out_dir, "interp_orthogonalized.json",
+                            {"source_model": model.fingerprint, "direction": subspace.provenance})

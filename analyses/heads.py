@@ -1,0 +1,221 @@
+"""Heads as matrices: singular value spectra, composition scores and communication channels.
+
+The method. An attention head is two low-rank d x d matrices (Elhage et al. 2021, "A Mathematical Framework
+for Transformer Circuits"): W_QK = W_Q W_K^T decides where it attends, W_OV = W_V W_O what it moves. Their
+singular value spectra say how many directions a head really uses. Two heads in different layers compose when
+the earlier one's W_OV writes into the subspace the later one reads: with its queries (Q-composition), its keys
+(K-composition) or its values (V-composition). The composition score ||W_OV1 W_QK2||_F / (||W_OV1||_F ||W_QK2||_F)
+(and its K and V variants) measures that from the weights alone; random matrices of the same shapes score about
+sqrt(d_head / d), the baseline every score is read against.
+
+Talking Heads (Merullo, Eickhoff and Pavlick 2024, "Talking Heads: Understanding Inter-layer Communication in
+Transformer Language Models") sharpen this: split the sender's W_OV into its rank-1 SVD components and score each
+with the receiver. Whole-matrix scores sit near the baseline, but one or two components often carry most of the
+composition: a low-rank communication channel between the two heads (in GPT-2, the inhibition heads tell the
+name movers which name not to copy through such a channel). Editing the channel (scaling or removing those
+components, in activations or in the weights) then tests whether the model uses it; on the Laundry List task
+the paper improves recall from long lists by such edits.
+
+This module computes every spectrum and every pair's composition from factored matrices (`interp.heads`: thin
+QR of the factors, r x r work per pair, never a d x d product), samples the random baseline, and lists the
+strongest pairs of each kind with the components that carry them (the fewest whose shares of the pair's squared
+composition reach `share`). `direct_effects` finds the heads that write the answer (direct logit attribution),
+to choose receivers from data. The attention norm's weight is folded into W_Q, W_K, W_V; rotary embeddings and
+biases are left out of the matrices (see `interp.heads`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.heads import MODES, Composition, HeadSVDs, check_head, composition, head_svds, random_baseline
+from interp.io import write_tensors
+from interp.result import Result
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from interp.model import Model
+
+
+def channel(comp: Composition, sender: tuple[int, int], receiver: tuple[int, int], share: float = 0.5) -> dict:
+    """The fewest sender components whose shares of the pair's squared composition reach `share`, strongest first."""
+    if not comp.scores[(*sender, *receiver)].isfinite():
+        raise InterpError(f"head {sender[0]}.{sender[1]} cannot send to head {receiver[0]}.{receiver[1]}: "
+                          "the sender's layer must be earlier than the receiver's")
+    shares = comp.shares(sender, receiver)
+    order = shares.argsort(descending=True)
+    n = int((shares[order].cumsum(0) < share).sum()) + 1
+    keep = order[:n].tolist()
+    rows = comp.components[(*sender, *receiver)]
+    return {"mode": comp.mode, "sender": list(sender), "receiver": list(receiver),
+            "score": float(comp.scores[(*sender, *receiver)]), "components": keep,
+            "shares": [float(shares[i]) for i in keep], "component_scores": [float(rows[i]) for i in keep],
+            "singular_values": [float(comp.sender_s[sender][i]) for i in keep], "rank": int(rows.numel())}
+
+
+@dataclass
+class HeadsResult(Result):
+    model: dict
+    svds: HeadSVDs
+    compositions: dict[str, Composition]
+    baseline: dict[str, Tensor]  # sampled random-matrix "scores" [n] and "components" [n, r]
+    top_pairs: dict[str, list[dict]]  # per mode, the strongest pairs with their channels
+    config: dict = field(default_factory=dict)
+    title: str = "Heads as matrices: spectra, composition, channels"
+
+    @property
+    def n_layers(self) -> int:
+        return self.svds.weights.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.svds.weights.n_heads
+
+    def channel(self, mode: str, sender: tuple[int, int], receiver: tuple[int, int], share: float = 0.5) -> dict:
+        """The channel between two heads (see `channel`), checked for range."""
+        if mode not in self.compositions:
+            raise InterpError(f"no {mode!r} composition here; computed: {', '.join(self.compositions)}")
+        for layer, head in (sender, receiver):
+            check_head(layer, head, self.n_layers, self.n_heads)
+        return channel(self.compositions[mode], tuple(sender), tuple(receiver), share)
+
+    def effective_rank(self, matrix: str = "OV") -> Tensor:
+        """Per head, exp(entropy) of the normalised squared singular values, [L, H]."""
+        s2 = getattr(self.svds, matrix).S.double().square()
+        p = s2 / s2.sum(-1, keepdim=True)
+        return torch.exp(-(p * p.clamp_min(1e-30).log()).sum(-1)).float()
+
+    def summary(self) -> dict:
+        base = self.baseline["scores"]
+        comp = {}
+        for mode, c in self.compositions.items():
+            valid = c.scores[c.scores.isfinite()]
+            comp[mode] = {"mean": float(valid.mean()), "max": float(valid.max()),
+                          "share_above_baseline_p99": float((valid > base.quantile(0.99)).float().mean()),
+                          "top_pairs": self.top_pairs[mode]}
+        spectra = {m: {"effective_rank_mean_per_layer": self.effective_rank(m).mean(1).tolist(),
+                       "top_singular_value_mean_per_layer": getattr(self.svds, m).S[..., 0].mean(1).float().tolist()}
+                   for m in ("OV", "QK")}
+        return {"model": self.model, "config": self.config, "spectra": spectra,
+                "baseline": {"samples": len(base), "mean": float(base.mean()), "std": float(base.std()),
+                             "p99": float(base.quantile(0.99)),
+                             "component_mean": float(self.baseline["components"].mean())},
+                "composition": comp}
+
+    def figures(self) -> dict[str, go.Figure]:
+        figs = {f"{m.lower()}_spectra": self._spectra(m) for m in ("OV", "QK")}
+        figs.update({f"composition_{mode}": self._composition(c) for mode, c in self.compositions.items()})
+        figs["composition_vs_baseline"] = self._histograms()
+        figs["channels"] = self._channels()
+        return figs
+
+    def _spectra(self, matrix: str) -> go.Figure:
+        s = getattr(self.svds, matrix).S.float()
+        s = (s / s[..., :1]).mean(1)  # per layer: the head-mean spectrum, each head normalised by its largest
+        fig = go.Figure([go.Scatter(x=list(range(1, s.shape[-1] + 1)), y=s[layer].tolist(), mode="lines",
+                                    name=f"layer {layer}") for layer in range(s.shape[0])])
+        fig.update_layout(title=f"W_{matrix} singular values per layer (mean over heads of s_i / s_1)",
+                          xaxis_title="component i", yaxis_title="s_i / s_1", yaxis_type="log")
+        return fig
+
+    def _labels(self) -> list[str]:
+        return [f"{layer}.{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
+
+    def _composition(self, c: Composition) -> go.Figure:
+        n = self.n_layers * self.n_heads
+        ratio = (c.scores.reshape(n, n) / self.baseline["scores"].mean()).round(decimals=3)
+        labels = self._labels()
+        fig = go.Figure(go.Heatmap(z=ratio.tolist(), x=labels, y=labels, colorscale="Viridis",
+                                   colorbar=dict(title="score / baseline")))
+        fig.update_layout(title=f"{c.mode}-composition of every head pair, over the random baseline "
+                                f"({float(self.baseline['scores'].mean()):.4f})",
+                          xaxis_title="receiver (layer.head)", yaxis_title="sender (layer.head)")
+        return fig
+
+    def _histograms(self) -> go.Figure:
+        fig = go.Figure([go.Histogram(x=c.scores[c.scores.isfinite()].tolist(), name=f"{mode}-composition",
+                                      histnorm="probability density", opacity=0.6)
+                         for mode, c in self.compositions.items()])
+        fig.add_trace(go.Histogram(x=self.baseline["scores"].tolist(), name="random matrices (baseline)",
+                                   histnorm="probability density", opacity=0.6))
+        fig.update_layout(title="composition scores of all head pairs against random matrices of the same shapes",
+                          xaxis_title="composition score", barmode="overlay")
+        return fig
+
+    def _channels(self, n_pairs: int = 3, n_components: int = 16) -> go.Figure:
+        fig = go.Figure()
+        for mode, pairs in self.top_pairs.items():
+            for p in pairs[:n_pairs]:
+                shares = self.compositions[mode].shares(tuple(p["sender"]), tuple(p["receiver"]))
+                top = shares.sort(descending=True).values[:n_components]
+                fig.add_trace(go.Bar(x=list(range(1, len(top) + 1)), y=top.tolist(),
+                                     name=f"{mode}: {p['sender'][0]}.{p['sender'][1]} -> {p['receiver'][0]}.{p['receiver'][1]}"))
+        fig.update_layout(title="strongest pairs: each sender component's share of the pair's composition (sorted)",
+                          xaxis_title="component, by share", yaxis_title="share of squared composition",
+                          barmode="group")
+        return fig
+
+    def save_artifacts(self, directory: "Path") -> None:
+        tensors = {"ov_singular_values": self.svds.OV.S.float(), "qk_singular_values": self.svds.QK.S.float(),
+                   "baseline_scores": self.baseline["scores"]}
+        tensors.update({f"composition_{m}": c.scores for m, c in self.compositions.items()})
+        write_tensors(directory / "heads.safetensors", tensors)
+
+
+def run(model: "Model", modes: Sequence[str] = MODES, top: int = 8, share: float = 0.5, baseline_samples: int = 256,
+        fold_norm: bool = True, seed: int = 0) -> HeadsResult:
+    """Spectra of every head's W_OV and W_QK, composition of every head pair in `modes` against a random
+    baseline of `baseline_samples` matrix pairs, and the channels of the `top` strongest pairs per mode."""
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise InterpError(f"unknown composition modes {bad or list(modes)}; choose from {', '.join(MODES)}")
+    if not 0 < share <= 1:
+        raise InterpError(f"share must be in (0, 1], got {share}")
+    if top < 1 or baseline_samples < 2:
+        raise InterpError(f"top must be >= 1 and baseline_samples >= 2, got {top} and {baseline_samples}")
+    svds = head_svds(model, fold_norm=fold_norm)
+    comps = {m: composition(svds, m) for m in modes}
+    base = random_baseline(model.d_model, svds.OV.S.shape[-1], n=baseline_samples, seed=seed)
+    H = model.n_heads
+    top_pairs = {}
+    for m, c in comps.items():
+        flat = torch.nan_to_num(c.scores.flatten(), nan=-1.0)
+        idx = flat.topk(min(top, int(c.scores.isfinite().sum()))).indices.tolist()
+        pairs = [((i // (H * model.n_layers * H), i // (model.n_layers * H) % H), (i // H % model.n_layers, i % H))
+                 for i in idx]
+        top_pairs[m] = [channel(c, s, r, share) for s, r in pairs]
+    cfg = {"modes": list(modes), "top": top, "share": share, "baseline_samples": baseline_samples,
+           "fold_norm": fold_norm, "seed": seed, "n_kv_heads": svds.weights.n_kv_heads, "d_head": model.d_head,
+           "biases": {k: getattr(svds.weights, k) is not None for k in ("b_Q", "b_K", "b_V")}}
+    return HeadsResult(model.fingerprint, svds, comps, base, top_pairs, cfg)
+
+
+@torch.no_grad()
+def direct_effects(model: "Model", prompts: Sequence[str], answer: Tensor, wrong: Tensor, chat: bool = False,
+                   batch_size: int = 16) -> Float[Tensor, "layer head"]:
+    """Direct logit attribution of every head at the last token: the mean over prompts of what the head's output
+    adds to logit(answer) - logit(wrong) through the final norm (its 1/rms scale frozen at the prompt's own value).
+    Heads with a large positive effect write the answer (movers); negative, they suppress it."""
+    from interp.heads import head_weights
+
+    if len(prompts) != len(answer) or len(prompts) != len(wrong):
+        raise InterpError(f"got {len(prompts)} prompts, {len(answer)} answers and {len(wrong)} wrong answers; give one each")
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    acts = model.capture(list(prompts), ["attn.hook_z", last], positions="last", chat=chat, batch_size=batch_size)
+    z = acts.stack("attn.hook_z")  # [n, L, H, dh]
+    resid = acts[last]  # [n, d]
+    w_o = head_weights(model, fold_norm=False, dtype=torch.float32).W_O.cpu()  # [L, H, dh, d]
+    norm = model.hf.get_submodule(model.family.final_norm)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+    scale = norm.weight.float().cpu() / resid.square().mean(-1, keepdim=True).add(eps).sqrt()  # [n, d]
+    unembed = model.hf.get_output_embeddings().weight
+    diff = (unembed[answer.to(unembed.device)] - unembed[wrong.to(unembed.device)]).float().cpu()  # [n, d]
+    return torch.einsum("nlhe,lhed,nd->lh", z, w_o, scale * diff) / len(prompts)
