@@ -38,8 +38,8 @@ test-slow: models
 	$(PY) -m pytest -q -m slow
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
-# versions, date). About 40 minutes on a quiet 2-core CPU (capture ~5 min, refusal ~20, attack ~15); the GPU
-# benchmark runs only where CUDA is available (~3 min on an H100). Attack logs go to out/bench/.
+# versions, date). About 45 minutes on a quiet 2-core CPU (capture ~2 min, refusal ~10, attack ~7, patching ~15,
+# heads ~6); the GPU benchmark runs only where CUDA is available (~3 min on an H100). Attack logs go to out/bench/.
 BENCH := benchmarks/results
 bench: models
 	@git diff --quiet HEAD -- . ':(exclude)$(BENCH)' 2>/dev/null || echo "warning: uncommitted changes; the results will say git_dirty: true"
@@ -47,6 +47,8 @@ bench: models
 	$(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 64 --n-eval 32 --out $(BENCH)/refusal_qwen05.json
 	$(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 4 --steps 30 --candidates 32 --max-seconds 90 \
 		--parallel-n 4 --parallel-steps 2 --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
+	$(PY) -m benchmarks.patching --model qwen2.5-coder-0.5b-instruct --n 4 --out $(BENCH)/patching_qwen05.json
+	$(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/heads_qwen05.json
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
 		$(PY) -m benchmarks.gpu --out $(BENCH)/gpu_qwen15_random.json; fi
 

@@ -53,3 +53,10 @@ def test_rerouting_notebook():
     nb = execute("rerouting.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct"})
     for figure in ('result.figure("rerouting")', 'result.figure("loss curves")'):
         assert PLOTLY in shown(nb, figure), figure
+
+
+def test_circuits_notebook():
+    nb = execute("circuits.ipynb", {"INTERP_NOTEBOOK_MODEL": "smollm2-135m-instruct", "INTERP_NOTEBOOK_N": "4"})
+    for figure in ("result.figure('resid')", "result.figure('heads')", "heads.figure('ov_spectra')",
+                   "heads.figure('composition_vs_baseline')", "heads.figure('channels')"):
+        assert PLOTLY in shown(nb, figure), figure
