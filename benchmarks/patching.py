@@ -1,6 +1,6 @@
 """Activation patching on IOI: batched sweep vs one location per forward, attribution patching, heads, paths.
 
-    python -m benchmarks.patching --out benchmarks/results/patching_qwen05_cpu.json   # Qwen2.5-Coder-0.5B, 4 IOI items
+    python -m benchmarks.patching --out benchmarks/results/patching_qwen05.json   # Qwen2.5-Coder-0.5B, 4 IOI items, template 0
     python -m benchmarks.patching --model smollm2-135m-instruct --n 2 --layers 0,29 --out /tmp/p.json   # a smoke run
 
 One process, one IOI task set (`interp.tasks.make_task("ioi", n)`, the items the model solves). Measured:
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=4, help="IOI items generated (the solved ones are kept)")
     p.add_argument("--grids", default="attn,mlp,heads", help="exact grids besides resid (attribution covers the same)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--template", type=int, default=0,
+                   help="IOI template index (one template, so the position axis lines up across items; -1: mixed)")
     p.add_argument("--rows", type=int, default=64, help="rows per forward of the batched sweep")
     p.add_argument("--runs", type=int, default=1, help="timed rounds of the two residual sweeps (median reported)")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = interp.load(args.model, dtype=getattr(torch, args.dtype), device=args.device)
-    task = solvable(model, make_task("ioi", args.n, args.seed))
+    task = solvable(model, make_task("ioi", args.n, args.seed, template=None if args.template < 0 else args.template))
     tokens = task.tokens(model)
     layers = list(range(model.n_layers)) if args.layers is None else [int(x) for x in args.layers.split(",")]
     n_pos = min(len(r) for r in tokens.clean)
