@@ -1,7 +1,7 @@
 """Heads as matrices on a real model: spectra, composition against random matrices, channels, and channel edits
 on IOI and the Laundry List.
 
-    python -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out benchmarks/results/heads_qwen05_cpu.json
+    python -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out benchmarks/results/heads_qwen05.json
     python -m benchmarks.heads --model smollm2-135m-instruct --n 4 --lengths 2 3 --out /tmp/heads_tiny.json  # a check
 
 Steps (all timed):
