@@ -13,8 +13,8 @@ written by `--save-tokenizer` on a machine that has the bundled model; 11 MB).
 In one process, each against a baseline measured in the same run (medians of `Sizes.runs` rounds after a warm-up,
 the order of methods rotating from round to round, `torch.cuda.synchronize` around every timing):
 
-- capture: `model.capture(prompts, "hook_resid_post")` at every layer (last token; without the prefix cache;
-  every token) vs a bare forward of the same chat-formatted prompts (tokenisation included in both), and the
+- capture: `model.capture(prompts, "hook_resid_post")` at every layer (last token by the default path; with the
+  prefix cache forced on; forced off; every token) vs a bare forward of the same chat-formatted prompts (tokenisation included in both), and the
   decoder body without the unembedding (what the early stop saves);
 - generation: greedy `hf.generate` of exactly `gen_tokens` tokens with a random direction ablated at every layer
   (`interp.Ablate`) vs plain;
@@ -126,7 +126,8 @@ def build_model(name: str, values: dict, tokenizer_dir: Path, dtype: torch.dtype
 # ----- the measurements -----
 
 def measure_capture(model: Model, sizes: Sizes) -> dict:
-    """`model.capture` of hook_resid_post at every layer vs a bare forward of the same prompts."""
+    """`model.capture` of hook_resid_post at every layer vs a bare forward of the same prompts: the default path
+    (no prefix cache on a GPU, see `interp.prefix.wanted`), the prefix cache forced on and off, every token."""
     prompts = dataset("harmless_train", n=sizes.capture_prompts)
     n = len(prompts)
 
@@ -137,6 +138,8 @@ def measure_capture(model: Model, sizes: Sizes) -> dict:
         "bare": lambda: model.hf(**batch(), use_cache=False),
         "body": lambda: model.hf.base_model(**batch(), use_cache=False),
         "capture": lambda: model.capture(prompts, "hook_resid_post", positions="last", batch_size=n, progress=False),
+        "capture_prefix_cache": lambda: model.capture(prompts, "hook_resid_post", positions="last", batch_size=n,
+                                                      progress=False, use_prefix_cache=True),
         "capture_no_prefix_cache": lambda: model.capture(prompts, "hook_resid_post", positions="last", batch_size=n,
                                                          progress=False, use_prefix_cache=False),
         "capture_all_tokens": lambda: model.capture(prompts, "hook_resid_post", positions="all", batch_size=n,

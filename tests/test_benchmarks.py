@@ -87,7 +87,7 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu_and_writes_every_measurement(tmp_pat
     assert data["model"]["config"]["num_hidden_layers"] == 2 and data["model"]["dtype"] == "float32"
 
     cap = data["capture"]
-    for name in ("bare", "body", "capture", "capture_no_prefix_cache", "capture_all_tokens"):
+    for name in ("bare", "body", "capture", "capture_prefix_cache", "capture_no_prefix_cache", "capture_all_tokens"):
         assert _positive(cap[f"{name}_s"]) and len(cap["times_s"][name]) == gpu.TINY_SIZES.runs
         if name != "bare":
             assert _positive(cap[f"{name}_ratio"])
