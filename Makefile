@@ -47,6 +47,7 @@ bench: models
 	$(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 64 --n-eval 32 --out $(BENCH)/refusal_qwen05.json
 	$(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 4 --steps 30 --candidates 32 --max-seconds 90 \
 		--parallel-n 4 --parallel-steps 2 --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
+	$(PY) -m benchmarks.tasks --out $(BENCH)/tasks.json
 	$(PY) -m benchmarks.patching --model qwen2.5-coder-0.5b-instruct --n 4 --out $(BENCH)/patching_qwen05.json
 	$(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/heads_qwen05.json
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
