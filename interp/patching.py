@@ -15,9 +15,13 @@ P * n / rows_per_forward forwards, not P. Two savings on top, both exact:
 - only the last position's logits are computed (`logits_to_keep=1`);
 - a patch at position p cannot change positions before p (attention is causal), so a row patched at p continues
   the corrupted run's keys and values of its first p tokens (`interp.prefix.PrefixKV`, as the prefix cache does)
-  and runs only its tokens from p on, at every layer. Rows are ordered by how many tokens they run, so a forward
-  holds rows of one length. (Starting a row at the patched layer, from the captured corrupted residual, would
-  save the layers below it too, but needs the model's rotary embedding and masks by hand: not done.)
+  and runs only its tokens from p on. Rows are grouped by how many tokens they run, so a forward holds rows of
+  one length;
+- a patch at layer L cannot change layers below L, so a forward whose rows are all patched at layer L or above
+  starts at layer L, from the corrupted run's `hook_resid_pre` of layer L (`_from_layer`: the decoder runs only
+  layers L..; rotary embeddings and masks come from the model's own forward). Within a length, rows are ordered
+  by layer, so a forward holds rows of nearby layers. Done for the families whose forward adds nothing between
+  the embedding and the first layer (Llama, Qwen2, Mistral); elsewhere every forward starts at layer 0.
 
 `one_location_per_forward=True` is the loop a TransformerLens tutorial writes: one location per forward (the
 items batched), the whole prompt (last-position logits only, to compare like with like); it gives the same
@@ -44,12 +48,14 @@ values of a receiver patches its whole group's. Senders are batched like the swe
 
 from __future__ import annotations
 
+import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import DynamicCache
 
 from interp.capture import pad_left
@@ -146,6 +152,8 @@ def prepare(model: "Model", tokens: TaskTokens, sites: Sequence[Site] = (), batc
     width = max(len(r) for r in tokens.clean)
     clean, clean_logits, _ = _forward_keep(model, tokens.clean, list(sites), width, batch_size, False)
     csites = list(sites) if corrupted_sites is None else list(corrupted_sites)
+    # every layer's residual input, from which a forward of rows patched at layer L and above starts (`sweep`)
+    csites += [s for s in (Site(i, "hook_resid_pre") for i in range(model.n_layers)) if s not in csites]
     corrupted, corr_logits, kv = _forward_keep(model, tokens.corrupted, csites, width, batch_size, True)
     return Runs(tokens, width, clean, corrupted, logit_diff(clean_logits, tokens.answer, tokens.wrong),
                 logit_diff(corr_logits, tokens.answer, tokens.wrong), kv)
@@ -200,10 +208,31 @@ def _prefix_rows(model: "Model", runs: Runs, items: list[int], cuts: list[int]) 
     return PrefixKV(pad, cut, kv, model.hf.config)
 
 
+SKIPS_LAYERS = ("llama", "qwen2", "mistral")  # forwards that add nothing between the embedding and layer 0
+
+
+@contextmanager
+def _from_layer(model: "Model", start: int) -> Iterator[None]:
+    """Inside the block the decoder runs layers `start`.. only: its layer list is swapped for that tail (the
+    same modules, hooks and all; each layer keeps its own cache index) and restored on exit. The caller feeds
+    the residual stream at layer `start` as `inputs_embeds`."""
+    if start == 0:
+        yield
+        return
+    parent_path, _, name = model.family.layers.rpartition(".")
+    parent = model.hf.get_submodule(parent_path)
+    full = getattr(parent, name)
+    setattr(parent, name, nn.ModuleList(list(full)[start:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, full)
+
+
 def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locations: list[Location],
-                  reuse_prefix: bool) -> Tensor:
+                  reuse_prefix: bool, start: int = 0) -> Tensor:
     """Logit differences of `rows` (location index, item) of the corrupted run, each with its location's clean
-    activation patched in, in one forward."""
+    activation patched in, in one forward that starts at layer `start` (no row may be patched below it)."""
     items = [i for _, i in rows]
     groups: dict[int, list[int]] = {}
     for r, (loc, _) in enumerate(rows):
@@ -216,13 +245,23 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
         heads = None if where.head is None else [where.head]
         patches.append(Patch(where.site.name, source, positions, heads=heads, rows=rs))
     cuts = [runs.lengths[i] + locations[loc].position if locations[loc].position is not None else 0 for loc, i in rows]
-    if reuse_prefix and max(cuts) > 0:
-        prefix = _prefix_rows(model, runs, items, cuts)
-        batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
-        inputs = prefix.inputs(batch, rows=torch.arange(len(rows)))
+    if not reuse_prefix:
+        cuts = [0] * len(rows)
+    batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
+    if max(cuts) > 0:
+        inputs = _prefix_rows(model, runs, items, cuts).inputs(batch, rows=torch.arange(len(rows)))
     else:
-        inputs = {**model.pad([runs.tokens.corrupted[i] for i in items]).inputs(), "use_cache": False}
-    with model.intervene(*patches):
+        inputs = {**batch.inputs(), "use_cache": False}
+    if start > 0:  # the corrupted residual stream at layer `start`, at the positions each row runs
+        resid = runs.corrupted[Site(start, "hook_resid_pre")]
+        width = batch.input_ids.shape[1]
+        embeds = torch.zeros(len(rows), width, resid.shape[-1])
+        for r, (i, c) in enumerate(zip(items, cuts)):
+            k = runs.lengths[i] - c
+            embeds[r, width - k:] = resid[i, runs.width - k:]
+        inputs.pop("input_ids")
+        inputs["inputs_embeds"] = embeds.to(model.device, model.dtype)
+    with model.intervene(*patches), _from_layer(model, start):
         logits = model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
     index = torch.tensor(items)
     return logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
@@ -260,10 +299,13 @@ def sweep(model: "Model", runs: Runs, locations: Sequence[Location], rows_per_fo
             p = locations[row[0]].position
             return runs.lengths[row[1]] if p is None else -p
 
-        rows.sort(key=lambda r: -run_length(r))  # stable: location-major within one length
-        chunks = [rows[s:s + rows_per_forward] for s in range(0, len(rows), rows_per_forward)]
+        rows.sort(key=lambda r: (-run_length(r), locations[r[0]].site.layer))
+        chunks = [group[s:s + rows_per_forward] for _, rows_of in itertools.groupby(rows, key=run_length)
+                  for group in [list(rows_of)] for s in range(0, len(group), rows_per_forward)]
+    skip = not one_location_per_forward and model.hf.config.model_type in SKIPS_LAYERS
     for chunk in chunks:
-        ld = _rows_forward(model, runs, chunk, locations, reuse)
+        start = min(locations[loc].site.layer for loc, _ in chunk) if skip else 0
+        ld = _rows_forward(model, runs, chunk, locations, reuse, start)
         total.index_add_(0, torch.tensor([loc for loc, _ in chunk]), ld)
     return runs.normalised(total / n)
 
