@@ -99,23 +99,29 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL log, ignoring a torn last line (a run killed mid-write)."""
-    path = Path(path)
-    if not path.exists():
-        return []
+def jsonl_lines(path: str | os.PathLike, text: str | None = None, torn_tail_ok: bool = False,
+                hint: str = "write one JSON object per line") -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSONL file (or of `text` read from it); a line that is
+    not JSON is an error naming the line, except a torn last line where `torn_tail_ok` (a run killed mid-write)."""
+    lines = (Path(path).read_text(encoding="utf-8") if text is None else text).splitlines()
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((i + 1, json.loads(line)))
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
+            if torn_tail_ok and i == len(lines) - 1:
                 break
-            raise InterpError(f"{path}, line {i + 1}, is not valid JSON ({e}); the log is corrupt") from e
+            raise InterpError(f"{path}, line {i + 1}: not valid JSON ({e.msg}); {hint}") from e
     return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL log, ignoring a torn last line (a run killed mid-write)."""
+    if not Path(path).exists():
+        return []
+    return [value for _, value in jsonl_lines(path, torn_tail_ok=True, hint="the log is corrupt")]
 
 
 def read_meta(directory: Path, meta: str, tensors: str, fmt: str, what: str) -> dict:

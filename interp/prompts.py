@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from interp.errors import InterpError
+from interp.io import jsonl_lines
 
 PROMPT_KEYS: tuple[str, ...] = ("goal", "prompt", "instruction", "behavior", "question")
 TARGET_KEY = "target"
@@ -192,15 +193,7 @@ def _json_rows(path: Path, text: str) -> list[_Row]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[_Row]:
-    rows = []
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rows.append(_Row(f"line {i + 1}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}, line {i + 1}, is not valid JSON ({e})") from e
-    return rows
+    return [_Row(f"line {number}", value) for number, value in jsonl_lines(path, text)]
 
 
 def _find_key(keys, wanted: Sequence[str]) -> str | None:

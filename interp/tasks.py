@@ -35,7 +35,6 @@ items a model solves and refuses a task it cannot, and `report` measures every t
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field, replace
@@ -47,6 +46,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.errors import InterpError
+from interp.io import jsonl_lines
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -380,13 +380,7 @@ def from_pairs(path: str | os.PathLike, chat: bool = False, model: "Model | None
     if not path.is_file():
         raise InterpError(f"pairs file {path} does not exist; give a .jsonl file with {', '.join(PAIR_FIELDS)} per line")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}, line {number}: not valid JSON ({e.msg}); write one JSON object per line") from None
+    for number, row in jsonl_lines(path):
         if not isinstance(row, dict):
             raise InterpError(f"{path}, line {number}: a {type(row).__name__}, not an object with {', '.join(PAIR_FIELDS)}")
         missing = [k for k in PAIR_FIELDS if k not in row]
