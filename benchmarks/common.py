@@ -1,8 +1,8 @@
 """What every benchmark shares: provenance, timing in rotating rounds, the steered-generation measurement, and
 the JSON writer.
 
-Every result file carries a `provenance` block, so that a figure can be traced to the code and the machine that
-produced it and regenerated with the same command:
+Every result file starts with these provenance fields, at its top level, so that a figure can be traced to the
+code and the machine that produced it and regenerated with the same command:
 
     git_commit, git_dirty   the commit of the working tree (git_dirty: uncommitted changes were present). Where
                             BENCH_GIT_COMMIT is set (a copied tree on a lent machine, whose .git may be stale), it wins.
@@ -107,10 +107,13 @@ def provenance(module: str, argv: Sequence[str] | None, device: torch.device | s
 
 
 def write_result(path: str | os.PathLike, result: dict, prov: dict) -> dict:
-    """Write `result` with its provenance first, atomically; return what was written."""
+    """Write `result` with its provenance fields first, at the top level (`git_commit`, `command`, ...),
+    atomically; return what was written."""
     from interp.io import write_json
 
-    out = {"provenance": prov, **result}
+    if clash := set(prov) & set(result):
+        raise ValueError(f"result keys {sorted(clash)} would hide provenance fields; rename them")
+    out = {**prov, **result}
     write_json(path, out)
     return out
 
