@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from interp.errors import InterpError
 from interp.hooks import HookFn
-from interp.sites import Family, Site
+from interp.sites import Family, Site, check_head
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -213,14 +213,6 @@ def head_svds(model: "Model", fold_norm: bool = True, dtype: torch.dtype = torch
 
 
 # ----- composition -----
-
-def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """Validate a (layer, head) pair and return it (non-negative)."""
-    for value, n, what in ((layer, n_layers, "layer"), (head, n_heads, "head")):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
-            raise InterpError(f"{what} {value!r} is out of range: this model has {what}s 0..{n - 1}")
-    return layer, head
-
 
 def _component_rows(write: Tensor, read: Tensor, read_s: Tensor) -> Tensor:
     """Per sender component i and receiver: ||(V1^T X2)_i S2|| / ||S2||.

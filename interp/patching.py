@@ -63,7 +63,7 @@ from interp.errors import InterpError
 from interp.hooks import hooked
 from interp.interventions import Patch
 from interp.prefix import PrefixKV, sliding_window
-from interp.sites import Site
+from interp.sites import Site, check_head
 from interp.tasks import TaskTokens, logit_diff, normalise
 
 if TYPE_CHECKING:
@@ -167,10 +167,7 @@ def check_heads(model: "Model", heads: Sequence[tuple[int, int]], what: str = "h
     for item in heads:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise InterpError(f"a {what} is a (layer, head) pair, got {item!r}")
-        layer, head = model.check_layer(int(item[0]), what + " layer"), int(item[1])
-        if not 0 <= head < model.n_heads:
-            raise InterpError(f"{what} {head} of layer {layer} is out of range: this model has heads 0..{model.n_heads - 1}")
-        out.append((layer, head))
+        out.append(check_head(int(item[0]), int(item[1]), model.n_layers, model.n_heads, what))
     return out
 
 

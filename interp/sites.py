@@ -160,3 +160,11 @@ def check_layer(layer: int, n_layers: int, what: str = "layer") -> int:
     if not 0 <= idx < n_layers:
         raise InterpError(f"{what} {layer} is out of range: this model has layers 0..{n_layers - 1}")
     return idx
+
+
+def check_head(layer: int, head: int, n_layers: int, n_heads: int, what: str = "head") -> tuple[int, int]:
+    """Validate a (layer, head) pair (a negative layer counts from the end) and return it non-negative."""
+    layer = check_layer(layer, n_layers, "layer" if what == "head" else f"{what} layer")
+    if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < n_heads:
+        raise InterpError(f"{what} {head!r} is out of range (layer {layer}): this model has heads 0..{n_heads - 1}")
+    return layer, head
