@@ -105,6 +105,7 @@ class PrefixKV:
     lengths: Int[Tensor, "rows"]
     kv: list[tuple[Float[Tensor, "rows h width d"], Float[Tensor, "rows h width d"]]]
     config: Any  # the model's config, which shapes the caches built from these (sliding-window layers)
+    key_mask: Int[Tensor, "rows width"] | None = None  # which columns are real tokens, where pads sit inside (`extend`)
 
     @property
     def rows(self) -> int:
@@ -116,6 +117,8 @@ class PrefixKV:
 
     @property
     def mask(self) -> Int[Tensor, "rows width"]:
+        if self.key_mask is not None:
+            return self.key_mask
         cols = torch.arange(self.width, device=self.lengths.device)
         return (cols[None] >= (self.width - self.lengths)[:, None]).long()
 
@@ -149,15 +152,37 @@ class PrefixKV:
         n_layers = min(len(p.kv) for p in parts)
         kv = [(torch.cat([pad(p.kv[i][0], 2) for p in parts]), torch.cat([pad(p.kv[i][1], 2) for p in parts]))
               for i in range(n_layers)]
-        return cls(torch.cat([pad(p.ids, 1) for p in parts]), torch.cat([p.lengths for p in parts]), kv, parts[0].config)
+        key_mask = torch.cat([pad(p.mask, 1) for p in parts]) if any(p.key_mask is not None for p in parts) else None
+        return cls(torch.cat([pad(p.ids, 1) for p in parts]), torch.cat([p.lengths for p in parts]), kv, parts[0].config,
+                   key_mask)
+
+    @torch.no_grad()
+    def extend(self, model: "Model", suffixes: Sequence[Sequence[int]], rows: Int[Tensor, "b"] | None = None) -> "PrefixKV":
+        """A longer prefix per suffix: row i is prefix row `rows[i]` followed by `suffixes[i]`, run once here (under
+        the active position-independent interventions, as `compute` does), so that many rows can continue each of
+        them. Two levels of sharing: a few-shot preamble once, then each question once for all its answers. The
+        new rows are [pads, prefix, pads, suffix]; `key_mask` records where the real tokens are."""
+        if any(len(s) == 0 for s in suffixes):
+            raise InterpError("an empty suffix cannot extend a prefix; keep that row's prefix as it is")
+        batch = model.pad(suffixes)
+        rows = self._rows(rows, len(suffixes))
+        inputs = self.inputs(batch, rows, stop_layer=len(self.kv) - 1)
+        cache = inputs["past_key_values"]
+        with prefix_pass(model), hooked(model, {}, stop_after=len(self.kv) - 1):
+            model.hf(**inputs, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in cache.layers[:len(self.kv)]]
+        return PrefixKV(torch.cat([self.ids[rows].to(batch.input_ids), batch.input_ids], 1),
+                        self.lengths[rows].to(batch.input_ids) + batch.lengths, kv, self.config,
+                        torch.cat([self.mask[rows].to(batch.attention_mask), batch.attention_mask], 1))
 
     def split(self) -> list["PrefixKV"]:
         """One `PrefixKV` per row, without padding (copies, so the batch they came from can be freed)."""
         out = []
         for r in range(self.rows):
-            start = self.width - int(self.lengths[r])
+            start = int(self.mask[r].nonzero()[0])  # the first real column (pads may also sit inside, `extend`)
             kv = [(k[r:r + 1, :, start:].clone(), v[r:r + 1, :, start:].clone()) for k, v in self.kv]
-            out.append(PrefixKV(self.ids[r:r + 1, start:].clone(), self.lengths[r:r + 1].clone(), kv, self.config))
+            key_mask = None if self.key_mask is None else self.key_mask[r:r + 1, start:].clone()
+            out.append(PrefixKV(self.ids[r:r + 1, start:].clone(), self.lengths[r:r + 1].clone(), kv, self.config, key_mask))
         return out
 
     def _rows(self, rows: Tensor | None, b: int) -> Tensor:

@@ -1,0 +1,408 @@
+"""Truthful directions: per-head probes and inference-time intervention (ITI) on TruthfulQA.
+
+The method (Li, Patel, Viégas, Pfister and Wattenberg 2023, *Inference-Time Intervention: Eliciting Truthful
+Answers from a Language Model*; reference code github.com/likenneth/honest_llama). Each TruthfulQA question comes
+with true and false answers. Read every attention head's output (`attn.hook_z`, before the output projection) at
+the last token of "Q: {question} A: {answer}", and fit one logistic probe per (layer, head) to tell true answers
+from false ones. Heads whose probes do best on a validation split carry a linearly readable notion of truth;
+take the top K. For each, the direction is the mass-mean shift (mean of true minus mean of false activations,
+ITI's best variant) or the probe's weight, and sigma is the standard deviation of the training activations along
+it. At inference, add alpha * sigma * direction to those heads' outputs at every position (`HeadSteering`).
+Truthfulness is scored by TruthfulQA's multiple choice: MC1 (the best answer has the highest total
+log-probability among it and the false ones) and MC2 (the normalised probability mass on the true answers).
+The cost is the KL divergence from the unsteered next-token distribution and the cross-entropy of reference
+answers on harmless prompts.
+
+What runs here, and how it departs from the reference (all in the Result's `departures`):
+- Folds split by question, shuffled with `seed` (the reference cuts contiguous folds in the HF dataset's order).
+  Everything fitted (probes, head ranking, directions, sigma, and the choice of K and alpha) sees the training
+  folds only; the held-out fold only scores, with the intervention fitted without it. The validation split is
+  20% of the training questions, as in the reference (`val_ratio`).
+- Sigma comes from the training fold's "Q: A:" activations (the reference takes it from activations of every
+  question, held-out ones included, in another prompt format).
+- K and alpha: the reference fixes them by hand (K=48 of LLaMA-7B's 1024 heads, alpha=15). Here, unless given,
+  they are chosen per fold on the grid `grid_heads` x `grid_alphas` by MC2 on `n_tune` validation questions of
+  the training fold, among points whose KL on bundled harmless training prompts stays within `kl_budget`.
+- Answers come from the bundled CSV's "Correct Answers" / "Incorrect Answers" (the reference's probing set uses
+  the HF dataset's mc2 targets, drawn from the same annotations).
+- The reference answers for the capability cost are the unsteered model's own greedy answers to bundled Alpaca
+  instructions (the bundled subset has no Alpaca outputs; the reference measures KL and CE on OpenWebText).
+- Multiple choice scores every answer; the question, instruction and primer run once per question (shared
+  prefix KV cache, `interp.likelihood`); the intervention acts at every position, as honest_llama's pyvene
+  intervener does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import product
+from typing import TYPE_CHECKING, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.head_steering import HeadSteering
+from interp.likelihood import continuations
+from interp.plots import heatmap
+from interp.prompts import dataset
+from interp.result import Result
+from interp.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
+from probes.linear import LinearProbes
+
+if TYPE_CHECKING:
+    from interp.model import Model
+
+DIRECTIONS = ("mass_mean", "probe")
+METRICS = ("mc1", "mc2", "mc3")
+
+
+@dataclass
+class Options:
+    """Everything the run depends on; `Options()` is the reference's setting where the reference fixes one."""
+
+    form: str = "qa"  # "qa" (the reference's prompts) or "chat" (the model's chat template)
+    folds: int = 2
+    seed: int = 0
+    val_ratio: float = 0.2  # share of the training questions held out to rank the heads' probes
+    direction: str = "mass_mean"  # or "probe": the probe's weight vector
+    heads: int | None = None  # K; None: chosen on the grid
+    alpha: float | None = None  # None: chosen on the grid
+    grid_heads: tuple[int, ...] = (8, 16, 32)
+    grid_alphas: tuple[float, ...] = (5.0, 15.0)
+    n_tune: int = 16  # validation questions per fold scored at each grid point
+    kl_budget: float = 0.5
+    n_cost: int = 16  # harmless prompts for KL and CE
+    cost_tokens: int = 32  # length of their reference answers
+    n_examples: int = 4  # held-out questions answered with and without ITI
+    C: float = 1.0  # inverse L2 strength of the probes (scikit-learn's default, as the reference)
+
+    def check(self, model: "Model", n_questions: int) -> None:
+        check_form(self.form)
+        if self.direction not in DIRECTIONS:
+            raise InterpError(f"unknown direction {self.direction!r}; use one of {', '.join(DIRECTIONS)}")
+        total = model.n_layers * model.n_heads
+        for k in ([self.heads] if self.heads is not None else list(self.grid_heads)):
+            if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= total:
+                raise InterpError(f"the number of heads K={k!r} must be between 1 and {total} "
+                                  f"({model.n_layers} layers x {model.n_heads} heads)")
+        if not (self.grid_alphas or self.alpha is not None) or not (self.grid_heads or self.heads is not None):
+            raise InterpError("give --heads and --alpha, or non-empty grids to choose them from")
+        if not 0 < self.val_ratio < 1:
+            raise InterpError(f"val_ratio must be between 0 and 1, got {self.val_ratio!r}")
+        if n_questions < 2 * self.folds:
+            raise InterpError(f"{n_questions} questions are too few for {self.folds} folds; give at least {2 * self.folds}")
+
+
+# ----- the steps -----
+
+def head_activations(model: "Model", questions: Sequence[Question], form: str = "qa") -> Float[Tensor, "pair layer head d_head"]:
+    """`attn.hook_z` of every layer at the last token of every (question, answer) pair, in `Question.answers` order."""
+    prompts, answers = probe_prompts(model, questions, form)
+    got = continuations(model, prompts, answers, sites="attn.hook_z", logprobs=False, desc="head activations")
+    return torch.stack([got.acts[f"blocks.{layer}.attn.hook_z"] for layer in range(model.n_layers)], 1)
+
+
+def mc_eval(model: "Model", questions: Sequence[Question], steering: HeadSteering | None = None,
+            form: str = "qa", desc: str = "multiple choice") -> list[dict[str, float]]:
+    """MC1/MC2/MC3 per question, with `steering` applied (None: the plain model)."""
+    prompts, answers = mc_prompts(model, questions, form)
+    with model.intervene(steering) if steering is not None else contextlib.nullcontext():
+        got = continuations(model, prompts, answers, desc=desc)
+    return mc_scores(questions, got.logprobs)
+
+
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}
+
+
+@dataclass
+class HeadFit:
+    """Probes and directions for every head, fitted on one set of training questions."""
+
+    accuracy: Float[Tensor, "layer head"]  # validation accuracy of each head's probe
+    directions: Float[Tensor, "layer head d_head"]  # unit
+    sigmas: Float[Tensor, "layer head"]
+    provenance: dict
+
+    @property
+    def ranking(self) -> list[tuple[int, int]]:
+        """Every (layer, head), best validation accuracy first (ties: lower layer, then lower head)."""
+        n_heads = self.accuracy.shape[1]
+        flat = self.accuracy.reshape(-1)
+        order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
+        return [divmod(i, n_heads) for i in order]
+
+    def steering(self, k: int, alpha: float) -> HeadSteering:
+        heads = self.ranking[:k]
+        index = torch.tensor(heads)
+        return HeadSteering(heads, self.directions[index[:, 0], index[:, 1]], self.sigmas[index[:, 0], index[:, 1]],
+                            alpha, {**self.provenance, "k": k, "alpha": alpha})
+
+
+def fit_heads(acts: Tensor, labels: Tensor, pair_question: Tensor, train: Sequence[int], val: Sequence[int],
+              direction: str = "mass_mean", C: float = 1.0, provenance: dict | None = None) -> HeadFit:
+    """Probes on the `train` questions' pairs, accuracy on the `val` questions' pairs; directions and sigma from
+    both (the whole training fold, as the reference's `get_com_directions`)."""
+    tr = torch.isin(pair_question, torch.tensor(list(train)))
+    va = torch.isin(pair_question, torch.tensor(list(val)))
+    probes = LinearProbes("logistic", C=C, max_iter=100).fit(acts[tr], labels[tr])
+    accuracy = probes.score(acts[va], labels[va])
+    fold = tr | va
+    X, y = acts[fold], labels[fold].bool()
+    if direction == "mass_mean":
+        raw = X[y].mean(0) - X[~y].mean(0)
+    else:
+        raw = probes.coef_
+    unit = raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sigmas = torch.einsum("nlhd,lhd->nlh", X, unit).std(0)
+    return HeadFit(accuracy, unit, sigmas, {"method": f"iti_{direction}", "n_train_questions": len(train),
+                                              "n_val_questions": len(val), **(provenance or {})})
+
+
+def reference_answers(model: "Model", prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The unsteered model's greedy answers, in chat form: the texts the capability cost is measured on."""
+    answers = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
+    return [a if a.strip() else "." for a in answers]
+
+
+@torch.no_grad()
+def cost(model: "Model", steering: HeadSteering, prompts: Sequence[str], answers: Sequence[str],
+         batch_size: int = 8) -> dict[str, float]:
+    """Mean KL(plain || steered) of the next-token distribution over the reference answers' positions (the
+    prompt's last token included), and the mean cross-entropy of the answers' tokens, plain and steered."""
+    texts = model.prepare_prompts(prompts, chat=True)
+    full = [t + a for t, a in zip(texts, answers)]
+    starts = [len(ids) for ids in model.encode(texts)]
+    kl_sum, ce = 0.0, {"baseline": 0.0, "iti": 0.0}
+    count = 0
+    for s in range(0, len(full), batch_size):
+        chunk, chunk_starts = full[s:s + batch_size], starts[s:s + batch_size]
+        ids = model.encode(chunk)
+        base = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
+        with model.intervene(steering):
+            steered = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
+        width = base.shape[1]
+        for r, (row, start) in enumerate(zip(ids, chunk_starts)):
+            n = len(row)
+            if n <= start:
+                continue
+            pos = torch.arange(width - n + start - 1, width - 1)  # positions predicting the answer tokens
+            target = torch.tensor(row[start:])
+            p, q = base[r, pos], steered[r, pos]
+            kl_sum += float((p.exp() * (p - q)).sum())
+            ce["baseline"] -= float(p.gather(-1, target[:, None]).sum())
+            ce["iti"] -= float(q.gather(-1, target[:, None]).sum())
+            count += len(pos)
+    if count == 0:
+        raise InterpError("the reference answers have no tokens to measure the cost on")
+    return {"kl": kl_sum / count, "ce_baseline": ce["baseline"] / count, "ce_iti": ce["iti"] / count, "tokens": count}
+
+
+def _choose(grid: list[dict], budget: float) -> tuple[dict, str]:
+    ok = [g for g in grid if g["kl"] <= budget]
+    if ok:
+        return max(ok, key=lambda g: (g["mc2"], -g["kl"])), f"best validation MC2 with KL <= {budget}"
+    return min(grid, key=lambda g: g["kl"]), f"no grid point kept KL <= {budget}: the lowest-KL point"
+
+
+def answer_text(text: str) -> str:
+    """A generated answer up to the next question, as the reference cuts them."""
+    return text.split("\n\nQ:")[0].split("\nQ:")[0].strip()
+
+
+# ----- the whole analysis -----
+
+@dataclass
+class FoldResult:
+    fold: int
+    test: list[int]
+    n_train: int
+    n_val: int
+    k: int
+    alpha: float
+    selected_by: str
+    grid: list[dict]
+    top_heads: list[tuple[int, int]]
+    accuracy: Tensor
+    baseline: dict[str, float]
+    iti: dict[str, float]
+    cost: dict[str, float]
+    steering: HeadSteering
+
+    def to_json(self) -> dict:
+        return {"fold": self.fold, "n_test": len(self.test), "n_train": self.n_train, "n_val": self.n_val,
+                "heads": self.k, "alpha": self.alpha, "selected_by": self.selected_by, "grid": self.grid,
+                "top_heads": [list(h) for h in self.top_heads], "best_probe_accuracy": round(float(self.accuracy.max()), 4),
+                "test": {m: {"baseline": round(self.baseline[m], 4), "iti": round(self.iti[m], 4)} for m in METRICS},
+                "cost": {k: round(v, 5) if isinstance(v, float) else v for k, v in self.cost.items()}}
+
+
+@dataclass
+class TruthfulResult(Result):
+    title = "Truthful directions (ITI)"
+    model: str
+    options: Options
+    n_questions: int
+    folds: list[FoldResult]
+    baseline: list[dict[str, float]]  # per question
+    iti: list[dict[str, float]]  # per question, each from its held-out fold
+    final: HeadSteering  # fitted on every question, with the K and alpha best across folds
+    final_choice: dict
+    examples: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    activations: Tensor | None = field(default=None, repr=False)  # [pair, layer, head, d_head], not saved
+    labels: Tensor | None = field(default=None, repr=False)  # [pair] 1 = true answer
+    pair_question: Tensor | None = field(default=None, repr=False)  # [pair] question index
+
+    def summary(self) -> dict:
+        base, iti = mean_scores(self.baseline), mean_scores(self.iti)
+        kl = sum(f.cost["kl"] for f in self.folds) / len(self.folds)
+        ce_b = sum(f.cost["ce_baseline"] for f in self.folds) / len(self.folds)
+        ce_i = sum(f.cost["ce_iti"] for f in self.folds) / len(self.folds)
+        return {
+            "method": "ITI (Li et al. 2023): per-head probes, top-K heads shifted by alpha * sigma * direction",
+            "model": self.model, "n_questions": self.n_questions, "options": asdict(self.options),
+            "fitted_on": "training folds only (probes, ranking, directions, sigma, K and alpha); held-out folds only score",
+            **{m: {"baseline": round(base[m], 4), "iti": round(iti[m], 4), "gain": round(iti[m] - base[m], 4)} for m in METRICS},
+            "kl": round(kl, 5), "ce": {"baseline": round(ce_b, 5), "iti": round(ce_i, 5)},
+            "folds": [f.to_json() for f in self.folds],
+            "final": self.final_choice,
+            "departures": [
+                "folds shuffled with the seed (reference: contiguous folds in HF order)",
+                "sigma from the training fold's Q/A activations (reference: every question, other prompt format)",
+                "K and alpha chosen per fold on training-fold validation questions (reference: fixed by hand)"
+                if self.options.heads is None or self.options.alpha is None else "K and alpha given",
+                "cost measured on the plain model's greedy answers to bundled Alpaca instructions (reference: OpenWebText)",
+            ],
+            "examples": self.examples,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+        }
+
+    def figures(self) -> dict[str, go.Figure]:
+        acc = self.folds[0].accuracy
+        figs = {"probe_accuracy": heatmap(acc.T, range(acc.shape[0]), range(acc.shape[1]),
+                                          "Validation accuracy of each head's truth probe (fold 0)", "layer", "head",
+                                          colorscale="Viridis")}
+        grid = go.Figure()
+        for f in self.folds:
+            for alpha in sorted({g["alpha"] for g in f.grid}):
+                pts = sorted((g for g in f.grid if g["alpha"] == alpha), key=lambda g: g["k"])
+                grid.add_trace(go.Scatter(x=[g["kl"] for g in pts], y=[g["mc2"] for g in pts], mode="lines+markers",
+                                          text=[f"K={g['k']}" for g in pts], name=f"fold {f.fold}, alpha={alpha:g}"))
+            grid.add_trace(go.Scatter(x=[0.0], y=[f.grid[0]["mc2_baseline"]] if f.grid else [], mode="markers",
+                                      marker=dict(symbol="x", size=10), name=f"fold {f.fold}, no ITI"))
+        grid.update_layout(title="Validation MC2 against KL over the K x alpha grid (labels: K)",
+                           xaxis_title="KL on harmless prompts", yaxis_title="MC2 (validation questions)")
+        figs["grid"] = grid
+        base, iti = mean_scores(self.baseline), mean_scores(self.iti)
+        figs["mc"] = go.Figure([go.Bar(x=list(METRICS), y=[base[m] for m in METRICS], name="baseline"),
+                                go.Bar(x=list(METRICS), y=[iti[m] for m in METRICS], name="ITI")])
+        figs["mc"].update_layout(title=f"TruthfulQA multiple choice on held-out folds ({self.n_questions} questions)",
+                                 barmode="group", yaxis_title="score")
+        if self.examples:
+            figs["examples"] = go.Figure(go.Table(
+                header=dict(values=["question", "baseline", "ITI"]),
+                cells=dict(values=[[e["question"] for e in self.examples], [e["baseline"] for e in self.examples],
+                                   [e["iti"] for e in self.examples]])))
+            figs["examples"].update_layout(title="Greedy answers with and without ITI (held-out questions, fold 0)")
+        return figs
+
+    def save_artifacts(self, directory) -> None:
+        self.final.save(directory)  # head_steering.safetensors + .json: `interp truthful eval --intervention DIR`
+
+
+def _split(train: list[int], ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    order = list(train)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * ratio))
+    return sorted(order[n_val:]), order[:n_val]
+
+
+def run(model: "Model", questions: Sequence[Question] | None = None, options: Options | None = None) -> TruthfulResult:
+    """ITI end to end with `options.folds`-fold cross-validation by question; see the module docstring."""
+    options = options or Options()
+    questions = list(questions) if questions is not None else read_questions()
+    options.check(model, len(questions))
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    acts = head_activations(model, questions, options.form)
+    labels = torch.tensor([lab for q in questions for lab in q.labels])
+    pair_question = torch.tensor([i for i, q in enumerate(questions) for _ in q.answers])
+    seconds["capture"] = time.perf_counter() - t
+    t = time.perf_counter()
+    baseline = mc_eval(model, questions, None, options.form, desc="MC baseline")
+    seconds["mc_baseline"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tune_prompts = dataset("harmless_train", n=options.n_cost, seed=options.seed)
+    cost_prompts = dataset("harmless_val", n=options.n_cost, seed=options.seed)
+    tune_refs = reference_answers(model, tune_prompts, options.cost_tokens)
+    cost_refs = reference_answers(model, cost_prompts, options.cost_tokens)
+    seconds["reference_answers"] = time.perf_counter() - t
+    ks = [options.heads] if options.heads is not None else list(options.grid_heads)
+    alphas = [options.alpha] if options.alpha is not None else list(options.grid_alphas)
+    provenance = {"model": model.fingerprint, "form": options.form, "seed": options.seed}
+    results, iti = [], [None] * len(questions)
+    t = time.perf_counter()
+    for f, test in enumerate(folds(len(questions), options.folds, options.seed)):
+        held = set(test)
+        train, val = _split([i for i in range(len(questions)) if i not in held], options.val_ratio, options.seed + f)
+        fit = fit_heads(acts, labels, pair_question, train, val, options.direction, options.C,
+                        {**provenance, "fold": f, "fitted_questions": "training fold"})
+        grid = []
+        tune = val[:options.n_tune]
+        base_tune = mean_scores([baseline[i] for i in tune])
+        for k, alpha in product(ks, alphas):
+            steer = fit.steering(k, alpha)
+            scores = mean_scores(mc_eval(model, [questions[i] for i in tune], steer, options.form, desc=f"grid K={k} a={alpha:g}"))
+            c = cost(model, steer, tune_prompts, tune_refs) if len(ks) * len(alphas) > 1 else None
+            grid.append({"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
+                         "kl": round(c["kl"], 5) if c else None,
+                         "mc2_baseline": round(base_tune["mc2"], 4)})
+        chosen, why = _choose(grid, options.kl_budget) if len(grid) > 1 else (grid[0], "given")
+        steer = fit.steering(chosen["k"], chosen["alpha"])
+        held_scores = mc_eval(model, [questions[i] for i in test], steer, options.form, desc=f"MC fold {f}")
+        for i, s in zip(test, held_scores):
+            iti[i] = s
+        results.append(FoldResult(f, test, len(train), len(val), chosen["k"], chosen["alpha"], why, grid,
+                                  fit.ranking[:chosen["k"]], fit.accuracy, mean_scores([baseline[i] for i in test]),
+                                  mean_scores(held_scores), cost(model, steer, cost_prompts, cost_refs), steer))
+    seconds["folds"] = time.perf_counter() - t
+    final_k, final_alpha, why = _final_choice(results, ks, alphas, options.kl_budget)
+    train_all, val_all = _split(list(range(len(questions))), options.val_ratio, options.seed + options.folds)
+    final_fit = fit_heads(acts, labels, pair_question, train_all, val_all, options.direction, options.C,
+                          {**provenance, "fitted_questions": f"all {len(questions)}"})
+    final = final_fit.steering(final_k, final_alpha)
+    t = time.perf_counter()
+    examples = _examples(model, questions, results[0], options) if options.n_examples else []
+    seconds["examples"] = time.perf_counter() - t
+    return TruthfulResult(model.name, options, len(questions), results, baseline, iti, final,
+                          {"heads": final_k, "alpha": final_alpha, "selected_by": why,
+                           "fitted_on": f"all {len(questions)} questions"}, examples, seconds, acts, labels, pair_question)
+
+
+def _final_choice(results: list[FoldResult], ks: list[int], alphas: list[float], budget: float) -> tuple[int, float, str]:
+    if len(ks) * len(alphas) == 1:
+        return ks[0], alphas[0], "given"
+    pooled = []
+    for k, alpha in product(ks, alphas):
+        pts = [g for f in results for g in f.grid if g["k"] == k and g["alpha"] == alpha]
+        pooled.append({"k": k, "alpha": alpha, "mc2": sum(g["mc2"] for g in pts) / len(pts),
+                       "kl": sum(g["kl"] for g in pts) / len(pts)})
+    chosen, why = _choose(pooled, budget)
+    return chosen["k"], chosen["alpha"], why + " (validation scores averaged over folds)"
+
+
+def _examples(model: "Model", questions: Sequence[Question], fold: FoldResult, options: Options,
+              max_new_tokens: int = 40) -> list[dict]:
+    """A few held-out questions of the fold answered greedily with and without its intervention."""
+    qs = [questions[i] for i in fold.test[:options.n_examples]]
+    prompts, _ = mc_prompts(model, qs, options.form)
+    plain = model.generate(prompts, max_new_tokens=max_new_tokens, chat=False, progress=False)
+    steered = model.generate(prompts, max_new_tokens=max_new_tokens, chat=False, interventions=[fold.steering], progress=False)
+    return [{"question": q.question, "baseline": answer_text(b), "iti": answer_text(s)} for q, b, s in zip(qs, plain, steered)]
