@@ -15,6 +15,8 @@ models_app = typer.Typer(help="Bundled real chat models: list them, prepare one.
 directions_app = typer.Typer(help="Refusal / acceptance directions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(directions_app, name="directions")
+truthful_app = typer.Typer(help="Truthful directions: ITI on TruthfulQA (Li et al. 2023).", no_args_is_help=True)
+app.add_typer(truthful_app, name="truthful")
 
 
 def _register_attack() -> None:
@@ -131,8 +133,10 @@ class Mode(str, Enum):
 
 @app.command()
 def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
-          direction: Path = typer.Option(..., help="a direction folder written by `interp directions extract`"),
-          mode: Mode = typer.Option(..., help="ablate | add | none (the unsteered baseline, same path)"),
+          direction: Optional[Path] = typer.Option(None, help="a direction folder written by `interp directions extract`"),
+          mode: Mode = typer.Option(Mode.none, help="ablate | add | none (the unsteered baseline, same path)"),
+          intervention: Optional[Path] = typer.Option(None, help="a saved intervention folder (e.g. `interp truthful fit "
+                                                      "--out DIR`), applied with or instead of --direction"),
           layer: Optional[int] = typer.Option(None, help="layer for --mode add (default: the direction's layer; "
                                               "required when it names none)"),
           alpha: Optional[float] = typer.Option(None, help="scale of the added vector, in units of the mean difference "
@@ -140,7 +144,9 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
           prompts: Path = typer.Option(..., help="prompt file"),
           max_new_tokens: int = typer.Option(64), batch_size: int = typer.Option(16),
           out: Path = typer.Option(..., help="output JSONL, one object per prompt")) -> None:
-    """Greedy, batched generation with the direction ablated or added (or neither)."""
+    """Greedy, batched generation with the direction ablated or added (or neither), and/or a saved intervention."""
+    from interp.errors import InterpError
+    from interp.head_steering import HeadSteering
     from interp.interventions import Ablate, Add
     from interp.io import write_text
     from interp.prompts import read_prompts
@@ -148,11 +154,16 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
     import json
 
     items = read_prompts(prompts)
-    Subspace.load(direction)  # a broken direction file fails before the model loads
+    if mode != Mode.none and direction is None:
+        raise InterpError(f"--mode {mode.value} needs --direction (a folder written by `interp directions extract`)")
+    if direction is not None:
+        Subspace.load(direction)  # broken files fail before the model loads
+    if intervention is not None:
+        HeadSteering.load(intervention)
     m = _load(model)
-    d = Subspace.load(direction, model=m)
+    d = Subspace.load(direction, model=m) if direction is not None else None
     if alpha is None:
-        alpha = float(d.provenance.get("addition_alpha", 1.0))
+        alpha = float(d.provenance.get("addition_alpha", 1.0)) if d is not None else 1.0
     if mode == Mode.ablate:
         ivs = [Ablate(d)]
     elif mode == Mode.add:
@@ -160,8 +171,12 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
         ivs = [Add(d, layer, alpha)]
     else:
         ivs = []
+    if intervention is not None:
+        ivs.append(HeadSteering.load(intervention, model=m))
     responses = m.generate(items, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=ivs, progress=True)
-    lines = [json.dumps({"prompt": p, "response": r, "mode": mode.value, "layer": layer, "alpha": alpha}) for p, r in zip(items, responses)]
+    lines = [json.dumps({"prompt": p, "response": r, "mode": mode.value, "layer": layer, "alpha": alpha,
+                         "intervention": str(intervention) if intervention is not None else None})
+             for p, r in zip(items, responses)]
     write_text(out, "\n".join(lines) + "\n")
     typer.echo(f"wrote {len(lines)} responses to {out}")
 
@@ -234,6 +249,106 @@ def heads(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled
                    f"strongest {best['sender'][0]}.{best['sender'][1]} -> {best['receiver'][0]}.{best['receiver'][1]} "
                    f"{best['score']:.3f}, components {best['components']} carry {sum(best['shares']):.0%}")
     typer.echo(f"wrote {out}/result.json, report.html, heads.safetensors")
+
+
+@truthful_app.command("fit")
+def truthful_fit(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+                 out: Path = typer.Option(..., help="output folder: the intervention, result.json, report.html"),
+                 heads: Optional[int] = typer.Option(None, help="K, heads steered (default: chosen per fold on the grid)"),
+                 alpha: Optional[float] = typer.Option(None, help="strength in units of sigma (default: chosen on the grid)"),
+                 folds: int = typer.Option(2, help="cross-validation folds, split by question"),
+                 max_questions: Optional[int] = typer.Option(None, help="the first N questions of the file"),
+                 questions: Optional[Path] = typer.Option(None, help="a CSV in TruthfulQA's columns (default: the bundled one)"),
+                 direction: str = typer.Option("mass_mean", help="mass_mean (ITI's default) | probe"),
+                 form: str = typer.Option("qa", help="qa (the reference's 'Q: ... A: ...' prompts) | chat"),
+                 grid_heads: List[int] = typer.Option([8, 16, 32], help="K values tried when --heads is not given"),
+                 grid_alphas: List[float] = typer.Option([5.0, 15.0], help="alphas tried when --alpha is not given"),
+                 n_tune: int = typer.Option(16, help="validation questions per fold scored at each grid point"),
+                 n_cost: int = typer.Option(16, help="harmless prompts for the KL and CE cost"),
+                 examples: int = typer.Option(4, help="held-out questions answered with and without ITI in the report"),
+                 seed: int = typer.Option(0)) -> None:
+    """Fit ITI: probes for every head, top-K heads, mass-mean directions; MC1/MC2 baseline vs ITI on held-out folds."""
+    from analyses import truthful
+    from interp.truthfulqa import read_questions
+
+    qs = read_questions(questions, max_questions)  # bad inputs fail before the model loads
+    options = truthful.Options(form=form, folds=folds, seed=seed, direction=direction, heads=heads, alpha=alpha,
+                               grid_heads=tuple(grid_heads), grid_alphas=tuple(grid_alphas), n_tune=n_tune,
+                               n_cost=n_cost, n_examples=examples)
+    m = _load(model)
+    options.check(m, len(qs))
+    result = truthful.run(m, qs, options)
+    s = result.summary()
+    for metric in ("mc1", "mc2"):
+        typer.echo(f"{metric.upper()} baseline {s[metric]['baseline']:.4f}  ITI {s[metric]['iti']:.4f}  (held-out folds)")
+    typer.echo(f"KL {s['kl']:.4f}  CE baseline {s['ce']['baseline']:.4f}  ITI {s['ce']['iti']:.4f}")
+    for f in s["folds"]:
+        typer.echo(f"fold {f['fold']}: K={f['heads']} alpha={f['alpha']:g} ({f['selected_by']})")
+    typer.echo(f"wrote the intervention (K={s['final']['heads']}, alpha={s['final']['alpha']:g}, fitted on "
+               f"{s['final']['fitted_on']}) and the report to {result.save(out)}")
+
+
+@truthful_app.command("eval")
+def truthful_eval(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+                  intervention: Path = typer.Option(..., help="a folder written by `interp truthful fit`"),
+                  questions: Optional[Path] = typer.Option(None, help="a CSV in TruthfulQA's columns (default: the "
+                                                           "bundled one; questions the intervention was fitted on score too well)"),
+                  max_questions: Optional[int] = typer.Option(None, help="the first N questions of the file"),
+                  form: str = typer.Option("qa", help="qa | chat"),
+                  n_cost: int = typer.Option(16, help="harmless prompts for the KL"),
+                  out: Path = typer.Option(..., help="output JSON")) -> None:
+    """MC1, MC2 (baseline vs ITI) and the KL cost of a saved intervention on any TruthfulQA-format questions."""
+    from analyses import truthful
+    from interp.head_steering import HeadSteering
+    from interp.io import write_json
+    from interp.prompts import dataset
+    from interp.truthfulqa import check_form, read_questions
+
+    check_form(form)
+    qs = read_questions(questions, max_questions)
+    HeadSteering.load(intervention)
+    m = _load(model)
+    steer = HeadSteering.load(intervention, model=m)
+    base = truthful.mean_scores(truthful.mc_eval(m, qs, None, form, desc="MC baseline"))
+    iti = truthful.mean_scores(truthful.mc_eval(m, qs, steer, form, desc="MC ITI"))
+    prompts = dataset("harmless_val", n=n_cost)
+    c = truthful.cost(m, steer, prompts, truthful.reference_answers(m, prompts, 32))
+    obj = {"mc1": {"baseline": base["mc1"], "iti": iti["mc1"]}, "mc2": {"baseline": base["mc2"], "iti": iti["mc2"]},
+           "kl": c["kl"], "ce": {"baseline": c["ce_baseline"], "iti": c["ce_iti"]}, "n_questions": len(qs),
+           "intervention": {"path": str(intervention), "heads": steer.k, "alpha": steer.alpha}}
+    write_json(out, obj)
+    typer.echo(f"MC1 baseline {base['mc1']:.4f}  ITI {iti['mc1']:.4f}")
+    typer.echo(f"MC2 baseline {base['mc2']:.4f}  ITI {iti['mc2']:.4f}")
+    typer.echo(f"KL {c['kl']:.4f} on {len(prompts)} harmless prompts; wrote {out}")
+
+
+@app.command()
+def das(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+        task: str = typer.Option("ioi", help="ioi | laundry | capitals"),
+        site: str = typer.Option(..., help="blocks.L.hook_resid_post | blocks.L.hook_resid_pre | blocks.L.mlp.hook_post"),
+        k: int = typer.Option(1, help="dimension of the learned subspace"),
+        out: Path = typer.Option(..., help="output folder (subspace.safetensors + subspace.json, result.json, report.html)"),
+        n: int = typer.Option(64, help="items generated (the solved ones are kept, then split train/val/test)"),
+        seed: int = typer.Option(0, help="seed of the items, the split, DAS and the random baseline"),
+        epochs: int = typer.Option(20, help="at most this many epochs (the best validation epoch is kept)"),
+        lr: float = typer.Option(1e-2, help="Adam learning rate"),
+        position: List[int] = typer.Option([-1], help="patched positions counted from the end (repeat for several)"),
+        corrupt: str = typer.Option("swap", help="IOI corruption: swap (the IO repeated instead of S) or abc")) -> None:
+    """DAS: learn a k-dim subspace at a site by interchange interventions (corrupted run <- clean run's subspace),
+    with baselines and the interpretability-illusion checks."""
+    from analyses import subspaces
+    from interp.tasks import make_task
+
+    items = make_task(task, n, seed, **({"corrupt": corrupt} if task == "ioi" else {}))  # before the model loads
+    m = _load(model)
+    result = subspaces.run(m, items, site, k=k, positions=list(position), seed=seed, epochs=epochs, lr=lr)
+    result.save(out)  # the DAS subspace (Subspace.save) and the Result, in one folder
+    rec = ", ".join(f"{subspaces.LABELS[name]} {v:.3f}" for name, v in result.recoveries.items())
+    typer.echo(f"{result.site}, k={k}: test recovery {rec}")
+    for name, d in result.diagnoses.items():
+        typer.echo(f"{subspaces.LABELS[name]}: {d.verdict}" + "".join(f"\n  {r}" for r in d.reasons))
+    typer.echo(f"DAS {result.fit.train_s:.1f} s, {len(result.fit.curves['train_loss'])} epochs; "
+               f"wrote {out}/subspace.safetensors, subspace.json, result.json, report.html")
 
 
 @app.command()

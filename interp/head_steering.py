@@ -63,7 +63,7 @@ class HeadSteering:
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
             raise InterpError(f"alpha must be a number, got {self.alpha!r}")
         object.__setattr__(self, "heads", heads)
-        object.__setattr__(self, "directions", d / norms)
+        object.__setattr__(self, "directions", d if torch.allclose(norms, torch.ones_like(norms), atol=1e-6) else d / norms)
         object.__setattr__(self, "sigmas", s)
 
     @property
