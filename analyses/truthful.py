@@ -289,17 +289,8 @@ class TruthfulResult(Result):
         figs = {"probe_accuracy": heatmap(acc.T, range(acc.shape[0]), range(acc.shape[1]),
                                           "Validation accuracy of each head's truth probe (fold 0)", "layer", "head",
                                           colorscale="Viridis")}
-        grid = go.Figure()
-        for f in self.folds:
-            for alpha in sorted({g["alpha"] for g in f.grid}):
-                pts = sorted((g for g in f.grid if g["alpha"] == alpha), key=lambda g: g["k"])
-                grid.add_trace(go.Scatter(x=[g["kl"] for g in pts], y=[g["mc2"] for g in pts], mode="lines+markers",
-                                          text=[f"K={g['k']}" for g in pts], name=f"fold {f.fold}, alpha={alpha:g}"))
-            grid.add_trace(go.Scatter(x=[0.0], y=[f.grid[0]["mc2_baseline"]] if f.grid else [], mode="markers",
-                                      marker=dict(symbol="x", size=10), name=f"fold {f.fold}, no ITI"))
-        grid.update_layout(title="Validation MC2 against KL over the K x alpha grid (labels: K)",
-                           xaxis_title="KL on harmless prompts", yaxis_title="MC2 (validation questions)")
-        figs["grid"] = grid
+        for metric in ("mc2", "mc1"):
+            figs[f"grid_{metric}"] = self._grid_figure(metric)
         base, iti = mean_scores(self.baseline), mean_scores(self.iti)
         figs["mc"] = go.Figure([go.Bar(x=list(METRICS), y=[base[m] for m in METRICS], name="baseline"),
                                 go.Bar(x=list(METRICS), y=[iti[m] for m in METRICS], name="ITI")])
@@ -312,6 +303,22 @@ class TruthfulResult(Result):
                                    [e["iti"] for e in self.examples]])))
             figs["examples"].update_layout(title="Greedy answers with and without ITI (held-out questions, fold 0)")
         return figs
+
+    def _grid_figure(self, metric: str) -> go.Figure:
+        """Validation `metric` against KL for every grid point, one line per fold and alpha (points labelled by K)."""
+        fig = go.Figure()
+        for f in self.folds:
+            for alpha in sorted({g["alpha"] for g in f.grid}):
+                pts = sorted((g for g in f.grid if g["alpha"] == alpha), key=lambda g: g["k"])
+                fig.add_trace(go.Scatter(x=[g["kl"] for g in pts], y=[g[metric] for g in pts], mode="lines+markers+text",
+                                         text=[f"K={g['k']}" for g in pts], textposition="top center",
+                                         name=f"fold {f.fold}, alpha={alpha:g}"))
+            if f.grid:
+                fig.add_trace(go.Scatter(x=[0.0], y=[f.grid[0][f"{metric}_baseline"]], mode="markers",
+                                         marker=dict(symbol="x", size=10), name=f"fold {f.fold}, no ITI"))
+        fig.update_layout(title=f"Validation {metric.upper()} against KL over the K x alpha grid",
+                          xaxis_title="KL on harmless training prompts", yaxis_title=f"{metric.upper()} (validation questions)")
+        return fig
 
     def save_artifacts(self, directory) -> None:
         self.final.save(directory)  # head_steering.safetensors + .json: `interp truthful eval --intervention DIR`
@@ -363,7 +370,7 @@ def run(model: "Model", questions: Sequence[Question] | None = None, options: Op
             c = cost(model, steer, tune_prompts, tune_refs) if len(ks) * len(alphas) > 1 else None
             grid.append({"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
                          "kl": round(c["kl"], 5) if c else None,
-                         "mc2_baseline": round(base_tune["mc2"], 4)})
+                         "mc1_baseline": round(base_tune["mc1"], 4), "mc2_baseline": round(base_tune["mc2"], 4)})
         chosen, why = _choose(grid, options.kl_budget) if len(grid) > 1 else (grid[0], "given")
         steer = fit.steering(chosen["k"], chosen["alpha"])
         held_scores = mc_eval(model, [questions[i] for i in test], steer, options.form, desc=f"MC fold {f}")

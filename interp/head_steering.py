@@ -70,15 +70,6 @@ class HeadSteering:
     def k(self) -> int:
         return len(self.heads)
 
-    def with_alpha(self, alpha: float) -> "HeadSteering":
-        return HeadSteering(self.heads, self.directions, self.sigmas, alpha, dict(self.provenance))
-
-    def top(self, k: int) -> "HeadSteering":
-        """The first `k` heads (they are stored best first)."""
-        if not isinstance(k, int) or not 1 <= k <= self.k:
-            raise InterpError(f"can keep 1..{self.k} heads of this intervention, not {k!r}")
-        return HeadSteering(self.heads[:k], self.directions[:k], self.sigmas[:k], self.alpha, dict(self.provenance))
-
     def check_for(self, model: "Model") -> None:
         fingerprint = self.provenance.get("model")
         if fingerprint:

@@ -149,7 +149,7 @@ def test_truthful_result_reports_and_saves(tiny_run, tmp_path):
     s = tiny_run.summary()
     assert s["n_questions"] == 8 and set(s["mc2"]) == {"baseline", "iti", "gain"} and s["kl"] >= 0
     assert "training folds only" in s["fitted_on"] and s["departures"]
-    assert set(tiny_run.figures()) >= {"probe_accuracy", "grid", "mc", "examples"}
+    assert set(tiny_run.figures()) >= {"probe_accuracy", "grid_mc2", "grid_mc1", "mc", "examples"}
     tiny_run.save(tmp_path / "fit")
     assert HeadSteering.load(tmp_path / "fit").k == 4
     assert json.loads((tmp_path / "fit" / "result.json").read_text())["final"]["heads"] == 4
