@@ -47,6 +47,7 @@ DATASETS: dict[str, str] = {
     "advbench": "advbench/harmful_behaviors.csv",
     "harmbench": "harmbench/harmbench_behaviors_text_val.csv",
     "truthfulqa": "truthfulqa/TruthfulQA.csv",
+    "code_tasks": "code_tasks/tasks.json",  # 210 programming tasks written for this project (concept steering)
 }
 
 
