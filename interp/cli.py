@@ -330,7 +330,7 @@ def das(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled n
         out: Path = typer.Option(..., help="output folder (subspace.safetensors + subspace.json, result.json, report.html)"),
         n: int = typer.Option(64, help="items generated (the solved ones are kept, then split train/val/test)"),
         seed: int = typer.Option(0, help="seed of the items, the split, DAS and the random baseline"),
-        epochs: int = typer.Option(20, help="at most this many epochs (the best validation epoch is kept)"),
+        epochs: int = typer.Option(40, help="at most this many epochs (the best validation epoch is kept)"),
         lr: float = typer.Option(1e-2, help="Adam learning rate"),
         position: List[int] = typer.Option([-1], help="patched positions counted from the end (repeat for several)"),
         corrupt: str = typer.Option("swap", help="IOI corruption: swap (the IO repeated instead of S) or abc")) -> None:

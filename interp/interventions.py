@@ -16,6 +16,9 @@ and the block fails loudly if one of its hooks never fired.
   one forward.
 - `Patch(site, source, positions, heads, rows)`: activation patching: per-row source activations from another
   run (per head at `attn.hook_z|q|k|v`), on chosen rows, so many patch locations share one forward.
+- `SubspacePatch(site, subspace, source, positions, heads, rows)`: subspace activation patching: only the
+  component inside a subspace comes from the source run, x + (source - x) B^T B; the rest of x is kept.
+  Same rows, positions and heads as `Patch` (one shared hook); differentiable in a basis tensor (`interp.das`).
 
 Each intervention declares `position_dependent` (it acts differently at different token positions) and
 `row_dependent` (differently on different batch rows). A shared prefix that runs once for many rows
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import torch
 from jaxtyping import Float
@@ -260,6 +263,107 @@ class RowwiseAdd:
         return out
 
 
+def _patch_positions(name: str, positions) -> str | list[int]:
+    """`positions` of a patch, normalised: "all", or a non-empty list of indices counted from the end."""
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        positions = [positions]
+    if positions != "all":
+        if isinstance(positions, str) or not positions or \
+                not all(isinstance(p, int) and p < 0 for p in positions):
+            raise InterpError(f"{name} positions must be 'all' or indices counted from the end of the prompt "
+                              f"(negative, e.g. [-1]), got {positions!r}")
+        positions = list(positions)
+    return positions
+
+
+def _check_source(name: str, source, rows) -> None:
+    if not isinstance(source, Tensor) or source.dim() < 3:
+        raise InterpError(f"{name} source must be a tensor [batch, pos, d] (or [batch, pos, head, d_head] per head)")
+    if rows is not None and len(rows) != source.shape[0]:
+        raise InterpError(f"{name} has {source.shape[0]} source rows for {len(rows)} batch rows; give one per row")
+
+
+def site_width(model: "Model", site: Site) -> int:
+    """The width of one activation vector at `site`: d_head per head, the MLP's hidden width at `mlp.hook_post`,
+    else d_model."""
+    if site.kind in HEAD_KINDS:
+        return model.d_head
+    if site.kind == "mlp.hook_post":
+        w = model.layers[site.layer].get_submodule(model.family.down_proj).weight
+        return w.shape[0] if model.family.conv1d else w.shape[1]
+    return model.d_model
+
+
+def check_subspace(model: "Model", subspace: Subspace, site: Site, width: int | None = None) -> None:
+    """Raise InterpError unless `subspace` can be patched at `site` of `model`: its width is the site's, it was not
+    fitted on another model (provenance "model"), nor at another site (provenance "site")."""
+    width = site_width(model, site) if width is None else width
+    what = "direction" if subspace.k == 1 else f"subspace (k={subspace.k})"
+    if subspace.d != width:
+        raise InterpError(f"a {what} of width {subspace.d} cannot be patched at {site}, whose activations are {width} "
+                          f"wide; fit it at that site of {model.name}")
+    fp = subspace.provenance.get("model")
+    if isinstance(fp, dict) and fp:
+        model.check_compatible(fp, f"this {what}")
+    fitted = subspace.provenance.get("site")
+    if isinstance(fitted, str) and fitted != site.name:
+        raise InterpError(f"this {what} was fitted at {fitted}, not at {site}; patch it at {fitted} "
+                          f"(or fit one at {site})")
+
+
+def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: str | list[int],
+              heads: Sequence[int] | None, rows: Sequence[int] | None,
+              combine: Callable[[Tensor, Tensor], Tensor] | None) -> HookFn:
+    """The one hook of `Patch` and `SubspacePatch`: it finds the rows, positions (and heads) written and sets
+    them to `combine(destination, source)` there (`combine=None`: the source itself, bit for bit)."""
+    per_head = site.kind in HEAD_KINDS
+    src = source.detach()
+    if per_head != (src.dim() == 4) or src.dim() > 4:
+        want = "[batch, pos, head, d_head]" if per_head else "[batch, pos, d]"
+        raise InterpError(f"{name} source for {site} must be {want}, got shape {tuple(src.shape)}")
+    if per_head:
+        n_heads = src.shape[2]
+        heads = list(range(n_heads)) if heads is None else list(heads)
+        bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < n_heads]
+        if bad or not heads:
+            raise InterpError(f"{name} heads {bad or heads} out of range: {site} has heads 0..{n_heads - 1}")
+    elif heads is not None:
+        raise InterpError(f"{name} heads apply to attn.hook_z|q|k|v only, not {site}")
+    per_position = positions != "all" and src.shape[1] == len(positions)
+    state = forward_state(model)
+    row_index = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+    cast = _Cast(src)
+
+    def fn(s: Site, x: Tensor) -> Tensor | None:
+        if state.decoding:
+            return None  # a generation step: only the prompt positions are patched
+        n, width = x.shape[0], x.shape[1]
+        r = torch.arange(n, device=x.device) if row_index is None else row_index.to(x.device)
+        if len(r) != src.shape[0] or (len(r) and int(r.max()) >= n):
+            raise InterpError(f"a {name} for {src.shape[0]} rows met a batch of {n} rows at {s}")
+        if positions == "all":
+            cols = torch.arange(width, device=x.device)
+        else:
+            if -min(positions) > width:
+                raise InterpError(f"{name} position {min(positions)} is outside this run's {width} tokens at {s}")
+            cols = torch.tensor(positions, device=x.device) + width
+        value = cast(x)  # per_position: [rows, len(positions), ...] as it is
+        if not per_position:
+            if value.shape[1] < width:
+                raise InterpError(f"{name} source has {value.shape[1]} positions, the run at {s} has {width}")
+            value = value[:, cols - width + value.shape[1]]
+        if heads is None:
+            index = (r[:, None], cols[None, :])
+        else:
+            h = torch.tensor(heads, device=x.device)
+            index, value = (r[:, None, None], cols[None, :, None], h[None, None, :]), value[:, :, h]
+        x = x.clone()
+        x[index] = value if combine is None else combine(x[index], value)
+        return x
+
+    return fn
+
+
 @dataclass(frozen=True)
 class Patch:
     """Activation patching: write per-row `source` activations (captured from another run, e.g. the clean one)
@@ -284,18 +388,8 @@ class Patch:
     row_dependent = True  # a different value on every row
 
     def __post_init__(self) -> None:
-        if isinstance(self.positions, int) and not isinstance(self.positions, bool):
-            object.__setattr__(self, "positions", [self.positions])
-        if self.positions != "all":
-            if isinstance(self.positions, str) or not self.positions or \
-                    not all(isinstance(p, int) and p < 0 for p in self.positions):
-                raise InterpError(f"Patch positions must be 'all' or indices counted from the end of the prompt "
-                                  f"(negative, e.g. [-1]), got {self.positions!r}")
-            object.__setattr__(self, "positions", list(self.positions))
-        if not isinstance(self.source, Tensor) or self.source.dim() < 3:
-            raise InterpError("Patch source must be a tensor [batch, pos, d] (or [batch, pos, head, d_head] per head)")
-        if self.rows is not None and len(self.rows) != self.source.shape[0]:
-            raise InterpError(f"Patch has {self.source.shape[0]} source rows for {len(self.rows)} batch rows; give one per row")
+        object.__setattr__(self, "positions", _patch_positions("Patch", self.positions))
+        _check_source("Patch", self.source, self.rows)
 
     @property
     def tail(self) -> int | None:
@@ -304,61 +398,88 @@ class Patch:
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
-        per_head = site.kind in HEAD_KINDS
-        src = self.source.detach()
-        if per_head != (src.dim() == 4) or src.dim() > 4:
-            want = "[batch, pos, head, d_head]" if per_head else "[batch, pos, d]"
-            raise InterpError(f"Patch source for {site} must be {want}, got shape {tuple(src.shape)}")
-        if per_head:
-            n_heads = src.shape[2]
-            heads = list(range(n_heads)) if self.heads is None else list(self.heads)
-            bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < n_heads]
-            if bad or not heads:
-                raise InterpError(f"Patch heads {bad or heads} out of range: {site} has heads 0..{n_heads - 1}")
-        elif self.heads is not None:
-            raise InterpError(f"Patch heads apply to attn.hook_z|q|k|v only, not {site}")
+        return {site: [_patch_fn(model, "Patch", site, self.source, self.positions, self.heads, self.rows, None)]}
+
+
+def patch_component(dest: Float[Tensor, "... d"], source: Float[Tensor, "... d"],
+                    basis: Float[Tensor, "k d"]) -> Float[Tensor, "... d"]:
+    """`dest` with its component inside the span of the orthonormal rows of `basis` replaced by `source`'s:
+    dest + (source - dest) B^T B. The part of `dest` orthogonal to the subspace is kept; k = 0 keeps all of it.
+    Differentiable in `basis` (DAS trains a basis through it); computed in float32 or wider, returned in
+    `dest`'s dtype."""
+    dtype = torch.promote_types(dest.dtype, torch.float32)
+    b = basis.to(dest.device, dtype)
+    d = dest.to(dtype)
+    return (d + ((source.to(dtype) - d) @ b.T) @ b).to(dest.dtype)
+
+
+def _orthonormal_rows(name: str, basis: Tensor, width: int, site: Site) -> Tensor:
+    if basis.dim() != 2 or basis.shape[1] != width:
+        raise InterpError(f"{name} basis must be [k, {width}] at {site} (k orthonormal rows, k may be 0), "
+                          f"got shape {tuple(basis.shape)}")
+    if basis.shape[0] > width:
+        raise InterpError(f"{name} basis has {basis.shape[0]} rows, but at most {width} orthonormal directions fit "
+                          f"in the {width} dimensions of {site}")
+    with torch.no_grad():
+        b = basis.detach().double()
+        off = (b @ b.T - torch.eye(b.shape[0], dtype=b.dtype, device=b.device)).abs().max() if len(b) else 0.0
+    if not torch.isfinite(basis.detach()).all() or off > 1e-4:
+        raise InterpError(f"{name} basis rows are not orthonormal (largest error {float(off):.2g}); "
+                          f"pass Subspace(rows) to orthonormalise them")
+    return basis
+
+
+@dataclass(frozen=True)
+class SubspacePatch:
+    """Subspace activation patching: replace only the component of this run's activation inside `subspace` by the
+    `source` run's component there, x + (source - x) B^T B (B: the orthonormal [k, d] basis), keeping the part
+    orthogonal to the subspace. Per head (`attn.hook_z|q|k|v`) d = d_head and B acts on each chosen head's slice.
+
+    subspace: a `Subspace` (checked against the model and the site: width, provenance "model" and "site"), or a
+    [k, d] tensor of orthonormal rows (k = 0: an empty subspace, which changes nothing). A tensor that requires
+    grad stays in the graph (DAS trains a basis through this hook). The full basis gives `Patch`'s result (to float
+    rounding). site, source, positions, heads, rows: as `Patch` (one shared implementation)."""
+
+    site: str
+    subspace: Subspace | Tensor
+    source: Tensor
+    positions: str | Sequence[int] = "all"
+    heads: Sequence[int] | None = None
+    rows: Sequence[int] | None = None
+    position_dependent = True
+    row_dependent = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _patch_positions("SubspacePatch", self.positions))
+        _check_source("SubspacePatch", self.source, self.rows)
+        if not isinstance(self.subspace, (Subspace, Tensor)):
+            raise InterpError(f"SubspacePatch subspace must be a Subspace or a [k, d] tensor of orthonormal rows, "
+                              f"got {type(self.subspace).__name__}")
+
+    @property
+    def tail(self) -> int | None:
+        return None if self.positions == "all" else -min(self.positions)
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        (site,) = model.sites(self.site)
+        width = site_width(model, site)
+        if isinstance(self.subspace, Subspace):
+            check_subspace(model, self.subspace, site, width)
+            basis = self.subspace.basis
         else:
-            heads = None
-        positions = self.positions
-        per_position = positions != "all" and src.shape[1] == len(positions)
-        state = forward_state(model)
-        rows = None if self.rows is None else torch.as_tensor(list(self.rows), dtype=torch.long)
-        cast = _Cast(src)
-
-        def fn(s: Site, x: Tensor) -> Tensor | None:
-            if state.decoding:
-                return None  # a generation step: only the prompt positions are patched
-            n, width = x.shape[0], x.shape[1]
-            r = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
-            if len(r) != src.shape[0] or (len(r) and int(r.max()) >= n):
-                raise InterpError(f"a Patch for {src.shape[0]} rows met a batch of {n} rows at {s}")
-            if positions == "all":
-                cols = torch.arange(width, device=x.device)
-            else:
-                if -min(positions) > width:
-                    raise InterpError(f"Patch position {min(positions)} is outside this run's {width} tokens at {s}")
-                cols = torch.tensor(positions, device=x.device) + width
-            value = cast(x)  # per_position: [rows, len(positions), ...] as it is
-            if not per_position:
-                if value.shape[1] < width:
-                    raise InterpError(f"Patch source has {value.shape[1]} positions, the run at {s} has {width}")
-                value = value[:, cols - width + value.shape[1]]
-            x = x.clone()
-            if heads is None:
-                x[r[:, None], cols[None, :]] = value
-            else:
-                h = torch.tensor(heads, device=x.device)
-                x[r[:, None, None], cols[None, :, None], h[None, None, :]] = value[:, :, h]
-            return x
-
-        return {site: [fn]}
+            basis = _orthonormal_rows("SubspacePatch", self.subspace, width, site)
+        if self.source.shape[-1] != width:
+            raise InterpError(f"SubspacePatch source is {self.source.shape[-1]} wide, {site} is {width} wide")
+        combine = lambda dest, src: patch_component(dest, src, basis)  # noqa: E731
+        return {site: [_patch_fn(model, "SubspacePatch", site, self.source, self.positions, self.heads, self.rows,
+                                 combine)]}
 
 
 def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[Site, list[HookFn]]:
     merged: dict[Site, list[HookFn]] = {}
     for iv in interventions:
         if not hasattr(iv, "hooks"):
-            raise InterpError(f"{iv!r} is not an intervention (Add, Ablate, Project, Set, Patch, RowwiseAdd, RowwiseAblate)")
+            raise InterpError(f"{iv!r} is not an intervention (Add, Ablate, Project, Set, Patch, SubspacePatch, RowwiseAdd, RowwiseAblate)")
         for site, fns in iv.hooks(model).items():
             if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
                 raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")

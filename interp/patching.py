@@ -226,6 +226,27 @@ def _from_layer(model: "Model", start: int) -> Iterator[None]:
         setattr(parent, name, full)
 
 
+def _rows_inputs(model: "Model", runs: Runs, items: list[int], cuts: list[int], start: int = 0) -> dict:
+    """The forward inputs of corrupted-run rows (item `items[r]`, running its tokens from `cuts[r]` on, the first
+    `cuts[r]` tokens continued from the corrupted keys and values), for a forward that starts at layer `start`
+    (inside `_from_layer`; the corrupted residual stream at that layer is fed as `inputs_embeds`)."""
+    batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
+    if max(cuts) > 0:
+        inputs = _prefix_rows(model, runs, items, cuts).inputs(batch, rows=torch.arange(len(items)))
+    else:
+        inputs = {**batch.inputs(), "use_cache": False}
+    if start > 0:  # the corrupted residual stream at layer `start`, at the positions each row runs
+        resid = runs.corrupted[Site(start, "hook_resid_pre")]
+        width = batch.input_ids.shape[1]
+        embeds = torch.zeros(len(items), width, resid.shape[-1])
+        for r, (i, c) in enumerate(zip(items, cuts)):
+            k = runs.lengths[i] - c
+            embeds[r, width - k:] = resid[i, runs.width - k:]
+        inputs.pop("input_ids")
+        inputs["inputs_embeds"] = embeds.to(model.device, model.dtype)
+    return inputs
+
+
 def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locations: list[Location],
                   reuse_prefix: bool, start: int = 0) -> Tensor:
     """Logit differences of `rows` (location index, item) of the corrupted run, each with its location's clean
@@ -244,20 +265,7 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
     cuts = [runs.lengths[i] + locations[loc].position if locations[loc].position is not None else 0 for loc, i in rows]
     if not reuse_prefix:
         cuts = [0] * len(rows)
-    batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
-    if max(cuts) > 0:
-        inputs = _prefix_rows(model, runs, items, cuts).inputs(batch, rows=torch.arange(len(rows)))
-    else:
-        inputs = {**batch.inputs(), "use_cache": False}
-    if start > 0:  # the corrupted residual stream at layer `start`, at the positions each row runs
-        resid = runs.corrupted[Site(start, "hook_resid_pre")]
-        width = batch.input_ids.shape[1]
-        embeds = torch.zeros(len(rows), width, resid.shape[-1])
-        for r, (i, c) in enumerate(zip(items, cuts)):
-            k = runs.lengths[i] - c
-            embeds[r, width - k:] = resid[i, runs.width - k:]
-        inputs.pop("input_ids")
-        inputs["inputs_embeds"] = embeds.to(model.device, model.dtype)
+    inputs = _rows_inputs(model, runs, items, cuts, start)
     with model.intervene(*patches), _from_layer(model, start):
         logits = model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
     index = torch.tensor(items)

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.io import read_meta, read_tensors, write_json, write_tensors
+from interp.sites import HEAD_KINDS
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -216,9 +217,13 @@ class Subspace:
 
     # ----- provenance -----
     def check_for(self, model: "Model") -> None:
-        """Raise InterpError unless this subspace can be used with `model` (width, model identity, layer)."""
+        """Raise InterpError unless this subspace can be used with `model` (width, model identity, layer). One fitted
+        at a site narrower or wider than the residual stream (provenance "site" at `mlp.hook_post` or a head) is
+        checked for its width where it is patched (`interp.interventions.check_subspace`)."""
         what = "direction" if self.k == 1 else f"subspace (k={self.k})"
-        if self.d != model.d_model:
+        site = self.provenance.get("site")
+        kind = site.split(".", 2)[-1] if isinstance(site, str) else None
+        if self.d != model.d_model and kind not in ("mlp.hook_post", *HEAD_KINDS):
             raise InterpError(f"{what} of width {self.d}, model has d_model {model.d_model}: it was fitted on another model")
         fp = self.provenance.get("model")
         if isinstance(fp, dict) and fp:
