@@ -50,6 +50,7 @@ bench: models
 	$(PY) -m benchmarks.tasks --out $(BENCH)/tasks.json
 	$(PY) -m benchmarks.patching --model qwen2.5-coder-0.5b-instruct --n 4 --out $(BENCH)/patching_qwen05.json
 	$(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/heads_qwen05.json
+	$(PY) -m benchmarks.das --model qwen2.5-coder-0.5b-instruct --threads 1 --out $(BENCH)/das_qwen05.json
 	$(PY) -m benchmarks.truthful --model qwen2.5-coder-0.5b-instruct --questions 400 --grid-heads 8 16 32 \
 		--grid-alphas 5 15 25 --n-tune 24 --threads 1 --out $(BENCH)/truthful_qwen05.json
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
