@@ -1,0 +1,467 @@
+"""Are safety subspaces distinct from useful ones? Overlaps in activation space and in parameter space.
+
+The paper: Ponkshe et al., *Safety Subspaces are Not (Linearly) Distinct: A Fine-Tuning Case Study* (ICLR 2026;
+reference code github.com/CERT-Lab/safety-subspaces). Its question: does safety live in a subspace of its own,
+which could be protected while a model is fine-tuned on useful data? Its answer, in both spaces, is no.
+
+**Activation space** (`activations`, the reference's `exp-4-activation_spaces/activation_space.py`). For each
+prompt set (harmful requests, and useful ones: Alpaca instructions, programming tasks) take the residual stream at
+the last prompt token of every layer, stack the n prompts into an n x d matrix A per layer, and keep its energy
+subspace: the top-k right singular vectors of A with k the smallest number holding a chosen `share` of
+||A||_F^2 (0.9 by default). Two sets' subspaces are compared by the mean squared overlap
+||B1 B2^T||_F^2 / min(k1, k2) (`Subspace.overlap`: 1 when one contains the other, 0 when orthogonal) and their
+principal angles. Two random subspaces of dimensions k1, k2 in R^d overlap by max(k1, k2) / d in expectation, the
+reference's `mso_random`, written beside every overlap with a sampled baseline (`Subspace.random_overlap`:
+random subspaces of the second set's dimension against the first set's subspace). If harmful prompts used
+directions of their own, their overlap with a useful set would sit near that baseline, and clearly below the
+overlap of two useful sets with each other (the `alpaca vs code` pair is that reference point).
+- Faithful: energy share and k exactly as the reference (smallest k with cumulative energy >= share, from a full
+  SVD); uncentred by default, as the reference runs it (`centre=False`; `centre=True` subtracts each set's mean
+  first, the reference's `centering` option); the closed-form baseline max(k1, k2) / d. Uncentred, the mean of
+  the last-token activations, which every set shares, holds most of the energy (on Qwen2.5-Coder-0.5B with 64
+  prompts per set, k = 1 at most layers), so the overlap mostly compares the sets' means; centred, it compares
+  the directions the prompts vary along.
+- Departs: prompts get the model's chat template and the last token is the template's last (the assistant
+  header), where the reference feeds raw text (`chat=False` for that); left padding, so the last column is every
+  prompt's last token (the reference right-pads and reads column -1, a pad for the shorter prompts); every
+  layer's `hook_resid_post` (the reference's hidden_states also count the embeddings, and it reports layers
+  65-90% of the depth only: the summary gives the mean over that `window` too); the prompt sets are the bundled
+  ones (the reference uses MATH / BeaverTails / ToxiGen prompts, 5000 each).
+
+**Parameter space** (`weights`, the reference's `utils/post_processing_subspace.py` and `scripts/projection*.py`;
+the linear algebra is `interp.weight_updates`, whose docstring states it). From a base, an aligned and a fine-tuned
+checkpoint: per matrix the alignment update V and the fine-tune update U, the top-k left singular vectors P of V,
+the energy of U inside them against a random k-subspace, and three edited checkpoints, `same` (W_aligned + P P^T U),
+`opposite` (W_aligned - P P^T U) and `orthogonal` (W_aligned + U - P P^T U), each written as a folder and measured
+by the toolkit: the refusal rate on harmful prompts (`SubstringJudge` on greedy answers), the same judge's rate on
+harmless prompts (its false positives, or over-refusal), and the loss on useful text (mean token cross-entropy of
+held-out useful answers). The reference measures harm with an LLM judge on AdvBench and utility with GSM8K accuracy;
+here both are cheap and local, so a miniature fits on a CPU (`analyses.miniature` builds one from SmolLM2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp import weight_updates as W
+from interp.errors import InterpError
+from interp.estimators import pca
+from interp.io import write_tensors
+from interp.judges import SubstringJudge
+from interp.likelihood import continuations
+from interp.result import Result
+from interp.subspace import Subspace
+
+if TYPE_CHECKING:
+    from interp.model import Model
+
+DEGREES = 180 / math.pi
+
+
+# ===== activation space =====
+
+@dataclass
+class ActivationOptions:
+    share: float = 0.9  # energy share the subspace holds (the reference's energy_frac)
+    centre: bool = False  # subtract each set's mean first (the reference's `centering`; it runs False)
+    samples: int = 200  # random subspaces for the sampled overlap baseline
+    angle_samples: int = 20  # random subspaces for the principal-angle baseline
+    seed: int = 0
+    batch_size: int = 16
+    chat: bool | None = None  # None: the chat template when the tokenizer has one
+    window: tuple[float, float] = (0.65, 0.90)  # the depth range the reference reports
+
+    def check(self) -> None:
+        if not 0 < self.share <= 1:
+            raise InterpError(f"share must be in (0, 1], the share of the energy the subspace holds; got {self.share!r}")
+        if not (isinstance(self.samples, int) and self.samples >= 2 and isinstance(self.angle_samples, int)
+                and self.angle_samples >= 1):
+            raise InterpError("samples must be an integer >= 2 and angle_samples >= 1")
+        lo, hi = self.window
+        if not 0 <= lo < hi <= 1:
+            raise InterpError(f"window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.window!r}")
+
+
+def energy_subspace(X: Float[Tensor, "n d"], share: float, centre: bool = False) -> tuple[Float[Tensor, "k d"], Tensor]:
+    """The energy subspace of the rows of X: the top-k right singular vectors, k the smallest number whose squared
+    singular values hold at least `share` of the total (of the second moment about 0, or about the mean if
+    `centre`). Returns the [k, d] basis and every squared singular value's share of the energy."""
+    fitted = pca(X, min(X.shape), center=centre)
+    ratio = fitted.explained_variance_ratio
+    if not float(ratio.sum()) > 0:
+        raise InterpError("the activations have no energy (all rows equal after centring?); give distinct prompts")
+    k = int(torch.searchsorted(ratio.cumsum(0), torch.tensor(share * float(ratio.sum()), dtype=ratio.dtype))) + 1
+    return fitted.components[:min(k, len(ratio))].float(), ratio
+
+
+def last_token_activations(model: "Model", prompts: Sequence[str], options: ActivationOptions) -> Float[Tensor, "n layer d"]:
+    """The residual stream after every block at each prompt's last token, in one capture pass."""
+    acts = model.capture(prompts, "hook_resid_post", positions="last", batch_size=options.batch_size, chat=options.chat)
+    return acts.stack("hook_resid_post")
+
+
+@dataclass
+class PairLayer:
+    """Two sets' energy subspaces at one layer compared."""
+
+    overlap: float
+    expected: float  # max(k1, k2) / d
+    sampled_mean: float  # overlap of the first set's subspace with random subspaces of the second's dimension
+    sampled_std: float
+    min_angle: float  # degrees
+    mean_angle: float
+    random_min_angle: float  # the same against random subspaces of the second's dimension
+    random_mean_angle: float
+
+
+def compare_pair(a: Subspace, b: Subspace, options: ActivationOptions, seed: int) -> PairLayer:
+    base = a.random_overlap(n=options.samples, seed=seed, k=b.k)
+    angles = a.principal_angles(b) * DEGREES
+    gen = torch.Generator().manual_seed(seed)
+    rand = [a.principal_angles(Subspace(torch.randn(b.k, a.d, generator=gen))) * DEGREES for _ in range(options.angle_samples)]
+    return PairLayer(a.overlap(b), base.expected, base.mean, base.std, float(angles.min()), float(angles.mean()),
+                     float(torch.stack([r.min() for r in rand]).mean()), float(torch.stack([r.mean() for r in rand]).mean()))
+
+
+def pair_name(a: str, b: str) -> str:
+    return f"{a} vs {b}"
+
+
+@dataclass
+class ActivationOverlap(Result):
+    """Energy subspaces of every set at every layer, and every pair's overlap and angles beside random baselines."""
+
+    title = "Activation-space overlap of energy subspaces (Ponkshe et al.)"
+    model: dict
+    counts: dict[str, int]
+    options: ActivationOptions
+    subspaces: dict[str, list[Subspace]]  # per set, one per layer
+    energy: dict[str, list[Tensor]]  # per set and layer: every singular direction's share of the energy
+    pairs: dict[str, list[PairLayer]]  # "a vs b" -> per layer
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(len(next(iter(self.subspaces.values())))))
+
+    def window_layers(self) -> list[int]:
+        n = len(self.layers)
+        lo, hi = self.options.window
+        return list(range(int(lo * n), max(int(hi * n), int(lo * n) + 1)))
+
+    def summary(self) -> dict:
+        win = self.window_layers()
+        pairs = {}
+        for name, rows in self.pairs.items():
+            col = {f: [getattr(r, f) for r in rows] for f in PairLayer.__dataclass_fields__}
+            mean = lambda xs, idx=None: float(sum(xs[i] for i in (idx or range(len(xs)))) / len(idx or xs))
+            above = [i for i, r in enumerate(rows) if r.overlap > r.sampled_mean + 3 * r.sampled_std]
+            pairs[name] = {"mean_overlap": round(mean(col["overlap"]), 4), "mean_expected": round(mean(col["expected"]), 4),
+                           "mean_sampled": round(mean(col["sampled_mean"]), 4),
+                           "window_overlap": round(mean(col["overlap"], win), 4),
+                           "window_expected": round(mean(col["expected"], win), 4),
+                           "layers_above_random": len(above), "mean_min_angle": round(mean(col["min_angle"]), 2),
+                           "mean_random_min_angle": round(mean(col["random_min_angle"]), 2),
+                           "per_layer": {f: [round(v, 5) for v in vals] for f, vals in col.items()}}
+        return {"model": self.model, "prompts": self.counts, "share": self.options.share, "centred": self.options.centre,
+                "d": next(iter(self.subspaces.values()))[0].d, "window_layers": [win[0], win[-1]],
+                "k": {s: [sub.k for sub in subs] for s, subs in self.subspaces.items()}, "pairs": pairs,
+                "options": asdict(self.options), "seconds": self.seconds}
+
+    def figures(self) -> dict[str, go.Figure]:
+        x = self.layers
+        colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+        over, angles, ks = go.Figure(), go.Figure(), go.Figure()
+        for i, (name, rows) in enumerate(self.pairs.items()):
+            c = colours[i % len(colours)]
+            over.add_trace(go.Scatter(x=x, y=[r.overlap for r in rows], name=name, mode="lines+markers", line=dict(color=c)))
+            over.add_trace(go.Scatter(x=x, y=[r.expected for r in rows], name=f"{name}: random, max(k1,k2)/d",
+                                      mode="lines", line=dict(color=c, dash="dash")))
+            over.add_trace(go.Scatter(x=x, y=[r.sampled_mean for r in rows], name=f"{name}: random, sampled",
+                                      mode="markers", marker=dict(color=c, symbol="x", size=6),
+                                      error_y=dict(array=[r.sampled_std for r in rows], visible=True)))
+            angles.add_trace(go.Scatter(x=x, y=[r.min_angle for r in rows], name=f"{name}: smallest", mode="lines+markers",
+                                        line=dict(color=c)))
+            angles.add_trace(go.Scatter(x=x, y=[r.mean_angle for r in rows], name=f"{name}: mean", mode="lines",
+                                        line=dict(color=c, dash="dot")))
+            angles.add_trace(go.Scatter(x=x, y=[r.random_min_angle for r in rows], name=f"{name}: smallest, random",
+                                        mode="lines", line=dict(color=c, dash="dash")))
+        centred = "centred" if self.options.centre else "uncentred"
+        over.update_layout(title=f"Mean squared overlap of {self.options.share:g}-energy subspaces ({centred}) across depth",
+                           xaxis_title="layer (hook_resid_post)", yaxis_title="overlap", yaxis_range=[0, 1.02])
+        angles.update_layout(title="Principal angles between the subspaces", xaxis_title="layer", yaxis_title="degrees")
+        for name, subs in self.subspaces.items():
+            ks.add_trace(go.Scatter(x=x, y=[s.k for s in subs], name=name, mode="lines+markers"))
+        ks.update_layout(title=f"k: directions holding {self.options.share:g} of the energy", xaxis_title="layer",
+                         yaxis_title="k")
+        return {"overlap": over, "angles": angles, "k": ks}
+
+    def save_artifacts(self, directory: Path) -> None:
+        """Every set's basis at every layer (`subspaces.safetensors`, keys `<set>.<layer>`) and every singular
+        direction's share of the energy (keys `<set>.<layer>.energy`)."""
+        tensors = {f"{s}.{i}": sub.basis for s, subs in self.subspaces.items() for i, sub in enumerate(subs)}
+        tensors |= {f"{s}.{i}.energy": e for s, es in self.energy.items() for i, e in enumerate(es)}
+        write_tensors(directory / "subspaces.safetensors", tensors)
+
+
+def compare(acts: dict[str, Float[Tensor, "n layer d"]], pairs: Sequence[tuple[str, str]] | None = None,
+            options: ActivationOptions | None = None, model: dict | None = None) -> ActivationOverlap:
+    """Energy subspaces of captured activations (`last_token_activations` of each set) and their overlaps.
+    `pairs` default: every pair of sets, in order."""
+    options = options or ActivationOptions()
+    options.check()
+    names = list(acts)
+    pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    check_sets(acts, pairs)
+    start = time.perf_counter()
+    subspaces: dict[str, list[Subspace]] = {}
+    energy: dict[str, list[Tensor]] = {}
+    for name, X in acts.items():
+        subspaces[name], energy[name] = [], []
+        for layer in range(X.shape[1]):
+            basis, ratio = energy_subspace(X[:, layer], options.share, options.centre)
+            subspaces[name].append(Subspace(basis, {"model": model or {}, "site": f"blocks.{layer}.hook_resid_post",
+                                                    "layer": layer, "position": "last", "set": name,
+                                                    "method": f"energy {options.share:g}" + (" centred" if options.centre else ""),
+                                                    "data": Subspace.data_hash(X[:, layer])}))
+            energy[name].append(ratio.float())
+    compared = {pair_name(a, b): [compare_pair(subspaces[a][i], subspaces[b][i], options, options.seed + i)
+                                  for i in range(len(subspaces[a]))] for a, b in pairs}
+    return ActivationOverlap(model or {}, {n: int(X.shape[0]) for n, X in acts.items()}, options, subspaces, energy,
+                             compared, {"compare": round(time.perf_counter() - start, 2)})
+
+
+def check_sets(sets: dict, pairs: Sequence[tuple[str, str]]) -> None:
+    if len(sets) < 2:
+        raise InterpError(f"give at least two prompt sets to compare, got {len(sets)}")
+    for name, items in sets.items():
+        if len(items) < 2:
+            raise InterpError(f"prompt set {name!r} has {len(items)} prompt(s); an energy subspace needs at least 2")
+    for pair in pairs:
+        if len(pair) != 2 or any(p not in sets for p in pair):
+            raise InterpError(f"pair {pair!r} must name two of the sets {', '.join(sets)}")
+
+
+def activations(model: "Model", sets: dict[str, Sequence[str]], pairs: Sequence[tuple[str, str]] | None = None,
+                options: ActivationOptions | None = None) -> ActivationOverlap:
+    """Capture every set once (all layers, last token) and compare their energy subspaces (see `compare`)."""
+    options = options or ActivationOptions()
+    options.check()
+    names = list(sets)
+    check_sets(sets, list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    start = time.perf_counter()
+    acts = {name: last_token_activations(model, list(prompts), options) for name, prompts in sets.items()}
+    capture_s = time.perf_counter() - start
+    result = compare(acts, pairs, options, model.fingerprint)
+    result.seconds["capture"] = round(capture_s, 2)
+    return result
+
+
+# ===== parameter space =====
+
+@dataclass
+class Evaluation:
+    """What each checkpoint is measured on: harmful prompts (refusal rate), harmless prompts (the judge's rate on
+    them: its false positives, or over-refusal) and useful (instruction, answer) pairs (loss on the answers)."""
+
+    harmful: list[str]
+    harmless: list[str]
+    useful: list[tuple[str, str]]
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+    def check(self) -> None:
+        for name in ("harmful", "harmless"):
+            items = getattr(self, name)
+            if isinstance(items, str) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+                raise InterpError(f"{name} must be a non-empty list of prompts")
+        if isinstance(self.useful, str) or not self.useful or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) and x.strip() for x in p)
+                for p in self.useful):
+            raise InterpError("useful must be a non-empty list of (instruction, answer) pairs of non-empty strings")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InterpError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+
+
+def read_useful(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(instruction, answer) pairs from a JSONL file: one object per line with an instruction under one of the
+    prompt keys (goal, prompt, instruction, behavior, question) and the text under `answer`."""
+    from interp.io import jsonl_lines
+    from interp.prompts import PROMPT_KEYS
+
+    path = Path(path)
+    if path.suffix != ".jsonl" or not path.is_file():
+        raise InterpError(f"{path} is not an existing .jsonl file of {{\"prompt\": ..., \"answer\": ...}} objects")
+    pairs = []
+    for line, row in jsonl_lines(path, hint='write one {"prompt": ..., "answer": ...} object per line'):
+        keys = {k.lower(): k for k in row} if isinstance(row, dict) else {}
+        prompt = next((row[keys[k]] for k in PROMPT_KEYS if k in keys), None)
+        answer = row.get("answer") if isinstance(row, dict) else None
+        if not (isinstance(prompt, str) and prompt.strip() and isinstance(answer, str) and answer.strip()):
+            raise InterpError(f"{path}, line {line}: needs a non-empty prompt (key prompt or instruction) and answer")
+        pairs.append((prompt.strip(), answer))
+    if not pairs:
+        raise InterpError(f"{path} holds no (prompt, answer) pairs")
+    return pairs
+
+
+def useful_loss(model: "Model", pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> float:
+    """Mean cross-entropy per token of the answers given their chat-formatted instructions (nats/token)."""
+    got = continuations(model, model.prepare_prompts([q for q, _ in pairs]), [[a] for _, a in pairs],
+                        rows_per_forward=batch_size)
+    return -float(sum(lp.sum() for lp in got.logprobs)) / float(sum(n.sum() for n in got.n_tokens))
+
+
+def evaluate(model: "Model", evaluation: Evaluation) -> dict:
+    """Refusal rate on the harmful prompts, the judge's rate on the harmless ones, and the useful-text loss."""
+    judge = SubstringJudge()
+    answers = model.generate(evaluation.harmful + evaluation.harmless, max_new_tokens=evaluation.max_new_tokens,
+                             batch_size=evaluation.batch_size)
+    refused = judge.refused(answers)
+    nh = len(evaluation.harmful)
+    return {"refusal_rate": sum(refused[:nh]) / nh, "harmless_refusal_rate": sum(refused[nh:]) / len(evaluation.harmless),
+            "useful_loss": useful_loss(model, evaluation.useful, evaluation.batch_size),
+            "example_harmful": answers[0], "example_harmless": answers[nh]}
+
+
+@dataclass
+class WeightOverlap(Result):
+    """The projections of one (base, aligned, fine-tuned) triple at every rank, and every checkpoint's measures."""
+
+    title = "Parameter-space overlap: the fine-tune's update inside the alignment subspace (Ponkshe et al.)"
+    sources: dict[str, str]
+    projections: dict[str, dict]  # rank label -> totals, per-matrix stats, unchanged matrices
+    models: list[dict]  # one row per checkpoint: name, method, rank, path, and the measures if evaluated
+    seed: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"sources": self.sources, "seed": self.seed, "models": self.models,
+                "projections": self.projections, "seconds": self.seconds}
+
+    def table(self) -> list[dict]:
+        """One row per checkpoint with the measures (no per-matrix detail)."""
+        keep = ("name", "method", "rank", "energy", "refusal_rate", "harmless_refusal_rate", "useful_loss")
+        return [{k: row.get(k) for k in keep} for row in self.models]
+
+    def figures(self) -> dict[str, go.Figure]:
+        figs: dict[str, go.Figure] = {}
+        energy = go.Figure()
+        for label, p in self.projections.items():
+            rows = p["matrices"]
+            names = [r["name"] for r in rows]
+            energy.add_trace(go.Scatter(x=list(range(len(rows))), y=[r["energy"] for r in rows], mode="markers",
+                                        name=f"{label}: top-k of V", text=names))
+            energy.add_trace(go.Scatter(x=list(range(len(rows))), y=[r["random_energy"] for r in rows], mode="markers",
+                                        marker=dict(symbol="x", size=5), name=f"{label}: random k-subspace", text=names))
+            energy.add_trace(go.Scatter(x=list(range(len(rows))), y=[r["expected"] for r in rows], mode="lines",
+                                        line=dict(dash="dash"), name=f"{label}: k/m", text=names))
+        energy.update_layout(title="Energy of the fine-tune update U inside the top-k left singular subspace of the "
+                                   "alignment update V, per matrix", xaxis_title="matrix (model order; hover for the name)",
+                             yaxis_title="||P P^T U||^2 / ||U||^2", yaxis_range=[0, 1.02])
+        figs["energy"] = energy
+        measured = [r for r in self.models if r.get("refusal_rate") is not None]
+        if measured:
+            trade = go.Figure(go.Scatter(x=[r["refusal_rate"] for r in measured], y=[r["useful_loss"] for r in measured],
+                                         mode="markers+text", text=[r["name"] for r in measured], textposition="top center"))
+            trade.update_layout(title="Refusal of harmful prompts against loss on useful text",
+                                xaxis_title="refusal rate on harmful prompts (substring judge)",
+                                yaxis_title="useful-text loss (nats/token)")
+            figs["tradeoff"] = trade
+            cols = ["name", "energy", "refusal_rate", "harmless_refusal_rate", "useful_loss"]
+            cells = [[r["name"] for r in measured]] + [[_fmt(r.get(c)) for r in measured] for c in cols[1:]]
+            table = go.Figure(go.Table(header=dict(values=["checkpoint", "energy of U kept", "refusal (harmful)",
+                                                           "refusal (harmless)", "useful loss"]),
+                                       cells=dict(values=cells)))
+            table.update_layout(title="Checkpoints")
+            figs["table"] = table
+        return figs
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def checkpoint_dir(out: str | os.PathLike, method: str, rank: W.Rank) -> Path:
+    return Path(out) / "checkpoints" / f"{method}-{rank.label}"
+
+
+def check_weights_inputs(base, aligned, finetuned, out, ranks: Sequence[W.Rank], methods: Sequence[str],
+                         evaluation: Evaluation | None) -> None:
+    """Everything that can be checked before a checkpoint is loaded: one clear error, nothing written."""
+    if isinstance(ranks, W.Rank) or not ranks or not all(isinstance(r, W.Rank) for r in ranks):
+        raise InterpError("ranks must be a non-empty list of Rank(k=...) or Rank(fraction=...)")
+    if len({r.label for r in ranks}) != len(ranks):
+        raise InterpError(f"ranks repeat: {[r.label for r in ranks]}")
+    if isinstance(methods, str) or not methods or any(m not in W.METHODS for m in methods):
+        raise InterpError(f"methods must be a non-empty list of {', '.join(W.METHODS)}; got {methods!r}")
+    if evaluation is not None:
+        evaluation.check()
+    for r in ranks:
+        for m in methods:
+            W.check_out(checkpoint_dir(out, m, r))
+    W.check_sources(base, aligned, finetuned)
+
+
+def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike,
+            ranks: Sequence[W.Rank] = (W.Rank(fraction=0.1), W.Rank(fraction=0.5)), methods: Sequence[str] = W.METHODS,
+            evaluation: Evaluation | None = None, seed: int = 0, device: str | None = None,
+            progress: bool = True) -> WeightOverlap:
+    """Project the fine-tune's update on the alignment subspace at every rank, write `same` / `opposite` /
+    `orthogonal` checkpoints under `out/checkpoints/<method>-<rank>`, and measure every checkpoint (the three
+    sources too) with `evaluation` (None: no measurement). Every rank is computed before anything is written."""
+    from interp.loading import load
+
+    ranks, methods = list(ranks), list(methods)
+    check_weights_inputs(base, aligned, finetuned, out, ranks, methods, evaluation)
+    t0 = time.perf_counter()
+    w_base, w_aligned, w_ft = W.load_weights(base), W.load_weights(aligned), W.load_weights(finetuned)
+    names = W.matrices(w_base, w_aligned, w_ft)  # shapes checked
+    for r in ranks:
+        for n in names:
+            r.of(n, w_base[n].shape)  # k > min(m, n) fails before any SVD
+    projections = [W.projection(w_base, w_aligned, w_ft, r, seed=seed, progress=progress) for r in ranks]
+    del w_base
+    t1 = time.perf_counter()
+    template = load(finetuned, device="cpu", dtype=torch.float32)  # a private copy whose weights are overwritten
+    rows = [{"name": "base", "method": None, "rank": None, "path": str(base)},
+            {"name": "aligned", "method": None, "rank": None, "path": str(aligned)},
+            {"name": "fine-tuned", "method": None, "rank": None, "path": str(finetuned), "energy": 1.0}]
+    summaries: dict[str, dict] = {}
+    for proj in projections:
+        totals = proj.totals()
+        summaries[proj.rank.label] = {"rank": asdict(proj.rank), **totals, "unchanged_matrices": proj.unchanged,
+                                      "matrices": W.stats_rows(proj.stats)}
+        for method in methods:
+            path = checkpoint_dir(out, method, proj.rank)
+            meta = {"method": method, "rank": asdict(proj.rank), "seed": seed, "energy": totals["energy"],
+                    "sources": {"base": str(base), "aligned": str(aligned), "finetuned": str(finetuned)}}
+            W.write_projection(template, proj.weights(w_aligned, w_ft, method), path, meta)
+            kept = {"same": totals["energy"], "opposite": totals["energy"], "orthogonal": 1 - totals["energy"]}[method]
+            rows.append({"name": f"{method} {proj.rank.label}", "method": method, "rank": proj.rank.label,
+                         "path": str(path), "energy": kept})
+    del template, w_aligned, w_ft, projections
+    t2 = time.perf_counter()
+    if evaluation is not None:
+        for row in rows:
+            model = load(row["path"], device=device)
+            row.update(evaluate(model, evaluation))
+            del model
+    seconds = {"project": round(t1 - t0, 1), "write": round(t2 - t1, 1), "evaluate": round(time.perf_counter() - t2, 1)}
+    return WeightOverlap({"base": str(base), "aligned": str(aligned), "finetuned": str(finetuned)}, summaries, rows,
+                         seed, seconds)
+
+
+__all__ = ["ActivationOptions", "ActivationOverlap", "PairLayer", "energy_subspace", "last_token_activations",
+           "compare", "activations", "Evaluation", "useful_loss", "evaluate", "WeightOverlap", "weights",
+           "checkpoint_dir"]

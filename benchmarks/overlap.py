@@ -1,0 +1,146 @@
+"""Safety vs useful subspaces (Ponkshe et al.): activation-space overlaps across depth on a real model, and the
+parameter-space miniature's table.
+
+    python -m benchmarks.overlap --model qwen2.5-coder-0.5b-instruct --n 64 --out benchmarks/results/overlap_qwen05.json
+    python -m benchmarks.overlap --model smollm2-135m-instruct --n 6 --tiny --out /tmp/overlap_tiny.json  # a check
+
+Steps:
+1. Activation space (`analyses.overlap.activations`): `--n` prompts of each bundled set (harmful_train, Alpaca
+   instructions from harmless_train, code_tasks), captured once at every layer's `hook_resid_post`, last token;
+   the 0.9-energy subspaces compared pairwise, uncentred (the reference's setting) and centred, each overlap beside
+   max(k1, k2) / d and a sampled baseline.
+2. The miniature (`analyses.miniature`): SmolLM2-135M-Instruct fine-tuned to refuse harmful requests (aligned),
+   then toward useful answers written by Qwen2.5-Coder-0.5B (fine-tuned; the answers are cached under the interp
+   cache); then `analyses.overlap.weights` at two k (`--fractions`, of min(m, n) per matrix): the energy of the
+   fine-tune's update inside the alignment subspace, and the refusal rate, the judge's rate on harmless prompts and
+   the useful-text loss of base / aligned / fine-tuned / same / opposite / orthogonal. The checkpoints go to a
+   temporary folder removed at the end (`--work DIR` keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import interp
+from analyses import miniature as M
+from analyses import overlap as O
+from benchmarks.common import provenance, write_result
+from interp.finetune import FineTuneOptions
+from interp.prompts import dataset
+from interp.weight_updates import Rank
+
+PAIRS = [("harmful", "alpaca"), ("harmful", "code"), ("alpaca", "code")]
+
+
+def activation_part(model_name: str, n: int, samples: int, seed: int) -> dict:
+    model = interp.load(model_name, device="cpu", dtype=torch.float32)
+    sets = {"harmful": dataset("harmful_train", n=n, seed=seed), "alpaca": dataset("harmless_train", n=n, seed=seed),
+            "code": dataset("code_tasks", n=n, seed=seed)}
+    options = O.ActivationOptions(samples=samples, seed=seed)
+    t = time.perf_counter()
+    acts = {name: O.last_token_activations(model, prompts, options) for name, prompts in sets.items()}
+    capture_s = time.perf_counter() - t
+    out = {"model": model_name, "prompts_per_set": n, "capture_s": round(capture_s, 1)}
+    for centre in (False, True):
+        opts = O.ActivationOptions(samples=samples, seed=seed, centre=centre)
+        s = O.compare(acts, PAIRS, opts, model.fingerprint).summary()
+        out["centred" if centre else "uncentred"] = {"k": s["k"], "d": s["d"], "window_layers": s["window_layers"],
+                                                     "pairs": s["pairs"]}
+    return out
+
+
+def by_kind(rows: list[dict]) -> dict:
+    """Mean energy (and its random baselines) per kind of matrix (`self_attn.q_proj`, `mlp.down_proj`, ...)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        parts = r["name"].split(".")
+        groups[".".join(parts[-3:-1]) if parts[-1] == "weight" and "layers" in parts else r["name"]].append(r)
+    return {kind: {f: round(sum(r[f] for r in rs) / len(rs), 4) for f in ("energy", "random_energy", "expected")}
+            | {"matrices": len(rs), "k": sorted({r["k"] for r in rs})} for kind, rs in groups.items()}
+
+
+def parameter_part(options: M.MiniatureOptions, fractions: list[float], work: Path) -> dict:
+    t = time.perf_counter()
+    evaluation = M.evaluation(options)
+    answers_s = time.perf_counter() - t
+    mini = M.build(work / "models", options)
+    t = time.perf_counter()
+    result = O.weights(options.base, mini.aligned, mini.finetuned, work / "projections",
+                       ranks=[Rank(fraction=f) for f in fractions], evaluation=evaluation, seed=options.seed)
+    weights_s = time.perf_counter() - t
+    projections = {label: {k: v for k, v in p.items() if k != "matrices"} | {"by_kind": by_kind(p["matrices"])}
+                   for label, p in result.projections.items()}
+    return {"miniature": "a miniature of the paper's setting: SmolLM2-135M-Instruct as the base, two short CPU "
+                         "fine-tunes as the aligned and fine-tuned models (analyses/miniature.py)",
+            "options": {"base": options.base, "answer_model": options.answer_model, "answer_tokens": options.answer_tokens,
+                        "n_refusal": options.n_refusal, "n_helpful": options.n_helpful, "n_useful": options.n_useful,
+                        "n_eval": options.n_eval, "eval_tokens": options.eval_tokens,
+                        "align": asdict(options.align), "useful": asdict(options.useful)},
+            "fine_tunes": {"aligned": mini.align_run.summary(), "finetuned": mini.useful_run.summary()},
+            "table": result.table(), "examples": [{k: r.get(k) for k in ("name", "example_harmful", "example_harmless")}
+                                                  for r in result.models],
+            "projections": projections, "seconds": {"answers": round(answers_s, 1), **result.seconds,
+                                                    "weights_total": round(weights_s, 1)}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="the model of the activation-space part")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--n", type=int, default=64, help="prompts per set in activation space")
+    p.add_argument("--samples", type=int, default=200, help="random subspaces of the sampled baseline")
+    p.add_argument("--fractions", type=float, nargs=2, default=[0.1, 0.5], help="the two k, as fractions of min(m, n)")
+    p.add_argument("--tiny", action="store_true", help="a plumbing check: a few examples, one step per fine-tune")
+    p.add_argument("--work", type=Path, default=None, help="keep the miniature's checkpoints here (default: removed)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="overlap-bench-"))
+    if args.tiny:  # SmolLM2 writes the "useful" answers, cached in the work folder, not the interp cache
+        steps = FineTuneOptions(epochs=1, batch_size=4, max_steps=1)
+        mini = M.MiniatureOptions(answer_model="smollm2-135m-instruct", answer_tokens=8, n_refusal=4, n_helpful=2,
+                                  n_useful=4, n_eval=4, eval_tokens=8, align=steps, useful=steps, seed=args.seed,
+                                  cache=work / "answers")
+    else:
+        mini = M.MiniatureOptions(seed=args.seed)
+    try:
+        t = time.perf_counter()
+        acts = activation_part(args.model, args.n, args.samples, args.seed)
+        acts["seconds"] = round(time.perf_counter() - t, 1)
+        params = parameter_part(mini, list(args.fractions), work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out = {"benchmark": "overlap", "activations": acts, "parameters": params,
+           "note": "Qwen2.5-Coder-0.5B-Instruct here is a GGUF requantisation of an AWQ checkpoint; SmolLM2 a Q4_1 GGUF "
+                   "dequantised. The parameter-space part is a miniature, not a replication of the paper's setting.",
+           "seconds_total": round(time.perf_counter() - start, 1)}
+    write_result(args.out, out, provenance("benchmarks.overlap", argv, "cpu"))
+    for centre in ("uncentred", "centred"):
+        for name, s in acts[centre]["pairs"].items():
+            print(f"{centre:>10} {name:<20} overlap {s['mean_overlap']:.3f} (random {s['mean_expected']:.3f}); layers "
+                  f"{acts[centre]['window_layers'][0]}-{acts[centre]['window_layers'][1]}: {s['window_overlap']:.3f} "
+                  f"(random {s['window_expected']:.3f})")
+    for label, proj in params["projections"].items():
+        print(f"{label}: energy of U in top-k(V) {proj['energy']:.3f}, random {proj['random_energy']:.3f}, "
+              f"expected {proj['expected_energy']:.3f}")
+    print(f"{'checkpoint':<16}{'energy':>8}{'refusal':>9}{'harmless':>10}{'loss':>8}")
+    for r in params["table"]:
+        print(f"{r['name']:<16}{r['energy'] if r['energy'] is not None else float('nan'):>8.3f}{r['refusal_rate']:>9.2f}"
+              f"{r['harmless_refusal_rate']:>10.2f}{r['useful_loss']:>8.3f}")
+    print(f"total {out['seconds_total']:.0f} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
