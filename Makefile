@@ -38,8 +38,9 @@ test-slow: models
 	$(PY) -m pytest -q -m slow
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
-# versions, date). About 45 minutes on a quiet 2-core CPU (capture ~2 min, refusal ~10, attack ~7, patching ~15,
-# heads ~6); the GPU benchmark runs only where CUDA is available (~3 min on an H100). Attack logs go to out/bench/.
+# versions, date). About 3 hours on a 2-core CPU (capture ~2 min, refusal ~10, attack ~7, patching ~15, heads ~6,
+# das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
+# available (~3 min on an H100). Attack logs go to out/bench/.
 BENCH := benchmarks/results
 bench: models
 	@git diff --quiet HEAD -- . ':(exclude)$(BENCH)' 2>/dev/null || echo "warning: uncommitted changes; the results will say git_dirty: true"
