@@ -443,6 +443,84 @@ def overlap_weights(base: str = typer.Option(..., help="base checkpoint: HF fold
     typer.echo(f"wrote {out}/checkpoints/, result.json, report.html")
 
 
+# ----- concepts: which programming language a code model writes (G-ACT, Sharma and Raman 2025) -----
+
+concepts_app = typer.Typer(help="Concept steering: the programming language a code model writes (G-ACT).",
+                           no_args_is_help=True)
+app.add_typer(concepts_app, name="concepts")
+
+
+@concepts_app.command("fit")
+def concepts_fit(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+                 target: str = typer.Option(..., help="the language to steer toward: cpp, java, rust, julia, python, ..."),
+                 method: str = typer.Option("gact", help="gact (probe-routed cluster centroids) | mean (one vector)"),
+                 out: Path = typer.Option(..., help="output folder: router.safetensors + router.json, result.json, "
+                                          "report.html, answers.jsonl"),
+                 tasks: Optional[Path] = typer.Option(None, help="language-neutral programming tasks, any prompt file "
+                                                      "(default: the bundled code_tasks; split by their id column)"),
+                 k: int = typer.Option(3, help="centroids per layer (gact)"),
+                 layer: List[int] = typer.Option([], help="candidate injection layers (repeat; default a third and a "
+                                                 "half of the depth); one --layer and one --alpha skip the selection"),
+                 alpha: List[float] = typer.Option([], help="candidate strengths (repeat; default 2, 4 and 6)"),
+                 n_test: int = typer.Option(45, help="test tasks (scored only)"),
+                 n_val: int = typer.Option(30, help="validation tasks (choose the layer and alpha, score the probes)"),
+                 n_train: Optional[int] = typer.Option(None, help="training tasks (default: all the rest)"),
+                 max_new_tokens: int = typer.Option(96, help="greedy tokens per test answer"),
+                 refine: bool = typer.Option(True, help="refine the probe by gradient (--no-refine: ACT's probe)"),
+                 refine_epochs: int = typer.Option(4, help="epochs of probe refinement"),
+                 seed: int = typer.Option(0), batch_size: int = typer.Option(16)) -> None:
+    """Fit a router (gact) or one mean-difference vector (mean) steering the model toward TARGET, and compare it on
+    held-out tasks with the unsteered model and with naming the language in the prompt."""
+    from analyses import concepts
+    from interp.prompts import dataset_path, read_behaviors
+
+    items = read_behaviors(tasks if tasks is not None else dataset_path("code_tasks"))
+    options = concepts.Options(targets=(target,), methods=(method,), seed=seed, n_test=n_test, n_val=n_val,
+                               n_train=n_train, k=k, candidate_layers=tuple(layer) or None,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, refine=refine,
+                               refine_epochs=refine_epochs,
+                               **({"candidate_alphas": tuple(alpha)} if alpha else {}))
+    options.check(len(items))  # bad inputs fail before the model loads
+    m = _load(model)
+    result = concepts.run(m, items, options)
+    lang = options.targets[0]
+    router = result.router(lang, method)
+    router.save(out)
+    result.save(out)
+    fit = result.fits[lang]
+    typer.echo(f"{lang}: layer {fit.layers[0]}, alpha {fit.alpha:g} ({fit.selection['selected_by']})")
+    for name, row in result.table[lang].items():
+        typer.echo(f"{name:<9} target share {row['target_share']:.2f}  code share {row['code_share']:.2f}  "
+                   f"({row['n']} test tasks)")
+    typer.echo(f"wrote the {method} router (k={router.k}) and the report to {out}")
+
+
+@concepts_app.command("steer")
+def concepts_steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+                   steering: Path = typer.Option(..., help="a folder written by `interp concepts fit`"),
+                   prompts: Path = typer.Option(..., help="prompt file"),
+                   out: Path = typer.Option(..., help="output JSONL: prompt, response, language"),
+                   max_new_tokens: int = typer.Option(96), batch_size: int = typer.Option(16)) -> None:
+    """Greedy answers steered by a saved router (or mean vector), each with the language it is written in."""
+    import json
+
+    from interp.concept_router import ConceptRouter
+    from interp.io import write_text
+    from interp.languages import detect
+    from interp.prompts import read_prompts
+
+    items = read_prompts(prompts)
+    ConceptRouter.load(steering)  # broken files fail before the model loads
+    m = _load(model)
+    router = ConceptRouter.load(steering, model=m)
+    responses = router.generate(m, items, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=True)
+    rows = [{"prompt": p, "response": r, "language": detect(r).language} for p, r in zip(items, responses)]
+    write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
+    target = router.provenance.get("target")
+    share = sum(row["language"] == target for row in rows) / len(rows)
+    typer.echo(f"wrote {len(rows)} responses to {out}; {share:.0%} in {target}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),

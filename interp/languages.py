@@ -1,16 +1,18 @@
-"""Which programming language a generated answer is written in: the fence tag, else a lexer guess, else "none".
+"""Which programming language a generated answer is written in: the fence tag, else a guess from the code, else "none".
 
 Used to measure concept steering of a code model (G-ACT, Sharma and Raman 2025): the share of answers in a target
 language, and the share that are still code at all.
 
-1. The info string of the first fenced code block ("```cpp") names the language, mapped to a canonical name
-   (`ALIASES`).
-2. Otherwise the code (the first fenced block's body, else the whole answer) is guessed: Pygments' lexers'
-   own `analyse_text` scores for the candidate languages (Pygments' `guess_lexer` over every lexer it knows picks
-   exotic ones for short snippets, e.g. "Tera Term macro" for a Rust function), and where they say nothing, a
-   count of each language's signature patterns (`SIGNATURES`: `fn name(` and `println!` for Rust, `#include` and
-   `std::` for C++, ...), the pattern count deciding.
-3. No fence, no score: "none" (prose, or code in a language outside `LANGUAGES`).
+1. The info string of the first fenced code block whose tag names a known language ("```cpp", "```C++") decides,
+   mapped to a canonical name (`ALIASES`). Code models tag their blocks, so this is the usual case.
+2. Otherwise the code (the bodies of the fenced blocks, else the whole answer) is guessed. Each candidate language
+   scores the number of its signature patterns found (`SIGNATURES`: `fn name(` and `println!` for Rust,
+   `#include` and `std::` for C++, ...) plus Pygments' own `analyse_text` score for it (0 to 1). The best score
+   wins if it is at least 2 (two signatures, or one and a confident lexer). Pygments alone misfires on real
+   answers: its Python heuristic says 1.0 for any text holding "import " (Java's `import java.util.*;`, Go's
+   `import "fmt"`), and `guess_lexer` over every lexer it knows picks exotic ones for short snippets ("Tera Term
+   macro" for a Rust function); so it only adds to the signatures, restricted to the candidate languages.
+3. Nothing decisive: "none" (prose, or code in a language outside `LANGUAGES`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
                    r"\bmodule\.exports\b", r"===", r"\brequire\("),
     "go": (r"^\s*package \w+", r"\bfunc \w+\(", r"\bfmt\.Print", r":=", r'\bimport \("|\bimport "'),
     "c": (r"#include\s*<(stdio|stdlib|string)\.h>", r"\bprintf\(", r"\bmalloc\(", r"\bint main\s*\("),
-    "csharp": (r"\busing System\b", r"\bConsole\.Write", r"\bnamespace \w+", r"\bpublic static void Main\b"),
+    "csharp": (r"\busing System(\.\w+)*;", r"\bConsole\.Write", r"\bnamespace \w+", r"\bstatic void Main\b",
+               r"\.Length\b", r"\bforeach\s*\(", r"\b(public|private|internal) (static )?\w+(\[\])? [A-Z]\w*\(",
+               r"\bstring(\[\])? \w+\s*[=;,)]"),
 }
 _FENCE = re.compile(r"```[ \t]*([^\s`]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -91,16 +95,14 @@ def detect(answer: str) -> Detection:
     """The language of a generated answer (see the module docstring for the order of evidence)."""
     if not isinstance(answer, str):
         raise InterpError(f"detect takes the answer text (a str), got {type(answer).__name__}")
-    m = _FENCE.search(answer)
-    if m and m.group(1).strip().lower() in ALIASES:
-        return Detection(ALIASES[m.group(1).strip().lower()], "fence", True)
-    code = m.group(2) if m else answer
-    lexed = _lexer_scores(code)
-    best = max(lexed, key=lexed.get)
-    if lexed[best] > 0.3:
-        return Detection(best, "lexer", bool(m))
-    sig = _signature_scores(code)
-    best = max(sig, key=lambda k: (sig[k], lexed[k]))
-    if sig[best] >= 2:
-        return Detection(best, "signatures", bool(m))
-    return Detection("none", "none", bool(m))
+    blocks = _FENCE.findall(answer)
+    for tag, _ in blocks:
+        if tag.strip().lower() in ALIASES:
+            return Detection(ALIASES[tag.strip().lower()], "fence", True)
+    code = "\n".join(body for _, body in blocks) if blocks else answer
+    sig, lexed = _signature_scores(code), _lexer_scores(code)
+    total = {lang: sig[lang] + lexed[lang] for lang in LANGUAGES}
+    best = max(LANGUAGES, key=lambda k: (total[k], sig[k]))  # ties: more signatures, then LANGUAGES order
+    if total[best] >= 2:
+        return Detection(best, "signatures" if sig[best] >= 2 else "lexer", bool(blocks))
+    return Detection("none", "none", bool(blocks))
