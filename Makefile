@@ -54,6 +54,9 @@ bench: models
 	$(PY) -m benchmarks.das --model qwen2.5-coder-0.5b-instruct --threads 1 --out $(BENCH)/das_qwen05.json
 	$(PY) -m benchmarks.truthful --model qwen2.5-coder-0.5b-instruct --questions 400 --grid-heads 8 16 32 \
 		--grid-alphas 5 15 25 --n-tune 24 --threads 1 --out $(BENCH)/truthful_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.overlap --model qwen2.5-coder-0.5b-instruct --n 64 --out $(BENCH)/overlap_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.concepts --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/concepts_qwen05.json \
+		--report out/bench/concepts
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
 		$(PY) -m benchmarks.gpu --out $(BENCH)/gpu_qwen15_random.json; fi
 
