@@ -36,7 +36,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.interventions import Add, Intervention, RowwiseAdd
-from interp.io import read_meta, read_tensors, write_json, write_tensors
+from interp.io import read_artifact, write_json, write_tensors
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -198,12 +198,7 @@ class ConceptRouter:
     def load(cls, directory: str | os.PathLike, model: "Model | None" = None) -> "ConceptRouter":
         """Load a saved router; with `model`, refuse one fitted on another model or shape."""
         directory = Path(directory)
-        meta = read_meta(directory, META, TENSORS, FORMAT, "concept router")
-        tensors = read_tensors(directory / TENSORS)
-        missing = [f for f in _FIELDS if f not in tensors]
-        if missing:
-            raise InterpError(f"{directory / TENSORS} lacks {', '.join(missing)} (has {sorted(tensors)}); "
-                              "it is not a router file")
+        meta, tensors = read_artifact(directory, META, TENSORS, FORMAT, "concept router", _FIELDS)
         layers = meta.get("layers")
         if not isinstance(layers, list) or tensors["centroids"].shape[:2] != (len(layers), meta.get("k")):
             raise InterpError(f"{directory / TENSORS} holds centroids {tuple(tensors['centroids'].shape)} but {META} "

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.hooks import HookFn
-from interp.io import read_meta, read_tensors, write_json, write_tensors
+from interp.io import read_artifact, write_json, write_tensors
 from interp.sites import Site, check_head
 
 if TYPE_CHECKING:
@@ -115,10 +115,8 @@ class HeadSteering:
     def load(cls, directory: str | os.PathLike, model: "Model | None" = None) -> "HeadSteering":
         """Load a saved intervention; with `model`, refuse one fitted on another model or shape."""
         directory = Path(directory)
-        meta = read_meta(directory, META, TENSORS, FORMAT, "head-steering intervention")
-        tensors = read_tensors(directory / TENSORS)
-        if not {"directions", "sigmas", "heads"} <= set(tensors):
-            raise InterpError(f"{directory / TENSORS} lacks directions, sigmas or heads (has {sorted(tensors)})")
+        meta, tensors = read_artifact(directory, META, TENSORS, FORMAT, "head-steering intervention",
+                                      ("directions", "sigmas", "heads"))
         if tensors["heads"].shape[0] != meta.get("k"):
             raise InterpError(f"{directory / TENSORS} holds {tensors['heads'].shape[0]} heads but {META} says "
                               f"{meta.get('k')}; the two files do not belong together")

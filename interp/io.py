@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -132,3 +132,14 @@ def read_meta(directory: Path, meta: str, tensors: str, fmt: str, what: str) -> 
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise InterpError(f"{directory / meta} is not an interp {what} file (missing format {fmt!r})")
     return obj
+
+
+def read_artifact(directory: Path, meta: str, tensors: str, fmt: str, what: str,
+                  fields: Sequence[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A saved artifact folder's JSON sidecar (checked as `read_meta` does) and its tensors, which must hold `fields`."""
+    obj = read_meta(directory, meta, tensors, fmt, what)
+    got = read_tensors(directory / tensors)
+    missing = [f for f in fields if f not in got]
+    if missing:
+        raise InterpError(f"{directory / tensors} lacks {', '.join(missing)} (has {sorted(got)}); it is not a {what} file")
+    return obj, got
