@@ -165,43 +165,58 @@ def fit_heads(acts: Tensor, labels: Tensor, pair_question: Tensor, train: Sequen
                                               "n_val_questions": len(val), **(provenance or {})})
 
 
-def reference_answers(model: "Model", prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """The unsteered model's greedy answers, in chat form: the texts the capability cost is measured on."""
-    answers = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
-    return [a if a.strip() else "." for a in answers]
+@dataclass
+class Reference:
+    """The plain model's greedy answers to harmless prompts and its next-token log-probabilities over them: what
+    the capability cost of every steering is measured against, computed once."""
+
+    texts: list[str]  # chat-formatted prompt + answer
+    starts: list[int]  # token index of each answer's first token
+    logprobs: list[Float[Tensor, "tokens vocab"]]  # per row, at the positions predicting the answer's tokens
+    targets: list[Tensor]  # per row, the answer's token ids
+
+
+def _answer_logprobs(model: "Model", texts: Sequence[str], starts: Sequence[int],
+                     batch_size: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Per text, the log-probabilities at the positions predicting its answer tokens (under the active
+    interventions), and those tokens."""
+    logprobs, targets = [], []
+    for s in range(0, len(texts), batch_size):
+        chunk = list(texts[s:s + batch_size])
+        out = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
+        width = out.shape[1]
+        for r, (row, start) in enumerate(zip(model.encode(chunk), starts[s:s + batch_size])):
+            logprobs.append(out[r, width - len(row) + start - 1:width - 1].clone())  # not a view of the batch
+            targets.append(torch.tensor(row[start:]))
+    return logprobs, targets
 
 
 @torch.no_grad()
-def cost(model: "Model", steering: HeadSteering, prompts: Sequence[str], answers: Sequence[str],
-         batch_size: int = 8) -> dict[str, float]:
+def reference(model: "Model", prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> Reference:
+    """The unsteered model's greedy answers (chat form) and its log-probabilities over them."""
+    answers = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
+    answers = [a if a.strip() else "." for a in answers]
+    heads = model.prepare_prompts(prompts, chat=True)
+    texts = [t + a for t, a in zip(heads, answers)]
+    starts = [len(ids) for ids in model.encode(heads)]
+    if all(len(ids) <= start for ids, start in zip(model.encode(texts), starts)):
+        raise InterpError("the reference answers have no tokens to measure the cost on")
+    return Reference(texts, starts, *_answer_logprobs(model, texts, starts, batch_size))
+
+
+@torch.no_grad()
+def cost(model: "Model", steering: HeadSteering, ref: Reference, batch_size: int = 8) -> dict[str, float]:
     """Mean KL(plain || steered) of the next-token distribution over the reference answers' positions (the
     prompt's last token included), and the mean cross-entropy of the answers' tokens, plain and steered."""
-    texts = model.prepare_prompts(prompts, chat=True)
-    full = [t + a for t, a in zip(texts, answers)]
-    starts = [len(ids) for ids in model.encode(texts)]
-    kl_sum, ce = 0.0, {"baseline": 0.0, "iti": 0.0}
-    count = 0
-    for s in range(0, len(full), batch_size):
-        chunk, chunk_starts = full[s:s + batch_size], starts[s:s + batch_size]
-        ids = model.encode(chunk)
-        base = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
-        with model.intervene(steering):
-            steered = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
-        width = base.shape[1]
-        for r, (row, start) in enumerate(zip(ids, chunk_starts)):
-            n = len(row)
-            if n <= start:
-                continue
-            pos = torch.arange(width - n + start - 1, width - 1)  # positions predicting the answer tokens
-            target = torch.tensor(row[start:])
-            p, q = base[r, pos], steered[r, pos]
-            kl_sum += float((p.exp() * (p - q)).sum())
-            ce["baseline"] -= float(p.gather(-1, target[:, None]).sum())
-            ce["iti"] -= float(q.gather(-1, target[:, None]).sum())
-            count += len(pos)
-    if count == 0:
-        raise InterpError("the reference answers have no tokens to measure the cost on")
-    return {"kl": kl_sum / count, "ce_baseline": ce["baseline"] / count, "ce_iti": ce["iti"] / count, "tokens": count}
+    with model.intervene(steering):
+        steered, _ = _answer_logprobs(model, ref.texts, ref.starts, batch_size)
+    kl, ce_plain, ce_steered, count = 0.0, 0.0, 0.0, 0
+    for p, q, target in zip(ref.logprobs, steered, ref.targets):
+        kl += float((p.exp() * (p - q)).sum())
+        ce_plain -= float(p.gather(-1, target[:, None]).sum())
+        ce_steered -= float(q.gather(-1, target[:, None]).sum())
+        count += len(target)
+    return {"kl": kl / count, "ce_baseline": ce_plain / count, "ce_iti": ce_steered / count, "tokens": count}
 
 
 def _choose(grid: list[dict], budget: float) -> tuple[dict, str]:
@@ -348,8 +363,8 @@ def run(model: "Model", questions: Sequence[Question] | None = None, options: Op
     t = time.perf_counter()
     tune_prompts = dataset("harmless_train", n=options.n_cost, seed=options.seed)
     cost_prompts = dataset("harmless_val", n=options.n_cost, seed=options.seed)
-    tune_refs = reference_answers(model, tune_prompts, options.cost_tokens)
-    cost_refs = reference_answers(model, cost_prompts, options.cost_tokens)
+    tune_ref = reference(model, tune_prompts, options.cost_tokens)
+    cost_ref = reference(model, cost_prompts, options.cost_tokens)
     seconds["reference_answers"] = time.perf_counter() - t
     ks = [options.heads] if options.heads is not None else list(options.grid_heads)
     alphas = [options.alpha] if options.alpha is not None else list(options.grid_alphas)
@@ -367,7 +382,7 @@ def run(model: "Model", questions: Sequence[Question] | None = None, options: Op
         for k, alpha in product(ks, alphas):
             steer = fit.steering(k, alpha)
             scores = mean_scores(mc_eval(model, [questions[i] for i in tune], steer, options.form, desc=f"grid K={k} a={alpha:g}"))
-            c = cost(model, steer, tune_prompts, tune_refs) if len(ks) * len(alphas) > 1 else None
+            c = cost(model, steer, tune_ref) if len(ks) * len(alphas) > 1 else None
             grid.append({"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
                          "kl": round(c["kl"], 5) if c else None,
                          "mc1_baseline": round(base_tune["mc1"], 4), "mc2_baseline": round(base_tune["mc2"], 4)})
@@ -378,7 +393,7 @@ def run(model: "Model", questions: Sequence[Question] | None = None, options: Op
             iti[i] = s
         results.append(FoldResult(f, test, len(train), len(val), chosen["k"], chosen["alpha"], why, grid,
                                   fit.ranking[:chosen["k"]], fit.accuracy, mean_scores([baseline[i] for i in test]),
-                                  mean_scores(held_scores), cost(model, steer, cost_prompts, cost_refs), steer))
+                                  mean_scores(held_scores), cost(model, steer, cost_ref), steer))
     seconds["folds"] = time.perf_counter() - t
     final_k, final_alpha, why = _final_choice(results, ks, alphas, options.kl_budget)
     train_all, val_all = _split(list(range(len(questions))), options.val_ratio, options.seed + options.folds)

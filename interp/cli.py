@@ -312,7 +312,7 @@ def truthful_eval(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help=
     base = truthful.mean_scores(truthful.mc_eval(m, qs, None, form, desc="MC baseline"))
     iti = truthful.mean_scores(truthful.mc_eval(m, qs, steer, form, desc="MC ITI"))
     prompts = dataset("harmless_val", n=n_cost)
-    c = truthful.cost(m, steer, prompts, truthful.reference_answers(m, prompts, 32))
+    c = truthful.cost(m, steer, truthful.reference(m, prompts, 32))
     obj = {"mc1": {"baseline": base["mc1"], "iti": iti["mc1"]}, "mc2": {"baseline": base["mc2"], "iti": iti["mc2"]},
            "kl": c["kl"], "ce": {"baseline": c["ce_baseline"], "iti": c["ce_iti"]}, "n_questions": len(qs),
            "intervention": {"path": str(intervention), "heads": steer.k, "alpha": steer.alpha}}
