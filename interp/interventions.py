@@ -14,6 +14,8 @@ and the block fails loudly if one of its hooks never fired.
 - `Set(site, value, positions)`: overwrite an activation (patching) at prompt positions.
 - `RowwiseAdd` / `RowwiseAblate`: a different vector per batch row, for scoring many candidate directions in
   one forward.
+- `WeightedAblate(directions, attn, mlp)`: heretic's abliteration as hooks: each layer its own direction, each
+  layer's attention and MLP writes their own ablation weight (twin of a weighted `orthogonalized_copy`).
 - `Patch(site, source, positions, heads, rows)`: activation patching: per-row source activations from another
   run (per head at `attn.hook_z|q|k|v`), on chosen rows, so many patch locations share one forward.
 - `SubspacePatch(site, subspace, source, positions, heads, rows)`: subspace activation patching: only the
@@ -260,6 +262,47 @@ class RowwiseAdd:
                 return x + cast(x).unsqueeze(1)
 
             out[Site(layer, self.kind)] = [fn]
+        return out
+
+
+@dataclass(frozen=True)
+class WeightedAblate:
+    """Per-layer, per-component weighted directional ablation (heretic's abliteration, as hooks):
+    out <- out - w (out . r_l) r_l at `blocks.{l}.hook_attn_out` (weight `attn[l]`) and `hook_mlp_out` (`mlp[l]`),
+    with r_l the unit direction of layer l (`directions` [n_layers, d], normalised here). The residual stream
+    itself is left alone (no embedding edit). Layers whose weight is 0 get no hook. The weight-edit twin is
+    `interp.orthogonalize.orthogonalized_copy(model, directions, weights={"attn": ..., "mlp": ...})`."""
+
+    directions: Float[Tensor, "layer d"]
+    attn: Sequence[float]
+    mlp: Sequence[float]
+    position_dependent = False
+    row_dependent = False
+
+    def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
+        d = _check_vector(model, self.directions, "the per-layer directions").float()
+        n = model.n_layers
+        if d.dim() != 2 or d.shape[0] != n:
+            raise InterpError(f"WeightedAblate needs one direction per layer, shape [{n}, {model.d_model}], "
+                              f"got {tuple(d.shape)}")
+        for name, w in (("attn", self.attn), ("mlp", self.mlp)):
+            if len(w) != n:
+                raise InterpError(f"WeightedAblate {name} weights: {len(w)} given, {model.name} has {n} layers")
+        if (d.norm(dim=-1) == 0).any():
+            raise InterpError("WeightedAblate: a per-layer direction is the zero vector")
+        units = d / d.norm(dim=-1, keepdim=True)
+        out: dict[Site, list[HookFn]] = {}
+        for kind, weights in (("hook_attn_out", self.attn), ("hook_mlp_out", self.mlp)):
+            for layer, w in enumerate(weights):
+                if float(w) == 0.0:
+                    continue
+                cast = _Cast(units[layer])
+
+                def fn(site: Site, x: Tensor, cast=cast, w=float(w)) -> Tensor:
+                    r = cast(x)
+                    return x - w * (x @ r)[..., None] * r
+
+                out[Site(layer, kind)] = [fn]
         return out
 
 

@@ -6,6 +6,10 @@ complement of the subspace: W_out <- W_out - B^T B W_out. The residual stream th
 subspace, which is what the `Ablate` intervention does with hooks. The edit is made on a copy and saved as
 an ordinary HF checkpoint that plain `transformers` loads; tied input/output embeddings are untied so the
 unembedding stays as it was.
+
+Weighted, per-layer edits (heretic's abliteration, `analyses.abliteration`): each layer may have its own
+direction and each layer's attention and MLP output projections their own weight w, W <- W - w r r^T W; the
+hook twin is `interp.interventions.WeightedAblate`. Weights all 1 with one subspace is the plain edit above.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.errors import InterpError
@@ -28,43 +33,99 @@ if TYPE_CHECKING:
     from interp.model import Model
 
 
-def _project_out_rows(w: Tensor, b: Tensor) -> Tensor:
-    """For a weight whose rows live in the residual space ([*, d] embeddings): w - (w B^T) B."""
-    return w - (w @ b.T) @ b
+def _project_out_rows(w: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
+    """For a weight whose rows live in the residual space ([*, d] embeddings): w - scale (w B^T) B."""
+    return w - scale * ((w @ b.T) @ b) if scale != 1.0 else w - (w @ b.T) @ b
 
 
-def _project_out_cols(w: Tensor, b: Tensor) -> Tensor:
-    """For a Linear weight [d_out = d, d_in] writing into the residual stream: w - B^T (B w)."""
-    return w - b.T @ (b @ w)
+def _project_out_cols(w: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
+    """For a Linear weight [d_out = d, d_in] writing into the residual stream: w - scale B^T (B w)."""
+    return w - scale * (b.T @ (b @ w)) if scale != 1.0 else w - b.T @ (b @ w)
+
+
+COMPONENTS = ("attn", "mlp")  # the per-layer writes a weighted edit scales: o_proj (attention), down_proj (MLP)
+
+
+def _check_weights(model: "Model", weights: dict[str, Sequence[float]] | None) -> dict[str, list[float]]:
+    """Per-layer, per-component weights {"attn": [n_layers], "mlp": [n_layers]}; None means 1 everywhere."""
+    n = model.n_layers
+    if weights is None:
+        return {c: [1.0] * n for c in COMPONENTS}
+    if not isinstance(weights, dict) or set(weights) != set(COMPONENTS):
+        got = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
+        raise InterpError(f"weights must be a dict with the keys 'attn' and 'mlp' (one weight per layer each), got {got}")
+    out = {}
+    for c in COMPONENTS:
+        w = [float(x) for x in weights[c]]
+        if len(w) != n or not all(torch.isfinite(torch.tensor(w))):
+            raise InterpError(f"weights[{c!r}] must hold {n} finite numbers (one per layer of {model.name}), "
+                              f"got {len(w)}")
+        out[c] = w
+    return out
+
+
+def _layer_bases(model: "Model", subspace: Subspace | Tensor) -> list[Tensor]:
+    """One orthonormal basis [k, d] per layer: the same subspace for all, or per-layer unit directions [n_layers, d]."""
+    if isinstance(subspace, Subspace):
+        subspace.check_for(model)
+        return [subspace.basis.float()] * model.n_layers
+    if not isinstance(subspace, Tensor) or subspace.shape != (model.n_layers, model.d_model):
+        shape = tuple(subspace.shape) if isinstance(subspace, Tensor) else type(subspace).__name__
+        raise InterpError(f"give a Subspace or per-layer directions of shape [{model.n_layers}, {model.d_model}] "
+                          f"(n_layers, d_model of {model.name}), got {shape}")
+    d = subspace.float()
+    if not torch.isfinite(d).all() or (d.norm(dim=-1) == 0).any():
+        raise InterpError("the per-layer directions contain NaN, inf or a zero vector")
+    return list((d / d.norm(dim=-1, keepdim=True)).unsqueeze(1))
 
 
 @torch.no_grad()
-def orthogonalized_copy(model: "Model", subspace: Subspace) -> nn.Module:
-    """A copy of the HF model with the subspace removed from every residual-stream write."""
-    subspace.check_for(model)
+def orthogonalized_copy(model: "Model", subspace: Subspace | Float[Tensor, "layer d"],
+                        weights: dict[str, Sequence[float]] | None = None, embed: bool | None = None) -> nn.Module:
+    """A copy of the HF model with the subspace removed from every residual-stream write.
+
+    `subspace`: one Subspace for every layer, or per-layer directions [n_layers, d] (heretic's per-layer
+    abliteration). `weights` {"attn": [n_layers], "mlp": [n_layers]} scale the edit of each layer's attention
+    output projection and MLP down projection: W <- W - w B^T B W (w = 1 removes the subspace, 0 leaves the
+    matrix alone; None = 1 everywhere). `embed`: also orthogonalise the token (and position) embedding (default:
+    yes for one Subspace, as Arditi et al.; per-layer directions have no embedding direction, so no). With a
+    Subspace, no weights and the default `embed`, this is the plain directional ablation of `Ablate`; with
+    per-layer directions and weights it matches `interp.interventions.WeightedAblate`.
+    """
+    bases = _layer_bases(model, subspace)
+    w = _check_weights(model, weights)
+    if embed is None:
+        embed = isinstance(subspace, Subspace)
+    if embed and not isinstance(subspace, Subspace):
+        raise InterpError("embed=True needs one Subspace: per-layer directions say nothing about the embedding")
     fam = model.family
     if "post_attention_layernorm" in fam.sites["hook_attn_out"][0]:
         raise InterpError(f"{model.hf.config.model_type} normalises attention/MLP outputs after the projection, so "
                           "orthogonalising weights is not equivalent to ablation; use the Ablate intervention instead")
     hf = copy.deepcopy(model.hf).float()
-    b = subspace.basis.float().to(model.device)
     if getattr(hf.config, "tie_word_embeddings", False):
         out = hf.get_output_embeddings()
         out.weight = nn.Parameter(out.weight.detach().clone())
         hf.config.tie_word_embeddings = False
-    embed = hf.get_submodule(fam.embed)
-    embed.weight.copy_(_project_out_rows(embed.weight, b))
-    if fam.conv1d and hasattr(hf, "transformer") and hasattr(hf.transformer, "wpe"):
-        hf.transformer.wpe.weight.copy_(_project_out_rows(hf.transformer.wpe.weight, b))
-    for layer in hf.get_submodule(fam.layers):
-        for path in (fam.o_proj, fam.down_proj):
+    if embed:
+        b = bases[0].to(model.device)
+        emb = hf.get_submodule(fam.embed)
+        emb.weight.copy_(_project_out_rows(emb.weight, b))
+        if fam.conv1d and hasattr(hf, "transformer") and hasattr(hf.transformer, "wpe"):
+            hf.transformer.wpe.weight.copy_(_project_out_rows(hf.transformer.wpe.weight, b))
+    for i, layer in enumerate(hf.get_submodule(fam.layers)):
+        b = bases[i].to(model.device)
+        for comp, path in zip(COMPONENTS, (fam.o_proj, fam.down_proj)):
+            scale = w[comp][i]
+            if scale == 0:
+                continue
             lin = layer.get_submodule(path)
             if fam.conv1d:  # Conv1D stores [d_in, d_out]
-                lin.weight.copy_(_project_out_rows(lin.weight, b))
+                lin.weight.copy_(_project_out_rows(lin.weight, b, scale))
             else:
-                lin.weight.copy_(_project_out_cols(lin.weight, b))
+                lin.weight.copy_(_project_out_cols(lin.weight, b, scale))
             if getattr(lin, "bias", None) is not None:
-                lin.bias.copy_(_project_out_rows(lin.bias.unsqueeze(0), b).squeeze(0))
+                lin.bias.copy_(_project_out_rows(lin.bias.unsqueeze(0), b, scale).squeeze(0))
     return hf
 
 
