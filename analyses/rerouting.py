@@ -9,15 +9,41 @@ search) for exactly that move, measured by linear probes, a refusal direction, o
 Because the loss is read at a middle layer, every forward stops there, which is why SSR needs far less time
 per success than GCG, whose loss (the likelihood of "Sure, here is ...") needs the whole model.
 
-`attack` runs the attack (`interp attack ... --out RUN.jsonl` calls it): it loads the probes or refusal
-directions that probe- and steering-SSR need, or fits them on bundled harmful and harmless prompts and saves
-them beside the log, then hands them to the core engine (`interp.attacks`), which takes them as values.
+`attack` runs the attack (`interp attack ... --out RUN.jsonl` calls it): it chooses the targets, loads the
+probes or refusal directions that probe- and steering-SSR need, or fits them on bundled harmful and harmless
+prompts and saves them beside the log, then hands them to the core engine (`interp.attacks`), which takes
+them as values. The targets, as the paper and its code (github.com/Sckathach/subspace-rerouting) have them:
+
+- Layers: SSR reaches late layers. The paper's runs target 2 to 5 layers from about a third to ~0.9 of the
+  depth (Llama 3.2 1B: 5, 8, 11, 14 of 16; Qwen 2.5 1.5B: 11, 14, 18, 23 of 28), hand-picked after looking at
+  per-layer probe accuracies; one middle layer alone failed on every attempt. With no `layers`,
+  `choose_layers` does that pick automatically: probes at every layer from one capture, held-out accuracy,
+  and `n_layers_auto` (4) layers spread over `layer_window` (0.35-0.9 of the depth), each the most accurate
+  of its part of the window. The accuracies and the choice are saved in `RUN.targets.json` and reported by
+  `rerouting`. Departure: the choice is automatic where the reference's is by hand.
+- Steering-SSR: the paper's formula and the reference code measure projections from the origin (the code:
+  the cosine of e with r, pushed to a fixed -1 per layer; the paper: <e, r> to (1 + a) <e*, r>, a < 0).
+  Measured from the origin, a prompt whose projection is negative gets a target on the refusal side. The
+  default here measures from the harmless mean of the bundled training prompts (`centre="harmless"`;
+  "midpoint" and "origin", the paper's formula, are options) and moves the projection by a |p*| toward
+  acceptance. `reverse=True` is the paper's reverse-lens (steer toward refusal; centred at the harmful mean).
+  The reference code's fixed-cosine loss is not offered.
+- Attention-SSR: the paper's results table used the head-output-ablation loss (the reference's
+  `FullAblation`: the norm of the chosen heads' `hook_z` at the last position), on 3-4 heads it found by
+  DLA, patching and its hijack score. The default here is that loss (`attention_loss="ablation"`; "hijack" is
+  the pattern loss, the reference's `Dazzle`) on `n_heads` (4) heads chosen by `choose_heads`: gradient x
+  activation of each head's last-position output on the refusal projection at the deepest target layer,
+  over harmful training prompts. Departure: attribution replaces the paper's hand analysis (its hijack score
+  needs successful and failed jailbreaks, which a fresh run does not have); `head_choice="all"` averages
+  every head of `layers`, as before. The heads and scores are in `RUN.targets.json` and the loss's
+  description.
 
 `rerouting` reads an attack run's log and reports:
 
 - the attack success rate (substring judge on greedy responses) and the seconds per success (total seconds
   over successes; a lower bound when nothing succeeded);
 - the loss curves (best loss after each search step, per behaviour);
+- the targets: the chosen layers with every layer's held-out probe accuracy, and the heads with their scores;
 - the rerouting picture: per targeted layer, the 2-D PCA of last-token `hook_resid_post` of bundled harmful
   and harmless prompts, with each behaviour's plain prompt and its adversarial prompt drawn on top (an arrow
   from one to the other), and, per layer, where the prompts sit on the harmful-harmless axis
@@ -26,6 +52,8 @@ them beside the log, then hands them to the core engine (`interp.attacks`), whic
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +71,8 @@ from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, def
 from interp.attacks.run import attack as run_attack
 from interp.errors import InterpError
 from interp.estimators import DiffInMeans, class_means, pca
+from interp.hooks import hooked
+from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.sites import Site
 from interp.subspace import Direction, Subspace
 from probes import LinearProbes
@@ -69,6 +99,7 @@ class ReroutingResult(Result):
     points: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # layer -> group -> [n, 2] PCA coordinates
     explained: dict[int, list[float]] = field(default_factory=dict)  # layer -> variance ratio of PC1, PC2
     axis: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # layer -> group -> harmful-axis positions
+    targets: dict | None = None  # why these layers / heads (RUN.targets.json): probe accuracies, head scores
 
     title = "Subspace rerouting"
 
@@ -79,6 +110,7 @@ class ReroutingResult(Result):
             "successes": sum(bool(r["success"]) for r in self.rows), "success_rate": self.success_rate,
             "seconds_per_success": self.seconds_per_success, "seconds_per_success_is_lower_bound": self.lower_bound,
             "layers": self.layers, "mean_harmful_axis_position": mean,
+            "layer_choice": (self.targets or {}).get("layer_choice"), "head_choice": (self.targets or {}).get("head_choice"),
             "behaviors": [{k: r.get(k) for k in ("id", "behavior", "adversarial_prompt", "success", "loss", "step", "seconds")}
                           for r in self.rows],
         }
@@ -192,15 +224,188 @@ def load_directions(directory: str | os.PathLike, model: "Model", layers: Sequen
     return out
 
 
-def make_loss(model: "Model", config: AttackConfig, out: str | os.PathLike | None = None) -> AttackLoss:
-    """The loss of `config`: probes from `config.probes` or directions from `config.directions` when given, else
-    the ones saved beside the log `out` by an earlier run (`RUN.probes/`, `RUN.directions/`), else fitted on
-    `config.n_train` bundled prompts of each class and saved there, so that a resumed run uses the same ones."""
-    if config.method == "gcg" or config.loss == "attention":
-        return build_loss(model, config)
+# ----- choosing the targets: layers by probe accuracy, heads by attribution -----
+
+@dataclass
+class LayerChoice:
+    """The target layers and why: held-out accuracy of a logistic probe at every layer (None where the layers
+    were given) and the depth window searched."""
+
+    layers: list[int]
+    method: str  # "probe accuracy", "given" or "given (heads)"
+    accuracy: list[float] | None = None  # held-out accuracy per layer 0..L-1
+    window: list[float] | None = None
+    n_train: int = 0
+    n_test: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class HeadChoice:
+    """Attention-SSR's heads, ranked by attribution: the first-order drop of the refusal projection
+    <resid_post[metric_layer] - mu_harmless, r> at the last position when a head's output there is zeroed,
+    z . dm/dz, averaged over harmful prompts (positive: the head pushes toward refusal)."""
+
+    heads: list[tuple[int, int]]
+    scores: list[float]  # of `heads`, descending
+    metric_layer: int
+    method: str = "attribution"
+    n_prompts: int = 0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "heads": [list(h) for h in self.heads]}
+
+
+def choose_layers(model: "Model", k: int = 4, window: Sequence[float] = (0.35, 0.9), n: int = 32, seed: int = 0,
+                  test_size: float = 0.25, X: Tensor | None = None, y: Tensor | None = None,
+                  system: str | None = None) -> LayerChoice:
+    """SSR's target layers from per-layer probe accuracy (the paper: 2 to 5 layers from about a third up to
+    ~0.9 of the depth; one middle layer alone failed). One capture of every layer's last-token residual on n
+    harmful and n harmless training prompts (or X [2n, L, d], y); logistic probes fitted on a stratified split
+    and scored on the held-out part. The window [lo, hi] x n_layers is cut into k parts around k evenly spaced
+    points (its first and last layer included), and each part gives its most accurate layer, the one nearest
+    the point among those within one held-out prompt of the part's best (smaller differences are noise):
+    k layers spread like the reference's hand-picked ones (e.g. 5, 8, 11, 14 of 16), each as separable as its
+    neighbourhood allows, even when a small held-out split makes accuracies coarse."""
+    from probes.linear import evaluate
+
+    if X is None:
+        X, y = reference_activations(model, range(model.n_layers), n, seed, system)
+    if X.shape[1] != model.n_layers:
+        raise InterpError(f"choose_layers needs activations at every layer ([n, {model.n_layers}, d]), got {tuple(X.shape)}")
+    if not isinstance(k, int) or k < 1:
+        raise InterpError(f"the number of target layers k must be a positive integer, got {k!r}")
+    default_layers(model, 1, window)  # validates the window
+    first = math.ceil(float(window[0]) * model.n_layers)
+    last = min(math.floor(float(window[1]) * model.n_layers), model.n_layers - 1)
+    report = evaluate(X, y, test_size=test_size, seed=seed, kinds=["logistic"])
+    acc = [float(a) for a in report.test_accuracy["logistic"]]
+    k = min(k, last - first + 1)
+    goals = [last if k == 1 else first + (last - first) * i / (k - 1) for i in range(k)]
+    parts: list[list[int]] = [[] for _ in goals]
+    for l in range(first, last + 1):
+        parts[min(range(k), key=lambda i: (abs(l - goals[i]), -i))].append(l)
+    noise = 1 / max(report.n_test, 1) + 1e-6  # accuracies one held-out prompt apart count as ties
+    chosen = []
+    for part, g in zip(parts, goals):
+        best = max(acc[l] for l in part)
+        chosen.append(min((l for l in part if acc[l] >= best - noise), key=lambda l: (abs(l - g), -l)))
+    return LayerChoice(sorted(chosen), "probe accuracy", acc, [float(w) for w in window], report.n_train, report.n_test)
+
+
+def class_centres(X: Float[Tensor, "n k d"], y: Tensor) -> dict[str, Tensor]:
+    """The harmless and harmful means and their midpoint at each layer ([k, d] each): where steering-SSR
+    measures projections from."""
+    mu0, mu1 = class_means(X, y == 1)
+    return {"harmless": mu0.float(), "harmful": mu1.float(), "midpoint": ((mu0 + mu1) / 2).float()}
+
+
+def steering_centre(config: AttackConfig) -> str:
+    """Which point config's steering-SSR measures from: the harmless mean, or the harmful one for the
+    reverse-lens (steering toward refusal mirrors the roles), the midpoint, or the origin."""
+    return "harmful" if config.reverse and config.centre == "harmless" else config.centre
+
+
+def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n: int = 16, seed: int = 0,
+                 batch_size: int = 8, X: Tensor | None = None, y: Tensor | None = None,
+                 system: str | None = None) -> HeadChoice:
+    """The k heads whose last-position output most pushes harmful prompts along the refusal direction at
+    `metric_layer` (default: the deepest of `default_layers`), by gradient x activation of `attn.hook_z`.
+    The paper found its heads by DLA, patching and the hijack score and targeted the 3-4 best; it notes that
+    one head alone was not enough. X [2n, 1, d], y: activations at metric_layer to fit the direction (default:
+    captured on n bundled prompts of each class)."""
+    from interp.prompts import dataset
+
+    L = model.check_layer(int(metric_layer if metric_layer is not None else max(default_layers(model))), "metric layer")
+    if not isinstance(k, int) or not 1 <= k <= (L + 1) * model.n_heads:
+        raise InterpError(f"k must be an integer between 1 and {(L + 1) * model.n_heads} (heads up to layer {L}), got {k!r}")
+    if X is None:
+        X, y = reference_activations(model, [L], n, seed, system)
+    mu0, mu1 = class_means(X[:, -1], y == 1)
+    r = torch.nn.functional.normalize((mu1 - mu0).float(), dim=-1).to(model.device)
+    mu0 = mu0.float().to(model.device)
+    prompts = dataset("harmful_train", n=n, seed=seed)
+    ids = model.encode(model.prepare_prompts(prompts, system=system))
+    scores = torch.zeros(L + 1, model.n_heads, dtype=torch.float64)
+    for start in range(0, len(ids), batch_size):
+        batch = model.pad(ids[start:start + batch_size])
+        zs: dict[int, Tensor] = {}
+        resid: list[Tensor] = []
+
+        def leaf(site: Site, z: Tensor) -> Tensor:  # each head output becomes a leaf: dm/dz through every later path
+            zs[site.layer] = z.detach().requires_grad_(True)
+            return zs[site.layer]
+
+        fns = {Site(l, "attn.hook_z"): [leaf] for l in range(L + 1)}
+        fns[Site(L, RESID)] = [lambda site, x: resid.append(x)]
+        with torch.enable_grad(), hooked(model, fns, stop_after=L):
+            model.hf(**batch.inputs(), use_cache=False)
+        m = ((resid[0][:, -1].float() - mu0) @ r).sum()
+        layers = sorted(zs)
+        grads = torch.autograd.grad(m, [zs[l] for l in layers])
+        for l, g in zip(layers, grads):
+            scores[l] += (zs[l][:, -1].detach().float() * g[:, -1].float()).sum(-1).sum(0).double().cpu()
+    scores /= len(ids)
+    order = scores.flatten().argsort(descending=True)[:k]
+    heads = [(int(i) // model.n_heads, int(i) % model.n_heads) for i in order]
+    return HeadChoice(heads, [float(scores[l, h]) for l, h in heads], L, "attribution", len(ids))
+
+
+def _targets_path(out: Path | None) -> Path | None:
+    return out.with_suffix(".targets.json") if out is not None else None
+
+
+def choose_targets(model: "Model", config: AttackConfig, out: str | os.PathLike | None = None) -> dict:
+    """The layers (and for attention-SSR the heads) config targets, with why: `{"layer_choice", "head_choice"}`.
+    Saved as `RUN.targets.json` beside the log `out` and read back from there, so a resumed run keeps them."""
     out = Path(out) if out is not None else None
-    layers = check_layers(model, config.layers if config.layers is not None else default_layers(model))
-    if config.loss == "probe":
+    path = _targets_path(out)
+    if path is not None and path.is_file():
+        saved = read_json(path)
+        if saved.get("config") == _target_config(config):
+            return saved
+    if config.loss == "attention" and config.heads:
+        layer_choice = LayerChoice(check_layers(model, [l for l, _ in config.heads]), "given (heads)")
+    elif config.layers is not None:
+        layer_choice = LayerChoice(check_layers(model, config.layers), "given")
+    else:
+        layer_choice = choose_layers(model, config.n_layers_auto, config.layer_window, config.n_train, config.data_seed,
+                                     system=config.system)
+    targets: dict[str, Any] = {"config": _target_config(config), "layer_choice": layer_choice.to_dict(), "head_choice": None}
+    if config.method == "ssr" and config.loss == "attention" and not config.heads and config.head_choice == "attribution":
+        targets["head_choice"] = choose_heads(model, config.n_heads, max(layer_choice.layers), config.n_train,
+                                              config.data_seed, system=config.system).to_dict()
+    if path is not None:
+        write_json(path, targets)
+    return targets
+
+
+def _target_config(config: AttackConfig) -> dict:
+    keys = ("method", "loss", "layers", "heads", "n_layers_auto", "layer_window", "head_choice", "n_heads",
+            "n_train", "data_seed", "system")
+    return {k: getattr(config, k) for k in keys}
+
+
+def make_loss(model: "Model", config: AttackConfig, out: str | os.PathLike | None = None) -> AttackLoss:
+    """The loss of `config`. Target layers: `config.layers`, else chosen by probe accuracy (`choose_layers`);
+    attention-SSR's heads: `config.heads`, else chosen by attribution (`choose_heads`); both saved beside the
+    log (`RUN.targets.json`) with the accuracies and scores. Probes from `config.probes` or directions from
+    `config.directions` when given, else the ones saved beside the log `out` by an earlier run (`RUN.probes/`,
+    `RUN.directions/`, with the class means in `RUN.centres.safetensors`), else fitted on `config.n_train`
+    bundled prompts of each class and saved there, so that a resumed run uses the same ones."""
+    if config.method == "gcg":
+        return build_loss(model, config)
+    targets = choose_targets(model, config, out)
+    layers = targets["layer_choice"]["layers"]
+    config = dataclasses.replace(config, layers=layers)
+    out = Path(out) if out is not None else None
+    if config.loss == "attention":
+        heads = targets.get("head_choice") or {}
+        loss = build_loss(model, config, heads=[tuple(h) for h in heads.get("heads", [])] or None,
+                          head_scores=heads.get("scores"))
+    elif config.loss == "probe":
         path = Path(config.probes) if config.probes else (out.with_suffix(".probes") if out else None)
         probes = None
         if path is not None and (config.probes or path.is_dir()):
@@ -211,15 +416,41 @@ def make_loss(model: "Model", config: AttackConfig, out: str | os.PathLike | Non
             probes = fit_probes(model, layers, config.n_train, config.data_seed)
             if path is not None:
                 probes.save(path)
-        return build_loss(model, config, probes=probes)
+        loss = build_loss(model, config, probes=probes)
+    else:
+        loss = build_loss(model, config, directions=_directions(model, config, layers, out),
+                          centres=_centres(model, config, layers, out))
+    loss.targets = targets  # type: ignore[attr-defined]  # why these layers / heads, for the caller to report
+    return loss
+
+
+def _directions(model: "Model", config: AttackConfig, layers: list[int], out: Path | None) -> list[Direction]:
     path = Path(config.directions) if config.directions else (out.with_suffix(".directions") if out else None)
     if path is not None and (config.directions or all((path / f"layer_{l}").is_dir() for l in layers)):
-        directions = load_directions(path, model, layers)
-    else:
-        directions = fit_directions(model, layers, config.n_train, config.data_seed)
-        if path is not None:
-            save_directions(directions, path)
-    return build_loss(model, config, directions=directions)
+        return load_directions(path, model, layers)
+    directions = fit_directions(model, layers, config.n_train, config.data_seed)
+    if path is not None:
+        save_directions(directions, path)
+    return directions
+
+
+def _centres(model: "Model", config: AttackConfig, layers: list[int], out: Path | None) -> Tensor | None:
+    """Steering-SSR's centre at each layer ([k, d]): the class means of the bundled training prompts, saved
+    beside the log (`RUN.centres.safetensors`) and read back on resume."""
+    centre = steering_centre(config)
+    if centre == "origin":
+        return None
+    path = out.with_suffix(".centres.safetensors") if out is not None else None
+    if path is not None and path.is_file():
+        saved = read_tensors(path)
+        have = saved["layers"].tolist()
+        if set(layers) <= set(have):
+            return saved[centre][[have.index(l) for l in layers]]
+    X, y = reference_activations(model, layers, config.n_train, config.data_seed, config.system)
+    centres = class_centres(X, y)
+    if path is not None:
+        write_tensors(path, {**centres, "layers": torch.tensor(layers)})
+    return centres[centre]
 
 
 def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLike, config: AttackConfig | None = None,
@@ -252,8 +483,10 @@ def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: S
     if layers is None:
         layers = rows[0].get("layers") or default_layers(model)
     layers = sorted({model.check_layer(int(l)) for l in layers})
+    targets_path = _targets_path(Path(log)) if isinstance(log, (str, os.PathLike)) else None
+    targets = read_json(targets_path) if targets_path is not None and targets_path.is_file() else None
     result = ReroutingResult(name, model_name, rows, summary.success_rate, summary.seconds_per_success,
-                             summary.lower_bound, list(layers))
+                             summary.lower_bound, list(layers), targets=targets)
     if not points:
         return result
     X, y = reference_activations(model, layers, n_reference, seed, system)  # [2n, k, d], 1 = harmful

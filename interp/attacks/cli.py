@@ -63,12 +63,16 @@ def attack(
     probes: Optional[Path] = typer.Option(None, "--probes", help="folder of saved probes (probe-SSR)"),
     directions: Optional[Path] = typer.Option(None, "--directions", help="folder of layer_<i> directions (steering-SSR)"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="search preset: default, or nanogcg (nanoGCG's "
+                                         "defaults: 20 tokens, width 512, top-k 256, judged at the end)"),
+    forwards: Optional[int] = typer.Option(None, "--forwards", help="candidate forwards per behaviour (budget)"),
 ) -> None:
     """Attack the behaviours of a file with subspace rerouting (SSR) or GCG, logging every judged attempt."""
     try:
         attack_cli(method, model, behaviors, max_behaviors, template, _layers(layers), steps, config, out, loss=loss,
                    candidates=candidates, parallel=parallel, max_seconds=max_seconds,
-                   probes=str(probes) if probes else None, directions=str(directions) if directions else None, seed=seed)
+                   probes=str(probes) if probes else None, directions=str(directions) if directions else None, seed=seed,
+                   preset=preset, max_forwards=forwards)
     except InterpError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -17,9 +17,13 @@ for every behaviour being attacked:
 5. a buffer of the best few candidates per behaviour; after `patience` steps without improvement the search
    jumps to a worse buffer entry (sampled by softmax(-loss)) to escape a plateau.
 
-A behaviour stops when the judge (a callback) says success, at the step budget, at the wall-time cap, or (with
-a warning and a `stop_reason`) after `max_empty_steps` steps in a row that kept no candidate. `build_prompt`
-refuses an initial prompt that does not survive the retokenisation check itself.
+A behaviour stops when the judge (a callback) says success, at the step budget, at the forward budget
+(`max_forwards` candidate rows evaluated; the last step is cut to fit it exactly), at the wall-time cap, or (with
+a warning and a `stop_reason`) after `max_empty_steps` steps in a row that kept no candidate. At the end of its
+budget every distinct buffer entry (and the best-loss tokens) is judged, in one batch, not only the best one:
+Winninger et al. found the best-loss suffix failing where most buffer entries succeeded. Forwards are counted
+per behaviour: candidate rows evaluated (`forwards`) and gradient forwards (`grad_forwards`, one per step).
+`build_prompt` refuses an initial prompt that does not survive the retokenisation check itself.
 Behaviours run `parallel` at a time; a finished one is replaced by the next in the queue.
 
 Prefix KV cache: everything before a behaviour's first mask is fixed, so its keys and values are computed
@@ -326,18 +330,36 @@ def _is_oom(e: BaseException) -> bool:
 
 # ----- the search -----
 
+PRESETS: dict[str, dict] = {
+    # the toolkit's own budget (sized like the SSR paper's runs): 40 steps x 32 candidates, top-k 64, a buffer of
+    # 4, judged when the loss crosses the loss's threshold or every 10 steps (search knobs; SSR and GCG alike)
+    "default": {},
+    # nanoGCG's GCGConfig defaults (github.com/GraySwanAI/nanoGCG): 250 steps, search width 512, top-k 256, one
+    # token swapped per candidate, buffer_size 0 (each step starts from that step's best candidate, even when it
+    # is worse than an earlier one), early_stop off (judged only at the end of the budget), ASCII tokens only.
+    # Its 20 optimised tokens initialised "x x ... x" and the behaviour's "Sure, here is ..." target are prompt
+    # settings: `interp.attacks.run.AttackConfig.build(preset="nanogcg")` sets them (PROMPT_PRESETS).
+    "nanogcg": dict(steps=250, candidates=512, topk=256, n_replace=1, buffer_size=0, judge_every=0,
+                    judge_below=-math.inf, ascii_only=True),
+}
+
+
 @dataclass
 class SearchConfig:
-    """Budget and knobs of the token search. Budget per behaviour = steps x candidates forwards."""
+    """Budget and knobs of the token search. Budget per behaviour = steps x candidates candidate forwards, or
+    `max_forwards` when given. `preset` names the preset these knobs started from (`SearchConfig.preset_of`)."""
 
     steps: int = 40
     candidates: int = 32  # search width: candidates per behaviour per step
     topk: int = 64  # tokens considered per position, from the gradient
     n_replace: int | None = None  # positions changed per candidate; None: shrink from n_mask with the loss (SSR)
     replace_coefficient: float = 1.8  # n_replace = n_mask * (loss / initial loss) ** (1 / coefficient)
-    buffer_size: int = 4
+    buffer_size: int = 4  # 0: nanoGCG's, each step starts from that step's best candidate (best ever kept apart)
     patience: int = 8  # steps without improvement before a jump
-    parallel: int = 1  # behaviours attacked together
+    # behaviours attacked together. 4: measured on one CPU thread (Qwen2.5-Coder-0.5B, 4 AdvBench behaviours, whole
+    # attacks with judging), 4 together took 0.86x the time of one at a time for probe-SSR (96 forwards each, runs
+    # in ABBA order) and 0.88x for GCG (64 forwards); mostly the judge's generations, batched across behaviours
+    parallel: int = 4
     max_seconds: float | None = None  # wall-time cap per behaviour
     judge_every: int = 10  # judge the best candidate every k steps (when it changed); 0: never periodically
     judge_below: float | None = None  # judge as soon as the loss drops below this (default: the loss's threshold)
@@ -346,18 +368,33 @@ class SearchConfig:
     prefix_cache: bool = True
     seed: int = 0
     max_empty_steps: int = 5  # stop a behaviour after this many steps in a row keep no candidate
+    max_forwards: int | None = None  # candidate rows evaluated per behaviour (gradient forwards not included)
+    preset: str = "default"  # the preset these knobs came from (recorded in logs)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "candidates", "topk", "buffer_size", "patience", "parallel", "batch_size", "max_empty_steps"):
+        for name in ("steps", "candidates", "topk", "patience", "parallel", "batch_size", "max_empty_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InterpError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.buffer_size, int) or isinstance(self.buffer_size, bool) or self.buffer_size < 0:
+            raise InterpError(f"buffer_size must be a non-negative integer (0: nanoGCG's), got {self.buffer_size!r}")
+        if self.max_forwards is not None and (not isinstance(self.max_forwards, int) or self.max_forwards < 1):
+            raise InterpError(f"max_forwards must be a positive integer or None, got {self.max_forwards!r}")
+        if self.preset not in PRESETS:
+            raise InterpError(f"unknown search preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.n_replace is not None and (not isinstance(self.n_replace, int) or self.n_replace < 1):
             raise InterpError(f"n_replace must be a positive integer or None, got {self.n_replace!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise InterpError(f"max_seconds must be positive, got {self.max_seconds!r}")
         if not isinstance(self.judge_every, int) or self.judge_every < 0:
             raise InterpError(f"judge_every must be a non-negative integer, got {self.judge_every!r}")
+
+    @classmethod
+    def preset_of(cls, name: str = "default", **overrides) -> "SearchConfig":
+        """The knobs of preset `name` ("default" or "nanogcg", see PRESETS), then `overrides` (non-None ones)."""
+        if name not in PRESETS:
+            raise InterpError(f"unknown search preset {name!r}; use one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}, "preset": name})
 
 
 @dataclass
@@ -371,8 +408,12 @@ class Candidate:
     loss: float
     step: int
     started: float  # time.perf_counter() when this behaviour's search started
-    final: bool  # the search of this behaviour ends with this candidate
+    final: bool  # the search of this behaviour ends with this candidate (or with the group judged with it)
     curve: list[float]  # best loss after each step so far
+    entry: int = 0  # rank (by loss) among the entries judged together at the end of the budget; 0 = best loss
+    entries: int = 1  # how many entries of this behaviour are judged together (final group), else 1
+    forwards: int = 0  # candidate rows evaluated for this behaviour so far
+    grad_forwards: int = 0  # gradient forwards (one row each) for this behaviour so far
 
 
 @dataclass
@@ -388,6 +429,8 @@ class SearchResult:
     success: bool | None  # None when there is no judge
     curve: list[float]  # best loss after each step
     stop_reason: str | None = None  # why the search stopped early, other than success or its budget
+    forwards: int = 0  # candidate rows evaluated
+    grad_forwards: int = 0  # gradient forwards
 
 
 Check = Callable[[list[Candidate]], list[bool]]
@@ -411,6 +454,9 @@ class _State:
     success: bool | None = None
     empty_steps: int = 0  # consecutive steps that kept no candidate
     stop_reason: str | None = None
+    forwards: int = 0  # candidate rows evaluated
+    grad_forwards: int = 0
+    winner: tuple[Tensor, float] | None = None  # the entry judged a success (tokens, loss)
 
 
 class TokenSearch:
@@ -530,8 +576,12 @@ class TokenSearch:
             if s.initial_loss == math.inf:  # first step: the loss of the initial tokens
                 s.initial_loss = s.best_loss = float(losses[k])
                 s.buffer_losses = losses[k:k + 1].cpu()
+            s.grad_forwards += 1
             cand = self.sample(s.buffer_ids[0], grads[k], s.n_replace, s.gen)
             cand = cand[self.retokenizes(batcher.prompts[s.index], cand, chat, system).to(cand.device)]
+            if self.config.max_forwards is not None:  # the last step is cut so that the budget holds exactly
+                cand = cand[:max(0, self.config.max_forwards - s.forwards)]
+            s.forwards += len(cand)
             self._count_empty(s, batcher.prompts[s.index], len(cand))
             cand_rows.append(torch.full((len(cand),), s.index, device=dev))
             cand_ids.append(cand)
@@ -553,28 +603,62 @@ class TokenSearch:
                              f"(step {s.step + 1}); stopped")
             warnings.warn(f"attack on {prompt.key!r}: {s.stop_reason}")
 
+    def _over(self, s: _State) -> bool:
+        """Whether a behaviour has spent its budget: steps, forwards, wall time, or stopped for a reason."""
+        cfg = self.config
+        return (s.step >= cfg.steps or s.stop_reason is not None
+                or (cfg.max_forwards is not None and s.forwards >= cfg.max_forwards)
+                or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds))
+
+    def _closing(self, prompt: AttackPrompt, s: _State) -> list[Candidate]:
+        """The candidates judged at the end of a behaviour's budget: its best-loss tokens and every distinct buffer
+        entry, by loss (nanoGCG's buffer_size 0 keeps the last step's best beside the best ever)."""
+        pool = [(s.best_loss, s.best_ids)] + list(zip(s.buffer_losses.tolist(), s.buffer_ids))
+        seen, kept = set(), []
+        for loss, ids in sorted(pool, key=lambda x: x[0]):
+            key = tuple(ids.tolist())
+            if key not in seen and math.isfinite(loss):
+                seen.add(key)
+                kept.append((loss, ids))
+        if not kept:  # stopped before any loss was computed: the initial tokens
+            kept = [(s.best_loss, s.best_ids)]
+        texts = self.render(prompt, torch.stack([ids for _, ids in kept]))
+        return [Candidate(s.index, prompt, text, ids.tolist(), loss, s.step, s.started, True, list(s.curve), k,
+                          len(kept), s.forwards, s.grad_forwards)
+                for k, (text, (loss, ids)) in enumerate(zip(texts, kept))]
+
     def _finished(self, prompts: list[AttackPrompt], active: list[_State], check: Check | None) -> list[_State]:
-        """Judge the candidates that are due; return the behaviours that are done (success or out of budget)."""
+        """Judge the candidates that are due; return the behaviours that are done (success or out of budget).
+        A behaviour out of budget has every distinct buffer entry judged in the same batch as the rest."""
         cfg = self.config
         below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
         done, to_check = [], []
         for s in active:
-            over = (s.step >= cfg.steps or s.stop_reason is not None
-                    or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds))
+            over = self._over(s)
             if check is None:
                 if s.best_loss <= below or over:
                     done.append(s)
                 continue
+            if over:
+                to_check += [(s, c) for c in self._closing(prompts[s.index], s)]
+                continue
             text = self.render(prompts[s.index], s.best_ids[None])[0]
             due = text != s.last_judged and (s.best_loss <= below or (cfg.judge_every and s.step % cfg.judge_every == 0))
-            if due or over:
+            if due:
                 to_check.append((s, Candidate(s.index, prompts[s.index], text, s.best_ids.tolist(), s.best_loss, s.step,
-                                              s.started, over, list(s.curve))))
+                                              s.started, False, list(s.curve), 0, 1, s.forwards, s.grad_forwards)))
                 s.last_judged = text
         if to_check:
+            closing: dict[int, _State] = {}
             for (s, cand), ok in zip(to_check, check([c for _, c in to_check])):
-                if ok or cand.final:
-                    s.success = bool(ok)
+                if ok and s.winner is None:
+                    s.success = True
+                    s.winner = (torch.tensor(cand.tokens), cand.loss)
+                if cand.final:
+                    closing[s.index] = s
+            for s in active:
+                if s.success or s.index in closing:
+                    s.success = bool(s.success)
                     done.append(s)
         return done
 
@@ -605,8 +689,12 @@ class TokenSearch:
     def _update(self, s: _State, ids: Tensor, losses: Tensor) -> None:
         """Merge candidates into the buffer, track the best ever, shrink n_replace, jump after `patience`."""
         cfg = self.config
-        pool_ids = torch.cat([s.buffer_ids.cpu(), ids.cpu()])
-        pool_losses = torch.cat([s.buffer_losses, losses])
+        if cfg.buffer_size == 0 and len(ids):  # nanoGCG: the next step starts from this step's best, better or not
+            pool_ids, pool_losses = ids.cpu(), losses
+        else:
+            pool_ids = torch.cat([s.buffer_ids.cpu(), ids.cpu()])
+            pool_losses = torch.cat([s.buffer_losses, losses])
+        size = max(1, cfg.buffer_size)
         order = pool_losses.argsort()
         keep_ids, keep_losses, seen = [], [], set()
         for i in order.tolist():
@@ -616,7 +704,7 @@ class TokenSearch:
             seen.add(key)
             keep_ids.append(pool_ids[i])
             keep_losses.append(pool_losses[i])
-            if len(keep_ids) == cfg.buffer_size:
+            if len(keep_ids) == size:
                 break
         dev = s.buffer_ids.device
         s.buffer_ids = torch.stack(keep_ids).to(dev)
@@ -636,9 +724,12 @@ class TokenSearch:
             s.since_improvement = 0
 
     def _result(self, prompt: AttackPrompt, s: _State) -> SearchResult:
-        text = self.render(prompt, s.best_ids[None])[0]
-        return SearchResult(prompt.behavior, prompt.key, text, s.best_ids.tolist(), s.best_loss, s.initial_loss, s.step,
-                            time.perf_counter() - s.started, s.success, list(s.curve), s.stop_reason)
+        """The outcome: the entry judged a success, else the best-loss tokens."""
+        ids, loss = s.winner if s.winner is not None else (s.best_ids, s.best_loss)
+        text = self.render(prompt, ids[None])[0]
+        return SearchResult(prompt.behavior, prompt.key, text, ids.tolist(), loss, s.initial_loss, s.step,
+                            time.perf_counter() - s.started, s.success, list(s.curve), s.stop_reason, s.forwards,
+                            s.grad_forwards)
 
     def _oom_retry(self, fn: Callable):
         """Run fn; on out-of-memory halve the batch size and run it again (down to one row)."""

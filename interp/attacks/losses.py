@@ -9,15 +9,27 @@ forward stops after the deepest targeted layer. Each loss is normalised so that 
 
 - `ProbeLoss` (probe-SSR): frozen linear probes p_k (class 1 = harmful) at each layer;
   loss = sum_k alpha_k * -log(1 - p_k(e_k)) / sum_k alpha_k, the cross-entropy towards class 0 (harmless).
-- `SteeringLoss` (steering-SSR): refusal directions r_k (difference in means, unit); with e*_k the activation
-  of the unattacked prompt and a the steering coefficient, the paper's steering objective pushes the
-  projection <e_k, r_k> to (1 - a) <e*_k, r_k> (a = 1: the projection of directional ablation; a = 2: the
-  reflection), and its stability term keeps the orthogonal part of e_k where it was. Here each term is
-  divided by its value at the start, so the loss starts at 1 per layer:
-  ((<e,r> - (1 - a) <e*,r>) / (a <e*,r>))^2 + beta ||e_perp - e*_perp||^2 / ||e*_perp||^2.
-- `AttentionLoss` (attention-SSR, the paper's hijack score): 1 - the attention mass that chosen heads put,
-  from the last (or end-of-instruction) positions, on the optimised tokens; maximising the mass makes the
-  safety heads look at the suffix instead of the harmful words.
+- `SteeringLoss` (steering-SSR): refusal directions r_k (difference in means harmful - harmless, unit);
+  with e*_k the activation of the unattacked prompt and a the steering coefficient, the paper's steering
+  objective pushes the projection <e_k, r_k> to (1 - a) <e*_k, r_k> (a = 1: the projection of directional
+  ablation; a = 2: the reflection; the paper writes 1 + a with a < 0), and its stability term keeps the
+  orthogonal part of e_k where it was. Projections are measured from a centre c_k: the paper's formula and
+  the reference code measure them from the origin, where a plain prompt's projection can be negative and
+  (1 - a) <e*, r> then lies on the refusal side; the toolkit's default (set by `analyses.rerouting`) is the
+  harmless mean, so "acceptance" means the harmless side, and the target is p* - a |p*| with p* = <e* - c, r>:
+  the paper's (1 - a) p* when p* > 0, and a move of the same size further toward acceptance when the prompt
+  already sits on that side of c, never toward refusal. Each term is divided by its value at the start, so
+  the loss starts at 1 per layer: ((p - p* + a|p*|) / (a |p*|))^2 + beta ||e_perp - e*_perp||^2 / ||e*_perp||^2,
+  p = <e - c, r>.
+  `reverse=True` is the paper's reverse-lens: the direction is flipped (pass the harmful mean as centre), so
+  the search moves prompts toward refusal, e.g. to find what triggers it. The reference code's own steering
+  loss, sum_k (-s_k - cos(e_k, r_k))^2 with fixed target cosines s_k, is not implemented.
+- `AttentionLoss` (attention-SSR, the paper's hijack score, the reference's `Dazzle`): 1 - the attention mass
+  that chosen heads put, from the last (or end-of-instruction) positions, on the optimised tokens.
+- `HeadAblationLoss` (attention-SSR as the paper's results table ran it, the reference's `FullAblation`): the
+  norm of each chosen head's output at the last position, `attn.hook_z` (pattern-weighted values before
+  W_O), divided by its norm on the unattacked prompt: 0 when the heads write nothing, 1 at the start.
+  Choosing the heads (by attribution) needs the model, so it is `analyses.rerouting.choose_heads`.
 - `GCGLoss` (Zou et al. 2023): mean cross-entropy of a target completion ("Sure, here is ...") after the
   prompt; needs the full model.
 
@@ -159,22 +171,33 @@ class ProbeLoss(AttackLoss):
 
 
 class SteeringLoss(AttackLoss):
-    """Steering-SSR: move the projection on each layer's refusal direction to (1 - a) times its start value."""
+    """Steering-SSR: move the projection on each layer's refusal direction, measured from a centre (e.g. the
+    harmless mean), by a times its start magnitude toward the acceptance side: p* -> p* - a |p*|."""
 
     name = "steering"
     threshold = 0.1
 
     def __init__(self, directions: Float[Tensor, "k d"], layers: Sequence[int], a: float = 2.0, beta: float = 0.0,
-                 alphas: Sequence[float] | None = None, scales: Sequence[float] | None = None):
+                 alphas: Sequence[float] | None = None, scales: Sequence[float] | None = None,
+                 centres: Float[Tensor, "k d"] | None = None, centre: str | None = None, reverse: bool = False):
+        """`centres`: the point of each layer projections are measured from (None: the origin, the paper's
+        formula); `centre` names it for `describe` ("harmless", "midpoint", "harmful", ...). `reverse`: the
+        reverse-lens, steering toward the direction (refusal) instead of away from it."""
         if directions.ndim != 2 or directions.shape[0] != len(layers):
             raise InterpError(f"need one refusal direction per layer: [k, d] for {len(layers)} layers, got {tuple(directions.shape)}")
         if not a > 0:
             raise InterpError(f"the steering coefficient a must be positive (1: ablation, 2: reflection), got {a}")
+        if centres is not None and tuple(centres.shape) != tuple(directions.shape):
+            raise InterpError(f"need one centre per layer, shaped like the directions {tuple(directions.shape)}, "
+                              f"got {tuple(centres.shape)}")
         self.layers = list(layers)
         self.sites = [Site(l, RESID) for l in self.layers]
         self.reference_sites = list(self.sites)  # e*: the unattacked prompt's activations
         self.stop_layer = max(self.layers)
-        self.r = F.normalize(directions.float(), dim=-1)
+        self.reverse = bool(reverse)
+        self.r = F.normalize(directions.float(), dim=-1) * (-1.0 if self.reverse else 1.0)
+        self.centres = centres.float() if centres is not None else torch.zeros_like(self.r)
+        self.centre = centre or ("origin" if centres is None else "given")
         self.scales = torch.tensor([float(s) for s in scales]) if scales is not None else None
         self.a, self.beta = float(a), float(beta)
         self.alphas = _alphas(alphas, len(self.layers), "layers")
@@ -186,28 +209,36 @@ class SteeringLoss(AttackLoss):
         return cls(torch.stack([d.vector for d in directions]), check_layers(model, layers),
                    scales=[d.scale or 1.0 for d in directions], **kwargs)
 
+    def projections(self, e: Float[Tensor, "r k d"]) -> Float[Tensor, "r k"]:
+        """<e - c, r> per row and layer: positive on the refusal side of the centre (the harmful side when
+        `reverse`)."""
+        return ((e - self.centres.to(e.device)) * self.r.to(e.device)).sum(-1)
+
     def __call__(self, acts, logits, batch):
         e = torch.stack([acts[s] for s in self.sites], 1)  # [r, k, d]
         e_star = torch.stack([batch.refs[s] for s in self.sites], 1).to(e.device)
         r, a = self.r.to(e.device), self.alphas.to(e.device)
-        p, p_star = (e * r).sum(-1), (e_star * r).sum(-1)  # [r, k]
+        p, p_star = self.projections(e), self.projections(e_star)  # [r, k]
         floor = 0.05 * (self.scales.to(e.device) if self.scales is not None else p_star.abs().mean(0))
         gap = (self.a * p_star).abs().clamp(min=1e-6).maximum(floor)
-        loss = ((p - (1 - self.a) * p_star) / gap) ** 2
+        target = p_star - self.a * p_star.abs()  # (1 - a) p* when p* > 0; never toward the refusal side
+        loss = ((p - target) / gap) ** 2
         if self.beta:
-            perp = e - p[..., None] * r
-            perp_star = e_star - p_star[..., None] * r
+            perp = e - (e * r).sum(-1, keepdim=True) * r
+            perp_star = e_star - (e_star * r).sum(-1, keepdim=True) * r
             loss = loss + self.beta * (perp - perp_star).pow(2).sum(-1) / perp_star.pow(2).sum(-1).clamp(min=1e-6)
         return (loss * a).sum(-1) / a.sum()
 
     def describe(self) -> dict:
-        return {"loss": self.name, "layers": self.layers, "a": self.a, "beta": self.beta, "alphas": self.alphas.tolist()}
+        return {"loss": self.name, "layers": self.layers, "a": self.a, "beta": self.beta, "alphas": self.alphas.tolist(),
+                "centre": self.centre, "reverse": self.reverse}
 
 
 class AttentionLoss(AttackLoss):
     """Attention-SSR: 1 - the attention mass of chosen heads, from the last `n_query` positions, on the masks."""
 
     name = "attention"
+    objective = "hijack"
     threshold = 0.5
     needs_pattern = True
 
@@ -251,7 +282,50 @@ class AttentionLoss(AttackLoss):
         return (torch.stack(losses, -1) * a).sum(-1) / a.sum()
 
     def describe(self) -> dict:
-        return {"loss": self.name, "layers": self.layers, "heads": self.heads, "n_query": self.n_query}
+        return {"loss": self.name, "objective": self.objective, "layers": self.layers, "heads": self.heads,
+                "n_query": self.n_query}
+
+
+class HeadAblationLoss(AttackLoss):
+    """Attention-SSR with the paper's head-output-ablation loss (its results table; the reference's
+    `FullAblation`): sum_k alpha_k ||z_k|| / ||z*_k|| / sum_k alpha_k, with z_k the chosen head's `attn.hook_z`
+    at the last position and z*_k its value on the unattacked prompt. 0 when the heads write nothing."""
+
+    name = "attention"
+    objective = "ablation"
+    threshold = 0.5  # the heads' outputs halved
+
+    def __init__(self, heads: Sequence[tuple[int, int]], n_heads: int, alphas: Sequence[float] | None = None,
+                 scores: Sequence[float] | None = None):
+        if not heads:
+            raise InterpError("attention-SSR needs at least one (layer, head) pair")
+        self.heads = [(int(l), int(h)) for l, h in heads]
+        for l, h in self.heads:
+            if not 0 <= h < n_heads:
+                raise InterpError(f"head {h} of layer {l} is out of range: the model has heads 0..{n_heads - 1}")
+        self.layers = sorted({l for l, _ in self.heads})
+        self.sites = [Site(l, "attn.hook_z") for l in self.layers]
+        self.reference_sites = list(self.sites)
+        self.stop_layer = max(self.layers)
+        self.alphas = _alphas(alphas, len(self.heads), "heads")
+        self.scores = [float(x) for x in scores] if scores is not None else None
+
+    def read(self, site, x):  # [r, pos, head, d_head] -> the last position, [r, head, d_head]
+        return x[:, -1].float()
+
+    def norms(self, acts: dict[Site, Tensor]) -> Float[Tensor, "r k"]:
+        """||z|| of each chosen head at the last position."""
+        return torch.stack([acts[Site(l, "attn.hook_z")][:, h].norm(dim=-1) for l, h in self.heads], -1)
+
+    def __call__(self, acts, logits, batch):
+        z = self.norms(acts)
+        z_star = self.norms(batch.refs).to(z.device) if batch.refs else torch.ones_like(z)
+        a = self.alphas.to(z.device)
+        return (z / z_star.clamp(min=1e-6) * a).sum(-1) / a.sum()
+
+    def describe(self) -> dict:
+        return {"loss": self.name, "objective": self.objective, "layers": self.layers, "heads": self.heads,
+                "head_scores": self.scores, "alphas": self.alphas.tolist()}
 
 
 class GCGLoss(AttackLoss):

@@ -1,14 +1,18 @@
 """Running an attack over a behaviour file: configuration, judging, a resumable JSONL log, a summary.
 
 `attack(model, behaviors, out, config)` attacks each behaviour with the template's `[MASK]` tokens, judges
-candidates with the attacked model itself (greedy, batched `model.generate`, the substring judge, optionally
-the refusal score and a local classifier) and appends one JSON object per judged attempt to `out`:
+candidates with the attacked model itself (greedy, batched `model.generate`; success = a substantive answer by
+`interp.judges.SubstantiveJudge`, the plain substring verdict logged beside it; optionally the refusal score
+and a local classifier) and appends one JSON object per judged attempt to `out`:
 
-    {"behavior", "id", "adversarial_prompt", "response", "success", "seconds", "loss", "step", "method",
-     "loss_name", "layers", "model", "final", ...}
+    {"behavior", "id", "adversarial_prompt", "response", "success", "label", "substring_success", "seconds",
+     "loss", "step", "forwards", "grad_forwards", "entry", "entries", "method", "preset", "loss_name", "layers",
+     "model", "final", ...}
 
-The last attempt of a behaviour has `"final": true` (plus its loss curve); a behaviour is finished when its
-final attempt is in the log. Started again with the same `out`, the run skips finished behaviours and only
+The last attempt of a behaviour has `"final": true` (plus `steps`, its loss curve and its wall-clock span
+`started_at`/`ended_at`); a behaviour is finished when its final attempt is in the log. At the end of a budget
+every buffer entry is judged (`entry` = its rank by loss, of `entries`); the final row is the first success
+among them, else the best-loss entry, and is written after the others. Started again with the same `out`, the run skips finished behaviours and only
 appends, so no finished attempt is lost (a line torn by a kill is cut off first). Every input is checked
 before the log is touched: a bad behaviour file, template, layer, or probe/direction file of another model
 raises `InterpError` and leaves the log as it was.
@@ -24,6 +28,7 @@ or fitting them from `n_train` bundled harmful and harmless prompts, saved besid
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import tomllib
@@ -33,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from interp.attacks.engine import MASK, Candidate, SearchConfig, TokenSearch, build_prompt, check_template
-from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, LayerProbes, ProbeLoss, SteeringLoss,
-                                   check_layers)
+from interp.attacks.engine import MASK, PRESETS, Candidate, SearchConfig, TokenSearch, build_prompt, check_template
+from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, HeadAblationLoss, LayerProbes, ProbeLoss,
+                                   SteeringLoss, check_layers)
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
 from interp.result import Result
@@ -50,6 +55,10 @@ DEFAULT_TEMPLATE = "{behavior}" + MASK * 6
 DEFAULT_TARGET = "Sure, here is"
 METHODS = ("ssr", "gcg")
 SSR_LOSSES = ("probe", "steering", "attention")
+# prompt settings of each search preset (engine.PRESETS holds the search knobs): nanoGCG optimises 20 tokens
+# initialised "x x ... x" after the request. Departure: every token is " x" (nanoGCG's first is "x", glued to the
+# request, which would merge with its last word on retokenisation).
+PROMPT_PRESETS: dict[str, dict] = {"default": {}, "nanogcg": dict(template="{behavior}" + MASK * 20, init=" x")}
 
 
 @dataclass
@@ -59,8 +68,8 @@ class AttackConfig:
     method: str = "ssr"  # "ssr" or "gcg"
     loss: str = "probe"  # SSR loss: "probe", "steering" or "attention"
     template: str = DEFAULT_TEMPLATE
-    layers: list[int] | None = None  # SSR target layers; default: 1/3 and 1/2 of the depth
-    heads: list[list[int]] | None = None  # attention-SSR (layer, head) pairs; default: every head of `layers`
+    layers: list[int] | None = None  # SSR target layers; default: chosen by probe accuracy (analyses.rerouting)
+    heads: list[list[int]] | None = None  # attention-SSR (layer, head) pairs; default: see head_choice
     query: str = "last"  # attention-SSR query positions: "last" or "eoi"
     alphas: list[float] | None = None  # per-layer (per-head) weights
     a: float = 2.0  # steering-SSR coefficient: target projection (1 - a) x the unattacked one
@@ -74,6 +83,14 @@ class AttackConfig:
     system: str | None = None
     max_new_tokens: int = 64  # judged response length
     judge_batch_size: int = 16
+    # SSR targets (losses)
+    n_layers_auto: int = 4  # layers=None: how many target layers to choose (spread over layer_window)
+    layer_window: list[float] = field(default_factory=lambda: [0.35, 0.9])  # auto layers lie in [lo, hi] x depth
+    centre: str = "harmless"  # steering-SSR: projections measured from "harmless" mean, "midpoint" or "origin" (paper)
+    reverse: bool = False  # steering-SSR reverse-lens: steer toward refusal (centre: the harmful mean)
+    attention_loss: str = "ablation"  # attention-SSR: "ablation" (paper's table, head outputs -> 0) or "hijack"
+    head_choice: str = "attribution"  # attention-SSR without heads: "attribution" (top n_heads) or "all" of `layers`
+    n_heads: int = 4  # attention-SSR heads chosen by attribution (the paper: 3-4)
     refusal_score: str | None = None  # saved interp.judges.RefusalScore (JSON), logged with each attempt
     classifier: str | None = None  # local sequence-classification judge folder; success needs it to agree
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -98,7 +115,8 @@ class AttackConfig:
 
     @classmethod
     def build(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "AttackConfig":
-        """Defaults, then a TOML file (flat keys, or search keys under [search]), then non-None overrides."""
+        """Defaults, then the preset's settings (`preset="default"|"nanogcg"`, see engine.PRESETS and PROMPT_PRESETS),
+        then a TOML file (flat keys, or search keys under [search]), then non-None overrides."""
         values: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
@@ -118,7 +136,12 @@ class AttackConfig:
         unknown = sorted(set(values) - own - knobs)
         if unknown:
             raise InterpError(f"unknown attack setting(s) {unknown}; valid: {', '.join(sorted(own | knobs))}")
-        search = {k: v for k, v in values.items() if k in knobs}
+        preset = values.get("preset", "default")
+        if preset not in PRESETS:
+            raise InterpError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        for k, v in PROMPT_PRESETS[preset].items():
+            values.setdefault(k, v)
+        search = {**PRESETS[preset], **{k: v for k, v in values.items() if k in knobs}}
         if values.get("method") == "gcg" and "n_replace" not in search:
             search["n_replace"] = 1  # GCG flips one token per candidate (Zou et al.; nanoGCG's default)
         try:
@@ -132,25 +155,34 @@ class AttackConfig:
 @dataclass
 class Verdict:
     response: str
-    success: bool
+    success: bool  # a substantive answer ("answer"), and the classifier agrees when one is given
     refusal_score: float | None = None
     response_tokens: int = 0  # length the response was generated to (shorter: refused early, see Judge)
+    label: str = ""  # SubstantiveJudge's label: "refusal", "restatement", "short" or "answer"
+    substring: bool = False  # the plain substring judge's verdict (non-empty, no refusal phrase), for comparison
 
 
 class Judge:
-    """Greedy responses of the attacked model, judged by substrings (and a classifier, when given).
+    """Greedy responses of the attacked model, judged for a substantive answer (and by a classifier, when given).
 
+    Success means `interp.judges.SubstantiveJudge` labels the response "answer": a refusal, a restatement of the
+    request, or a stop after a sentence is not a success. The plain substring verdict is kept beside it.
     Responses are first generated to `early` tokens: greedy decoding makes them a prefix of the full response,
-    so one that already contains a refusal phrase is a refusal at any length and needs no more tokens. Only
-    the others are generated to `max_new_tokens`. The verdicts are exactly those of full-length judging.
+    so one that already contains a refusal phrase is a refusal at any length and needs no more tokens (labelled
+    "refusal" without the substantive judge). Only the others are generated to `max_new_tokens` and labelled.
     """
 
     def __init__(self, model: "Model", max_new_tokens: int = 64, batch_size: int = 16, system: str | None = None,
-                 refusal_score=None, classifier: "ClassifierJudge | None" = None, early: int = 12):
+                 refusal_score=None, classifier: "ClassifierJudge | None" = None, early: int = 12, substantive=None):
         from interp.judges import SubstringJudge
 
         self.model, self.max_new_tokens, self.batch_size, self.system = model, max_new_tokens, batch_size, system
         self.substring = SubstringJudge()
+        if substantive is None:
+            from interp.judges import SubstantiveJudge
+
+            substantive = SubstantiveJudge()
+        self.substantive = substantive
         self.refusal_score, self.classifier = refusal_score, classifier
         self.early = min(early, max_new_tokens)
         self._seen: dict[str, Verdict] = {}
@@ -164,20 +196,25 @@ class Judge:
             what = {t: b for b, t in zip(behaviors, texts)}
             responses = dict(zip(todo, self._generate(todo, self.early)))
             lengths = dict.fromkeys(todo, self.early)
-            longer = [t for t, refused in zip(todo, self.substring.refused([responses[t] for t in todo]))
-                      if not refused and self.early < self.max_new_tokens]
+            refused_early = dict(zip(todo, self.substring.refused([responses[t] for t in todo])))
+            longer = [t for t in todo if not refused_early[t] and self.early < self.max_new_tokens]
             if longer:
                 responses.update(zip(longer, self._generate(longer, self.max_new_tokens)))
                 lengths.update(dict.fromkeys(longer, self.max_new_tokens))
-            ok = self.substring.success([responses[t] for t in todo])
+            labels = dict.fromkeys(todo, "refusal")
+            rest = [t for t in todo if not refused_early[t]]
+            if rest:
+                labels.update(zip(rest, self.substantive.labels([what[t] for t in rest], [responses[t] for t in rest])))
+            plain = self.substring.success([responses[t] for t in todo])
+            ok = [labels[t] == "answer" for t in todo]
             if self.classifier is not None:
                 agree = self.classifier.judge([what[t] for t in todo], [responses[t] for t in todo])
                 ok = [a and b for a, b in zip(ok, agree)]
             scores: list[float | None] = [None] * len(todo)
             if self.refusal_score is not None:
                 scores = [float(s) for s in self.refusal_score.score(self.model, todo, batch_size=self.batch_size)]
-            for t, s, sc in zip(todo, ok, scores):
-                self._seen[t] = Verdict(responses[t], bool(s), sc, lengths[t])
+            for t, s, sc, sub in zip(todo, ok, scores, plain):
+                self._seen[t] = Verdict(responses[t], bool(s), sc, lengths[t], labels[t], bool(sub))
         return [self._seen[t] for t in texts]
 
 
@@ -185,7 +222,10 @@ class Judge:
 
 @dataclass
 class Summary(Result):
-    """Per-behaviour outcome of a run (from its log), with success rate and time per success.
+    """Per-behaviour outcome of a run (from its log), with success rate, time and forwards per success.
+
+    Success is the run's judge (a substantive answer); `substring_successes` counts the behaviours where any
+    judged attempt passed the plain substring judge, for comparison with work that reports that one.
 
     A `Result`: `summary()` and `to_json()` give the numbers and the final attempts, `figures()` the loss
     curves and the time each behaviour took, and in Jupyter the summary displays itself."""
@@ -195,14 +235,18 @@ class Summary(Result):
     out: Path
     rows: list[dict]  # the final attempt of each finished behaviour
     requested: int  # behaviours asked for in this invocation
+    substring_ids: set = field(default_factory=set)  # finished behaviours with an attempt the substring judge passed
 
     @classmethod
     def from_log(cls, out: str | os.PathLike, name: str = "", model: str = "", requested: int = 0) -> "Summary":
-        rows = final_rows(read_jsonl(out))
+        every = read_jsonl(out)
+        rows = final_rows(every)
         if rows and not name:
             name = rows[0].get("method", "")
             model = rows[0].get("model", "")
-        return cls(name, model, Path(out), rows, requested or len(rows))
+        finished = {r.get("id", r["behavior"]) for r in rows}
+        passed = {r.get("id", r["behavior"]) for r in every if r.get("substring_success")} & finished
+        return cls(name, model, Path(out), rows, requested or len(rows), passed)
 
     @property
     def n_finished(self) -> int:
@@ -218,7 +262,16 @@ class Summary(Result):
 
     @property
     def total_seconds(self) -> float:
-        return float(sum(r["seconds"] for r in self.rows))
+        """Wall time spent on the finished behaviours: the union of their [started_at, ended_at] spans, so that
+        behaviours searched together (`parallel`) count once; the sum of their seconds for logs without spans."""
+        spans = [(r["started_at"], r["ended_at"]) for r in self.rows if "started_at" in r and "ended_at" in r]
+        if len(spans) < len(self.rows) or not spans:
+            return float(sum(r["seconds"] for r in self.rows))
+        total, end = 0.0, -math.inf
+        for a, b in sorted(spans):
+            total += max(0.0, b - max(a, end))
+            end = max(end, b)
+        return total
 
     @property
     def seconds_per_success(self) -> float:
@@ -229,10 +282,36 @@ class Summary(Result):
     def lower_bound(self) -> bool:
         return self.n_success == 0
 
+    @property
+    def total_forwards(self) -> int:
+        """Candidate rows evaluated over all finished behaviours (gradient forwards: `total_grad_forwards`)."""
+        return int(sum(r.get("forwards", 0) for r in self.rows))
+
+    @property
+    def total_grad_forwards(self) -> int:
+        return int(sum(r.get("grad_forwards", 0) for r in self.rows))
+
+    @property
+    def forwards_per_success(self) -> float:
+        """Total candidate forwards / successes; with no success the total (a lower bound, like the seconds)."""
+        return self.total_forwards / self.n_success if self.n_success else float(self.total_forwards)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """How many final attempts the substantive judge gave each label."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r.get("label", "")] = out.get(r.get("label", ""), 0) + 1
+        return out
+
     def to_dict(self) -> dict:
         return {"method": self.name, "model": self.model, "log": str(self.out), "finished": self.n_finished,
                 "requested": self.requested, "successes": self.n_success, "success_rate": self.success_rate,
+                "substring_successes": len(self.substring_ids), "labels": self.labels,
                 "total_seconds": self.total_seconds, "seconds_per_success": self.seconds_per_success,
+                "total_forwards": self.total_forwards, "total_grad_forwards": self.total_grad_forwards,
+                "forwards_per_success": self.forwards_per_success,
+                "total_steps": int(sum(r.get("steps", r.get("step", 0)) for r in self.rows)),
                 "seconds_per_success_is_lower_bound": self.lower_bound}
 
     @property
@@ -240,7 +319,8 @@ class Summary(Result):
         return f"{self.name or 'attack'} on {self.model or 'a model'}"
 
     def summary(self) -> dict:
-        keys = ("id", "behavior", "success", "loss", "step", "seconds", "adversarial_prompt", "response")
+        keys = ("id", "behavior", "success", "label", "substring_success", "loss", "step", "forwards", "seconds",
+                "adversarial_prompt", "response")
         return {**self.to_dict(), "behaviors": [{k: r.get(k) for k in keys} for r in self.rows]}
 
     def figures(self) -> dict[str, go.Figure]:
@@ -260,11 +340,13 @@ class Summary(Result):
 
     def table(self) -> str:
         lines = [f"{self.name} on {self.model}: {self.n_success}/{self.n_finished} behaviours jailbroken "
-                 f"({100 * self.success_rate:.0f}%), {self.seconds_per_success:.0f} s per success"
+                 f"({100 * self.success_rate:.0f}%), {self.seconds_per_success:.0f} s and "
+                 f"{self.forwards_per_success:.0f} forwards per success"
                  + (" (lower bound: no success)" if self.lower_bound else ""),
-                 f"{'ok':<3} {'loss':>8} {'steps':>5} {'sec':>6}  behaviour -> adversarial prompt"]
+                 f"{'ok':<3} {'label':<11} {'loss':>8} {'steps':>5} {'fwd':>6} {'sec':>6}  behaviour -> adversarial prompt"]
         for r in self.rows:
-            lines.append(f"{'yes' if r['success'] else 'no':<3} {r['loss']:>8.3f} {r['step']:>5} {r['seconds']:>6.0f}  "
+            lines.append(f"{'yes' if r['success'] else 'no':<3} {r.get('label', ''):<11} {r['loss']:>8.3f} {r['step']:>5} "
+                         f"{r.get('forwards', 0):>6} {r['seconds']:>6.0f}  "
                          f"{_short(r['behavior'], 40)} -> {_short(r['adversarial_prompt'], 60)}")
         return "\n".join(lines)
 
@@ -276,11 +358,13 @@ class Summary(Result):
             print(self.table())
             return
         t = Table(title=f"{self.name} on {self.model}: {self.n_success}/{self.n_finished} jailbroken, "
-                        f"{self.seconds_per_success:.0f} s per success" + (" (lower bound)" if self.lower_bound else ""))
-        for col in ("ok", "loss", "steps", "seconds", "behaviour", "adversarial prompt", "response"):
+                        f"{self.seconds_per_success:.0f} s, {self.forwards_per_success:.0f} forwards per success"
+                        + (" (lower bound)" if self.lower_bound else ""))
+        for col in ("ok", "label", "loss", "steps", "forwards", "seconds", "behaviour", "adversarial prompt", "response"):
             t.add_column(col)
         for r in self.rows:
-            t.add_row("yes" if r["success"] else "no", f"{r['loss']:.3f}", str(r["step"]), f"{r['seconds']:.0f}",
+            t.add_row("yes" if r["success"] else "no", r.get("label", ""), f"{r['loss']:.3f}", str(r["step"]),
+                      str(r.get("forwards", "")), f"{r['seconds']:.0f}",
                       _short(r["behavior"], 40), _short(r["adversarial_prompt"], 60), _short(r["response"], 60))
         Console().print(t)
 
@@ -292,20 +376,62 @@ def _short(text: str, n: int) -> str:
 
 # ----- the run -----
 
-def default_layers(model: "Model") -> list[int]:
-    """1/3 and 1/2 of the depth: where harmful and harmless prompts separate linearly, before refusal is written."""
-    return sorted({model.n_layers // 3, model.n_layers // 2})
+CENTRES = ("harmless", "midpoint", "origin")
+ATTENTION_LOSSES = ("ablation", "hijack")
+HEAD_CHOICES = ("attribution", "all")
+
+
+def default_layers(model: "Model", k: int = 4, window: Sequence[float] = (0.35, 0.9)) -> list[int]:
+    """`k` layers spread evenly over [lo, hi] x n_layers, the deepest at hi: the reference's hand-picked targets
+    (Llama 3.2 1B: 5, 8, 11, 14 of 16; Qwen 2.5 1.5B: 11, 14, 18, 23 of 28) span about a third to 0.9 of the
+    depth. Used when no probe accuracy is at hand; `analyses.rerouting.choose_layers` picks among accurate ones."""
+    import math
+
+    lo, hi = _window(window)
+    if not isinstance(k, int) or k < 1:
+        raise InterpError(f"the number of target layers must be a positive integer, got {k!r}")
+    first, last = math.ceil(lo * model.n_layers), min(math.floor(hi * model.n_layers), model.n_layers - 1)
+    if last < first:
+        raise InterpError(f"the layer window {list(window)} holds no layer of a {model.n_layers}-layer model; widen it")
+    return sorted({round(first + (last - first) * i / max(k - 1, 1)) for i in range(k)} if k > 1 else {last})
+
+
+def _window(window: Sequence[float]) -> tuple[float, float]:
+    if len(window) != 2 or not 0 <= float(window[0]) <= float(window[1]) <= 1:
+        raise InterpError(f"layer_window must be [lo, hi] fractions of the depth with 0 <= lo <= hi <= 1, got {list(window)}")
+    return float(window[0]), float(window[1])
+
+
+def _check_choice(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise InterpError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
 
 
 def build_loss(model: "Model", config: AttackConfig, probes: LayerProbes | None = None,
-               directions: Sequence["Direction"] | None = None) -> AttackLoss:
-    """The loss of `config`, from what was fitted: per-layer `probes` (probe-SSR; a `probes.LinearProbes`) or one
-    refusal `directions` per layer (steering-SSR). GCG and attention-SSR need neither."""
+               directions: Sequence["Direction"] | None = None, centres: Any = None,
+               heads: Sequence[tuple[int, int]] | None = None, head_scores: Sequence[float] | None = None) -> AttackLoss:
+    """The loss of `config`, from what was fitted: per-layer `probes` (probe-SSR; a `probes.LinearProbes`), one
+    refusal `directions` per layer and the `centres` [k, d] their projections are measured from (steering-SSR;
+    required unless config.centre is "origin"), or attention-SSR's `heads` (with their attribution scores) when
+    config.heads is not given. GCG needs nothing."""
     if config.method == "gcg":
         return GCGLoss()
-    layers = check_layers(model, config.layers if config.layers is not None else default_layers(model))
+    layers = check_layers(model, config.layers if config.layers is not None
+                          else default_layers(model, config.n_layers_auto, config.layer_window))
     if config.loss == "attention":
-        return AttentionLoss.for_model(model, config.heads, layers, config.query, config.alphas)
+        _check_choice(config.attention_loss, ATTENTION_LOSSES, "attention loss")
+        _check_choice(config.head_choice, HEAD_CHOICES, "head choice")
+        chosen = config.heads or heads
+        if not chosen and config.head_choice == "attribution":
+            raise InterpError("attention-SSR with head_choice='attribution' needs the chosen heads: pass heads=, give "
+                              "config.heads, or use analyses.rerouting.attack, which chooses them")
+        if config.attention_loss == "hijack":
+            loss = AttentionLoss.for_model(model, chosen, layers, config.query, config.alphas)
+        else:
+            pairs = ([(model.check_layer(int(l), "head layer"), int(h)) for l, h in chosen] if chosen
+                     else [(l, h) for l in layers for h in range(model.n_heads)])
+            loss = HeadAblationLoss(pairs, model.n_heads, config.alphas, None if config.heads else head_scores)
+        return loss
     if config.loss == "probe":
         if probes is None:
             raise InterpError("probe-SSR needs fitted probes: pass probes= (a probes.LinearProbes of this model), or "
@@ -314,7 +440,30 @@ def build_loss(model: "Model", config: AttackConfig, probes: LayerProbes | None 
     if directions is None:
         raise InterpError("steering-SSR needs one refusal direction per layer: pass directions=, or use "
                           "analyses.rerouting.attack, which loads config.directions or fits them")
-    return SteeringLoss.from_directions(directions, model, layers, a=config.a, beta=config.beta, alphas=config.alphas)
+    _check_choice(config.centre, CENTRES, "steering centre")
+    if config.centre != "origin" and centres is None:
+        raise InterpError(f"steering-SSR measured from the {config.centre} point needs centres= ([layers, d]); use "
+                          "analyses.rerouting.attack, which fits them, or centre='origin' (the paper's formula)")
+    label = "harmful" if config.reverse and config.centre == "harmless" else config.centre
+    return SteeringLoss.from_directions(directions, model, layers, a=config.a, beta=config.beta, alphas=config.alphas,
+                                        centres=None if config.centre == "origin" else centres, centre=label,
+                                        reverse=config.reverse)
+
+
+def _winners(cands: Sequence[Candidate], verdicts: Sequence[Verdict]) -> set[int]:
+    """Indices of the attempts that end their behaviour: a success, or (for the entries judged together at the
+    end of a budget) the first success among them by loss, else the best-loss entry."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(cands):
+        if c.final:
+            groups.setdefault(c.index, []).append(i)
+        elif verdicts[i].success:
+            groups.setdefault(c.index, []).append(i)
+    out = set()
+    for members in groups.values():
+        ok = [i for i in members if verdicts[i].success]
+        out.add(min(ok or members, key=lambda i: (cands[i].entry, i)))
+    return out
 
 
 def final_rows(rows: Iterable[dict]) -> list[dict]:
@@ -398,18 +547,23 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
 
         def check(cands: list[Candidate]) -> list[bool]:
             verdicts = judge([c.prompt.behavior for c in cands], [c.text for c in cands])
-            now = time.perf_counter()
-            for c, v in zip(cands, verdicts):
+            now, wall = time.perf_counter(), time.time()
+            winners = _winners(cands, verdicts)
+            order = sorted(range(len(cands)), key=lambda i: i in winners)  # a behaviour's final row comes last
+            for i in order:
+                c, v = cands[i], verdicts[i]
                 record = {
                     "behavior": c.prompt.behavior, "id": c.prompt.key, "adversarial_prompt": c.text,
-                    "response": v.response, "success": v.success, "seconds": round(now - c.started, 3), "loss": c.loss,
-                    "step": c.step, "method": config.name, "loss_name": loss.name, "layers": layers,
-                    "model": model.name, "tokens": c.tokens, "refusal_score": v.refusal_score,
-                    "response_tokens": v.response_tokens,
-                    "final": c.final or v.success,
+                    "response": v.response, "success": v.success, "label": v.label, "substring_success": v.substring,
+                    "seconds": round(now - c.started, 3), "loss": c.loss, "step": c.step, "method": config.name,
+                    "preset": config.search.preset, "loss_name": loss.name, "layers": layers, "model": model.name,
+                    "tokens": c.tokens, "refusal_score": v.refusal_score, "response_tokens": v.response_tokens,
+                    "forwards": c.forwards, "grad_forwards": c.grad_forwards, "entry": c.entry, "entries": c.entries,
+                    "final": i in winners,
                 }
-                if record["final"]:
-                    record["curve"] = c.curve
+                if record["final"]:  # the wall-clock span, so that behaviours searched together are not counted twice
+                    record.update(steps=c.step, curve=c.curve, started_at=round(wall - (now - c.started), 3),
+                                  ended_at=round(wall, 3))
                 append_jsonl(out, record)
                 if on_attempt is not None:
                     on_attempt(record)
