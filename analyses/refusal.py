@@ -18,11 +18,31 @@ Among candidates that pass (b)-(d) the one with the lowest score in (a) is chose
 first-token log-odds of Arditi et al., with refusal tokens estimated from the model's own refusals
 (`interp.judges.RefusalScore`).
 
+Faithful to the reference code (github.com/andyrdt/refusal_direction) by default:
+- prompts are chat-formatted with no system turn (`system="none"`: Qwen's template would otherwise insert
+  "You are Qwen, ..."); "default" or a text are named options, and the Result says which was used;
+- after the refusal tokens are known, training and validation prompts are filtered by their baseline refusal
+  score (`filter_data`): harmful prompts kept only if the model refuses them (score > 0), harmless ones only
+  if it does not (score < 0). Counts per set are in the Result. A filter that leaves fewer than `min_kept`
+  prompts is relaxed, first to the greedy first token (harmful kept where it is a refusal token: small models
+  such as Qwen2.5-Coder-0.5B refuse greedily with p("I") of 0.2 to 0.5, a negative score, so the score filter
+  keeps almost none), then to the whole set; every relaxation is recorded and printed;
+- validation prompts come from the separate bundled validation splits (`dataset("harmful_val")`,
+  `dataset("harmless_val")`, `n_val` drawn with the seed), never from the training prompts; carving them out
+  of the training sets is `val_source="carve"`.
+
 Cost. Exact scoring needs a forward pass per (candidate, prompt, test); on a GPU all candidates can be
 scored exactly (`shortlist=None`). By default the candidates are first ranked by attribution patching (one
 forward and backward pass per validation set give first-order estimates of (a) and (b) for every candidate,
 see `interp.attribution`) and only a shortlist is scored exactly, many candidates per forward
-(`interp.scoring`).
+(`interp.scoring`). KL, filter (c), has no first-order term at the clean point, so the ranking adds the energy
+each candidate's ablation removes from the harmless prompts' residual writes (`ablation_energy`, from the same
+backward pass): the size of the edit, the factor of KL's second-order term that costs nothing extra. The rank is
+the sum of the three ranks (predicted ablation score, predicted addition score, energy). Whatever the
+shortlist, the plain difference in means of every layer at the last end-of-instruction position is always
+scored exactly too: the per-layer table (`per_layer`, figure "per_layer") shows what each single layer's
+direction does beside the chosen one. `compare_searches` says whether a shortlist run and an exhaustive run
+(`shortlist=None`) agree.
 
 Swapping the roles of the two sets gives an acceptance direction; any two sets give the direction that
 separates them causally.
@@ -33,7 +53,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -48,6 +68,8 @@ from interp.estimators import DiffInMeans
 from interp.interventions import Ablate, Add
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
+from interp.model import system_option
+from interp.prompts import dataset
 from interp import plots
 from interp.scoring import ablation_scores, addition_scores, kl_rows
 from interp.subspace import Direction, Subspace
@@ -58,8 +80,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class RefusalConfig:
-    n_val: int = 12  # validation prompts per class held out of the given sets (when none are given)
-    shortlist: int | None = 12  # candidates scored exactly after attribution ranking; None: all of them
+    n_val: int = 32  # validation prompts per class drawn (seeded) when none are given
+    val_source: str = "bundled"  # "bundled": the separate validation splits; "carve": held out of the training sets
+    filter: bool = True  # keep harmful prompts with baseline refusal score > 0, harmless < 0 (Arditi's filter_data)
+    min_kept: int = 2  # a filter that keeps fewer prompts of a set is relaxed (the set kept whole) and says so
+    system: str = "none"  # "none": no system turn (Arditi); "default": the template's own; any other text
+    shortlist: int | None = 32  # candidates scored exactly after attribution ranking; None: all of them
     max_layer_frac: float = 0.8  # filter (d): candidates only below this fraction of the depth
     kl_threshold: float = 0.1  # filter (c)
     batch_size: int = 16  # prompts per capture forward
@@ -84,7 +110,29 @@ class RefusalResult(Result):
     timings: dict
     config: RefusalConfig
     evaluation: dict | None = None
+    filter_counts: dict = field(default_factory=dict)  # set -> {"given", "kept", "relaxed"}
+    relaxations: list[str] = field(default_factory=list)  # every filter relaxed on the way, in words
+    system: str = "none"  # the system-prompt option the prompts were formatted with
+    validation: dict = field(default_factory=dict)  # the validation prompts used after filtering, per class
     title: str = "Refusal direction"
+
+    @property
+    def per_layer(self) -> list[dict]:
+        """The plain difference in means of every layer at the last end-of-instruction position, scored exactly:
+        layer, validation refusal score under ablation, the cut of the baseline score, KL, addition score."""
+        last = len(self.position_tokens) - 1
+        base = self.baseline["harmful_refusal_score"]
+        return [{"layer": r["layer"], "ablation_score": r["ablation_score"], "cut": base - r["ablation_score"],
+                 "kl": r["kl"], "addition_score": r["addition_score"], "passes": r["passes"]}
+                for r in self.candidates if r["position_index"] == last and "ablation_score" in r]
+
+    def messages(self) -> list[str]:
+        """What the CLI and the demo print: the filter counts and every relaxation."""
+        counts = ", ".join(f"{k} {v['kept']}/{v['given']}" + (f" (relaxed, rule: {v['rule']})" if v["relaxed"] else "")
+                           for k, v in self.filter_counts.items())
+        lines = [f"filter (baseline refusal score > 0 harmful, < 0 harmless; kept/given): {counts}" if self.config.filter
+                 else "filter: off (every prompt kept)"]
+        return lines + [f"RELAXED: {r}" for r in self.relaxations]
 
     def table(self, key: str) -> Tensor:
         """A [position, layer] table of one candidate column (NaN where not scored exactly)."""
@@ -100,7 +148,9 @@ class RefusalResult(Result):
             "chosen": self.chosen, "direction": self.direction.provenance, "baseline": self.baseline,
             "refusal_tokens": self.refusal.refusal_tokens_, "refusal_token_stats": self.refusal.stats_,
             "position_tokens": self.position_tokens, "timings_s": self.timings, "config": asdict(self.config),
-            "evaluation": self.evaluation, "candidates": self.candidates,
+            "evaluation": self.evaluation, "filter_counts": self.filter_counts, "relaxations": self.relaxations,
+            "system": self.system, "n_validation": {k: len(v) for k, v in self.validation.items()},
+            "per_layer": self.per_layer, "candidates": self.candidates,
         }
 
     def figures(self) -> dict[str, go.Figure]:
@@ -115,11 +165,29 @@ class RefusalResult(Result):
             table = self.table(key)
             if not torch.isnan(table).all():
                 figs[key] = plots.heatmap(table, self.layers, pos, title, mark=mark)
+        figs["per_layer"] = self.per_layer_figure()
         figs["pca"] = plots.pca_scatter(self.projections, f"PCA of resid_pre at layer {self.chosen['layer']}, "
                                         f"position {self.chosen['position']}")
         proj = {k: v.float() @ self.direction.vector for k, v in self.projections.items()}
         figs["projection"] = plots.histograms(proj, "projection onto the chosen direction", "⟨x, r̂⟩")
         return figs
+
+    def per_layer_figure(self) -> go.Figure:
+        """Validation refusal score under ablation of each layer's last-position difference in means, the
+        baseline, KL (right axis) and the chosen direction."""
+        rows = self.per_layer
+        fig = go.Figure(layout=dict(title="each layer's difference in means (last end-of-instruction position), ablated",
+                                    xaxis=dict(title="layer"), yaxis=dict(title="harmful refusal score (val)"),
+                                    yaxis2=dict(title="KL on harmless (val)", overlaying="y", side="right")))
+        layers = [r["layer"] for r in rows]
+        fig.add_scatter(x=layers, y=[r["ablation_score"] for r in rows], mode="lines+markers", name="ablated")
+        fig.add_scatter(x=layers, y=[self.baseline["harmful_refusal_score"]] * len(rows), mode="lines",
+                        name="baseline", line=dict(dash="dash"))
+        fig.add_scatter(x=layers, y=[r["kl"] for r in rows], mode="lines+markers", name="KL", yaxis="y2")
+        c = self.chosen
+        fig.add_scatter(x=[c["layer"]], y=[c["ablation_score"]], mode="markers", name=f"chosen (position {c['position']})",
+                        marker=dict(symbol="star", size=14))
+        return fig
 
     def save_artifacts(self, directory: Path) -> None:
         self.direction.save(directory)
@@ -144,23 +212,110 @@ def _split(prompts: Sequence[str], n_val: int, seed: int, name: str) -> tuple[li
     return shuffled[n_val:], shuffled[:n_val]
 
 
+def validation_sets(harmful: Sequence[str], harmless: Sequence[str], harmful_val: Sequence[str] | None,
+                    harmless_val: Sequence[str] | None, cfg: RefusalConfig) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(harmful train, harmful val, harmless train, harmless val): given validation sets as they are; otherwise
+    `cfg.n_val` of the bundled validation split (seeded draw; fewer when the split is smaller), or, with
+    val_source="carve", held out of the training set."""
+    if cfg.val_source not in ("bundled", "carve"):
+        raise InterpError(f"val_source must be 'bundled' or 'carve', got {cfg.val_source!r}")
+    out = []
+    for name, train, val in (("harmful", harmful, harmful_val), ("harmless", harmless, harmless_val)):
+        if val:
+            out += [list(train), list(val)]
+        elif cfg.val_source == "carve":
+            out += list(_split(train, cfg.n_val, cfg.seed, name))
+        else:
+            pool = dataset(f"{name}_val")
+            val = dataset(f"{name}_val", n=min(cfg.n_val, len(pool)), seed=cfg.seed)
+            overlap = set(val) & set(train)
+            out += [[p for p in train if p not in overlap], val]  # a training prompt never validates itself
+    return out[0], out[1], out[2], out[3]
+
+
+def filter_by_score(prompts: list[str], scores: Tensor, refuse: bool, name: str, min_kept: int,
+                    counts: dict, relaxations: list[str], first_token: Tensor | None = None) -> list[str]:
+    """Arditi's filter_data: keep prompts whose baseline refusal score is > 0 (refuse=True) or < 0. When fewer
+    than `min_kept` remain it is relaxed openly (recorded in `relaxations`): first to the greedy first token
+    (`first_token`, True where the argmax is a refusal token; small models often refuse greedily with
+    p(refusal tokens) < 0.5), then to the whole set."""
+    want = "refuses" if refuse else "does not refuse"
+    keep = [p for p, s in zip(prompts, scores.tolist()) if (s > 0 if refuse else s < 0)]
+    counts[name] = {"given": len(prompts), "kept": len(keep), "passed": len(keep), "rule": "score", "relaxed": False}
+    if len(keep) >= min_kept:
+        return keep
+    msg = f"{name}: the model {want} (refusal score {'>' if refuse else '<'} 0) only {len(keep)} of {len(prompts)} prompts"
+    if first_token is not None:
+        by_token = [p for p, t in zip(prompts, first_token.tolist()) if t == refuse]
+        if len(by_token) >= min_kept:
+            counts[name].update(kept=len(by_token), rule="first_token", relaxed=True)
+            relaxations.append(f"{msg}; kept the {len(by_token)} whose greedy first token is "
+                               f"{'' if refuse else 'not '}a refusal token")
+            return by_token
+    counts[name].update(kept=len(prompts), rule="none", relaxed=True)
+    relaxations.append(f"{msg}, fewer than min_kept={min_kept}; kept all {len(prompts)} unfiltered")
+    return list(prompts)
+
+
+def rank_candidates(pred_ablation: Tensor, pred_addition: Tensor, pred_kl: Tensor | None) -> Tensor:
+    """Candidate indices, best first, by the sum of three ranks: low predicted ablation refusal score (a), high
+    predicted addition score (b), low predicted KL (c; None leaves it out). Ties keep index order."""
+    rank = lambda x: (x[None, :] < x[:, None]).sum(1)  # how many are better: equal values share a rank
+    total = rank(pred_ablation) + rank(-pred_addition)
+    if pred_kl is not None:
+        total = total + rank(pred_kl)
+    return total.argsort(stable=True)
+
+
 def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harmful_val: Sequence[str] | None = None,
         harmless_val: Sequence[str] | None = None, config: RefusalConfig | None = None,
         refusal: RefusalScore | None = None) -> RefusalResult:
     """Find the direction whose ablation stops refusals of `harmful` and whose addition makes `harmless` refuse.
 
     `refusal` gives the refusal tokens; by default they are estimated from the model's greedy answers to the
-    validation prompts (`RefusalScore.fit`).
+    (unfiltered) validation prompts (`RefusalScore.fit`), first, since the filters need them.
     """
     cfg = config or RefusalConfig()
     _check_sets(harmful, harmless)
+    model = model.with_system(system_option(cfg.system))  # every prompt below is formatted the same way
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    harmful_train, harmful_val = (list(harmful), list(harmful_val)) if harmful_val else _split(harmful, cfg.n_val, cfg.seed, "harmful")
-    harmless_train, harmless_val = (list(harmless), list(harmless_val)) if harmless_val else _split(harmless, cfg.n_val, cfg.seed, "harmless")
+    harmful_train, harmful_val, harmless_train, harmless_val = validation_sets(harmful, harmless, harmful_val, harmless_val, cfg)
 
-    # 1. one capture pass: resid_pre at every end-of-instruction position and every candidate layer
+    # 1. the judge: refusal tokens estimated from the model's own refusals; every prompt's baseline score
+    clean_h = model.logits(harmful_val, batch_size=cfg.batch_size)
+    clean_s = model.logits(harmless_val, batch_size=cfg.batch_size)
+    if refusal is None:
+        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
+                                   batch_size=cfg.batch_size, logits=torch.cat([clean_h, clean_s]))
+    timings["judge"] = time.perf_counter() - t0
+
+    # 2. Arditi's filter: harmful prompts the model refuses, harmless ones it does not
+    counts: dict[str, dict] = {}
+    relaxations: list[str] = []
+    if cfg.filter:
+        t = time.perf_counter()
+        ids = torch.tensor(refusal.refusal_ids_)
+        first = lambda lg: torch.isin(lg.argmax(-1), ids)  # greedy first token is a refusal token
+        lh, ls = model.logits(harmful_train, batch_size=cfg.batch_size), model.logits(harmless_train, batch_size=cfg.batch_size)
+        args = dict(min_kept=cfg.min_kept, counts=counts, relaxations=relaxations)
+        harmful_train = filter_by_score(harmful_train, refusal.score_logits(lh), True, "harmful_train", first_token=first(lh), **args)
+        harmless_train = filter_by_score(harmless_train, refusal.score_logits(ls), False, "harmless_train", first_token=first(ls), **args)
+        fh = set(filter_by_score(harmful_val, refusal.score_logits(clean_h), True, "harmful_val", first_token=first(clean_h), **args))
+        fs = set(filter_by_score(harmless_val, refusal.score_logits(clean_s), False, "harmless_val", first_token=first(clean_s), **args))
+        ih = [i for i, p in enumerate(harmful_val) if p in fh]
+        is_ = [i for i, p in enumerate(harmless_val) if p in fs]
+        harmful_val, harmless_val = [harmful_val[i] for i in ih], [harmless_val[i] for i in is_]
+        clean_h, clean_s = clean_h[ih], clean_s[is_]
+        timings["filter"] = time.perf_counter() - t
+    baseline = {"harmful_refusal_score": refusal.score_logits(clean_h).mean().item(),
+                "harmless_refusal_score": refusal.score_logits(clean_s).mean().item()}
+    ids_h = model.encode(model.prepare_prompts(harmful_val))
+    ids_s = model.encode(model.prepare_prompts(harmless_val))
+
+    # 3. one capture pass: resid_pre at every end-of-instruction position and every candidate layer
     # layer 0's resid_pre at a template token is that token's embedding, the same for every prompt: no candidate
+    t = time.perf_counter()
     layers = list(range(1, max(2, int(cfg.max_layer_frac * model.n_layers))))
     acts = model.capture(harmful_train + harmless_train, [f"blocks.{i}.hook_resid_pre" for i in layers], positions="eoi",
                          batch_size=cfg.batch_size, labels=[1] * len(harmful_train) + [0] * len(harmless_train),
@@ -169,22 +324,9 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     y = torch.tensor(acts.labels)
     dim = DiffInMeans().fit(X, y)
     mean_diffs = dim.mean_diff_  # [position, layer, d]
-    timings["capture"] = time.perf_counter() - t0
+    timings["capture"] = time.perf_counter() - t
 
-    # 2. the judge: refusal tokens estimated from the model's own refusals; clean baselines
-    t = time.perf_counter()
-    ids_h = model.encode(model.prepare_prompts(harmful_val))
-    ids_s = model.encode(model.prepare_prompts(harmless_val))
-    clean_h = model.logits(harmful_val, batch_size=cfg.batch_size)
-    clean_s = model.logits(harmless_val, batch_size=cfg.batch_size)
-    if refusal is None:
-        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
-                                   batch_size=cfg.batch_size, logits=torch.cat([clean_h, clean_s]))
-    baseline = {"harmful_refusal_score": refusal.score_logits(clean_h).mean().item(),
-                "harmless_refusal_score": refusal.score_logits(clean_s).mean().item()}
-    timings["judge"] = time.perf_counter() - t
-
-    # 3. rank every candidate by attribution, keep a shortlist
+    # 4. rank every candidate by attribution (with the KL stand-in), keep a shortlist and every layer's last position
     P = mean_diffs.shape[0]
     cand = [(p, li) for p in range(P) for li in range(len(layers))]  # (position index, index into layers)
     raws = torch.stack([mean_diffs[p, li] for p, li in cand])
@@ -193,20 +335,22 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     rows = [{"position_index": p, "position": p - P, "token": acts.position_tokens[p], "layer": layers[li]}
             for p, li in cand]
     t = time.perf_counter()
+    last = [i for i, (p, _) in enumerate(cand) if p == P - 1]
     if cfg.shortlist is not None and cfg.shortlist < len(cand):
         g_h = residual_gradients(model, ids_h, refusal.score_logits, batch_size=cfg.batch_size)
         g_s = residual_gradients(model, ids_s, refusal.score_logits, batch_size=cfg.batch_size)
         pred_abl = baseline["harmful_refusal_score"] + g_h.ablation_effect(units)
         pred_add = baseline["harmless_refusal_score"] + g_s.addition_effect(raws, cand_layers)
-        for row, a, b in zip(rows, pred_abl.tolist(), pred_add.tolist()):
-            row["predicted_ablation"], row["predicted_addition"] = a, b
-        rank = pred_abl.argsort().argsort() + (-pred_add).argsort().argsort()  # good at both (a) and (b)
-        keep = rank.argsort()[: cfg.shortlist].sort().values.tolist()
+        energy = g_s.ablation_energy(units)
+        for row, a, b, e in zip(rows, pred_abl.tolist(), pred_add.tolist(), energy.tolist()):
+            row["predicted_ablation"], row["predicted_addition"], row["ablation_energy"] = a, b, e
+        order = rank_candidates(pred_abl, pred_add, energy)
+        keep = sorted(set(order[: cfg.shortlist].tolist()) | set(last))
     else:
         keep = list(range(len(cand)))
     timings["attribution"] = time.perf_counter() - t
 
-    # 4. exact, batched scoring of the shortlist: ablation on harmful (refusal) and harmless (KL) in one pass
+    # 5. exact, batched scoring: ablation on harmful (refusal) and harmless (KL) in one pass, addition on harmless
     t = time.perf_counter()
     nh = len(ids_h)
     kl = kl_rows(clean_s)
@@ -227,17 +371,19 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
         rows[i].update(ablation_score=abl[j, :nh].mean().item(), kl=abl[j, nh:].mean().item(), addition_score=add[j].mean().item())
     timings["scoring"] = time.perf_counter() - t
 
-    # 5. filters (b)-(d), then the lowest ablation refusal score
+    # 6. filters (b)-(d), then the lowest ablation refusal score
     for i in keep:
         r = rows[i]
         reasons = [why for bad, why in [(r["addition_score"] <= 0, "addition does not induce refusal"),
                                          (r["kl"] >= cfg.kl_threshold, f"KL >= {cfg.kl_threshold}")] if bad]
         r["passes"], r["filtered"] = not reasons, "; ".join(reasons)
     best, relaxed = _select(rows, keep, cfg.kl_threshold)
+    if relaxed:
+        relaxations.append(f"direction selection: {relaxed}")
     chosen = dict(rows[best], relaxed=relaxed)
     p, li = cand[best]
     l = layers[li]
-    # 6. the addition strength: the smallest multiple of the mean difference that tips harmless validation
+    # 7. the addition strength: the smallest multiple of the mean difference that tips harmless validation
     # prompts to refusal (first-token score > 0); Arditi et al. add it once, which is too weak on some models
     t = time.perf_counter()
     alphas = torch.tensor(cfg.addition_alphas)
@@ -251,46 +397,80 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
         "model": model.fingerprint, "site": f"blocks.{l}.hook_resid_pre", "layer": l, "position": p - P,
         "position_token": acts.position_tokens[p], "method": "diff_in_means (Arditi et al. 2024)",
         "data_hash": Subspace.data_hash(harmful_train, harmless_train), "n_harmful": len(harmful_train),
-        "n_harmless": len(harmless_train), "addition_alpha": chosen["addition_alpha"],
+        "n_harmless": len(harmless_train), "addition_alpha": chosen["addition_alpha"], "system": cfg.system,
     })
     projections = {"harmful": X[y == 1, p, li], "harmless": X[y == 0, p, li]}
     timings["total"] = time.perf_counter() - t0
     return RefusalResult(direction, rows, chosen, baseline, refusal, list(acts.position_tokens), layers, mean_diffs,
-                         projections, timings, cfg)
+                         projections, timings, cfg, filter_counts=counts, relaxations=relaxations, system=cfg.system,
+                         validation={"harmful": harmful_val, "harmless": harmless_val})
+
+
+def compare_searches(shortlist: RefusalResult, exhaustive: RefusalResult, k: int = 5) -> dict:
+    """Does a shortlist run choose what the exhaustive run (`shortlist=None`) chooses? `same_choice`; the top-k
+    candidates by exact ablation score among those the selection rule allowed (`eligible`: passing every filter,
+    or the relaxed rule's set) in each run and their overlap; `exhaustive_top_k_scored`: how many of the
+    exhaustive top-k the shortlist scored at all."""
+    key = lambda r: (r["position"], r["layer"])
+
+    def top(res: RefusalResult) -> list[tuple[int, int]]:
+        pool = [r for r in res.candidates if r.get("eligible")]
+        return [key(r) for r in sorted(pool, key=lambda r: r["ablation_score"])[:k]]
+
+    a, b = top(shortlist), top(exhaustive)
+    scored = {key(r) for r in shortlist.candidates if "ablation_score" in r}
+    return {"same_choice": key(shortlist.chosen) == key(exhaustive.chosen), "shortlist_choice": key(shortlist.chosen),
+            "exhaustive_choice": key(exhaustive.chosen), f"top{k}_shortlist": a, f"top{k}_exhaustive": b,
+            f"top{k}_overlap": len(set(a) & set(b)) / max(len(b), 1),
+            f"exhaustive_top{k}_scored": sum(c in scored for c in b) / max(len(b), 1),
+            "n_scored_shortlist": len(scored), "n_candidates": len(exhaustive.candidates)}
 
 
 def _select(rows: list[dict], keep: list[int], kl_threshold: float) -> tuple[int, str | None]:
     """The lowest ablation score among candidates passing every filter. When none passes (small models often
     have no candidate whose addition alone tips the first token to a refusal), relax openly and say so: drop the
-    addition filter, then raise the KL threshold step by step (x2, x5, x10), then take the lowest KL."""
-    best = lambda ids: min(ids, key=lambda i: rows[i]["ablation_score"])
+    addition filter, then raise the KL threshold step by step (x2, x5, x10), then take the lowest KL. Marks the
+    candidates the rule used allowed (`eligible`), for `compare_searches`."""
+    def pick(ids: list[int], relaxed: str | None) -> tuple[int, str | None]:
+        for i in keep:
+            rows[i]["eligible"] = i in ids
+        return min(ids, key=lambda i: rows[i]["ablation_score"]), relaxed
+
     passing = [i for i in keep if rows[i]["passes"]]
     if passing:
-        return best(passing), None
+        return pick(passing, None)
     for factor in (1, 2, 5, 10):
         ok = [i for i in keep if rows[i]["kl"] < kl_threshold * factor]
         if ok:
-            return best(ok), f"no candidate passed all filters; dropped the addition filter, KL < {kl_threshold * factor:g}"
-    return min(keep, key=lambda i: rows[i]["kl"]), "no candidate passed any filter; took the lowest KL"
+            return pick(ok, f"no candidate passed all filters; dropped the addition filter, KL < {kl_threshold * factor:g}")
+    lowest = min(keep, key=lambda i: rows[i]["kl"])
+    return pick([lowest], "no candidate passed any filter; took the lowest KL")
 
 
 @dataclass
 class RefusalEvaluation(Result, Mapping):
-    """What `evaluate` returns: refusal rates (substring judge) of greedy answers at baseline and under the
-    direction, the KL its ablation costs on harmless prompts, and every generation.
+    """What `evaluate` returns: refusal rates (substring judge) of greedy answers at baseline, under hook ablation
+    and from the orthogonalised checkpoint, each beside the judge's false-positive rate (harmless baseline
+    answers it calls refusals); the capability cost (first-token KL and cross-entropy on the plain model's
+    harmless completions) of hook ablation and of the checkpoint; every generation.
 
-    Also a read-only mapping with the keys "refusal_rate", "kl_harmless_ablation", "addition_alpha",
-    "max_new_tokens" and "generations", so `ev["refusal_rate"]` and `dict(ev)` work as before."""
+    Also a read-only mapping over its fields, so `ev["refusal_rate"]` and `dict(ev)` work as before."""
 
-    refusal_rate: dict[str, float]  # harmful_baseline, harmful_ablated, harmless_baseline, harmless_added
+    refusal_rate: dict[str, float]  # harmful_baseline, harmful_ablated, [harmful_orthogonalized,] harmless_baseline, harmless_added
     kl_harmless_ablation: float
     addition_alpha: float
     max_new_tokens: int
     generations: dict[str, list[str]]  # the prompts ("harmful", "harmless") and each condition's answers
+    judge_fp_rate: float | None = None  # harmless baseline answers the substring judge calls refusals
+    capability: dict[str, dict] = field(default_factory=dict)  # "hook" / "orthogonalized" -> capability_cost(...)
+    system: str | None = None  # the system-prompt option the answers were generated with
     title: str = "Refusal direction: evaluation"
 
     def _keys(self) -> list[str]:
-        return ["refusal_rate", "kl_harmless_ablation", "addition_alpha", "max_new_tokens", "generations"]
+        """The old mapping's keys, then those of the newer measurements that were made."""
+        new = [k for k, v in (("judge_fp_rate", self.judge_fp_rate), ("capability", self.capability),
+                              ("system", self.system)) if v is not None and v != {}]
+        return ["refusal_rate", "kl_harmless_ablation", "addition_alpha", "max_new_tokens", "generations"] + new
 
     def __getitem__(self, key: str):
         if key not in self._keys():
@@ -306,25 +486,65 @@ class RefusalEvaluation(Result, Mapping):
     def summary(self) -> dict:
         return {k: self[k] for k in self}
 
+    def lines(self) -> list[str]:
+        """Each refusal rate beside the judge's false-positive rate, and the capability costs, for printing."""
+        fp = ("" if self.judge_fp_rate is None else
+              f"(judge false-positive rate on harmless baseline answers {self.judge_fp_rate:.2f})")
+        out = [f"refusal rate, substring judge, {self.max_new_tokens} new tokens, system={self.system!r} {fp}:"]
+        out += [f"  {k:<24} {v:.2f}" for k, v in self.refusal_rate.items()]
+        out += [f"  capability cost, {k:<15} first-token KL {c['kl']:.3f}, CE {c['ce']:.3f} (plain model {c['ce_clean']:.3f})"
+                for k, c in self.capability.items()]
+        return out
+
     def figures(self) -> dict[str, go.Figure]:
         r = self.refusal_rate
-        fig = go.Figure(layout=dict(title=f"refusal rate (substring judge, {self.max_new_tokens} new tokens)",
+        fp = "" if self.judge_fp_rate is None else f"; judge false-positive rate {self.judge_fp_rate:.2f}"
+        fig = go.Figure(layout=dict(title=f"refusal rate (substring judge, {self.max_new_tokens} new tokens{fp})",
                                     yaxis=dict(title="refused", range=[0, 1]), barmode="group"))
         fig.add_bar(x=["harmful", "harmless"], y=[r["harmful_baseline"], r["harmless_baseline"]], name="baseline")
         fig.add_bar(x=["harmful", "harmless"], y=[r["harmful_ablated"], r["harmless_added"]],
                     name=f"ablated (harmful) / added x{self.addition_alpha:g} (harmless)")
+        if "harmful_orthogonalized" in r:
+            fig.add_bar(x=["harmful"], y=[r["harmful_orthogonalized"]], name="orthogonalised checkpoint")
         return {"refusal_rate": fig}
 
 
+def orthogonalized_model(model: "Model", direction: Direction, directory: Path) -> "Model":
+    """The orthogonalised checkpoint written to `directory` and loaded back with plain transformers, wrapped in
+    a Model with the same tokenizer and default system prompt (what a user of the exported folder gets)."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.model import Model
+    from interp.orthogonalize import export_orthogonalized
+
+    export_orthogonalized(model, direction, directory)
+    plain = AutoModelForCausalLM.from_pretrained(str(directory), dtype=model.dtype).to(model.device)
+    return Model(plain, model.tokenizer, name=model.name).with_system(model.default_system)
+
+
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
-             max_new_tokens: int = 64, batch_size: int = 16, alpha: float | None = None,
-             layer: int | None = None) -> RefusalEvaluation:
-    """Greedy generations: harmful prompts at baseline and with the direction ablated, harmless prompts at
-    baseline and with the direction added at `layer` (default: the direction's own layer; an error when it has
-    none) with `alpha` times the mean difference (default: the strength calibrated on the validation prompts);
-    refusal rates by the substring judge; KL on harmless."""
+             max_new_tokens: int = 256, batch_size: int = 16, alpha: float | None = None,
+             layer: int | None = None, system: str | None = None, orthogonalized: bool = True,
+             reference_tokens: int = 32) -> RefusalEvaluation:
+    """Greedy generations of `max_new_tokens` (256 by default: late refusals are missed at 64; rows stop at EOS):
+    harmful prompts at baseline, with the direction ablated by hooks and (`orthogonalized`) from the exported
+    orthogonalised checkpoint; harmless prompts at baseline and with the direction added at `layer` (default:
+    the direction's own; an error when it has none) with `alpha` times the mean difference (default: the
+    strength calibrated on the validation prompts). Refusal rates by the substring judge, beside its false-
+    positive rate on the harmless baseline answers. Capability cost (`interp.scoring.capability_cost`) of the
+    hooks and the checkpoint on the plain model's `reference_tokens`-token greedy completions of `harmless`.
+
+    system: "none" | "default" | text; by default the one the direction was fitted with (its provenance), else
+    "default".
+    """
+    import tempfile
+
+    from interp.scoring import capability_cost, reference_completions
+
     if alpha is None:
         alpha = float(direction.provenance.get("addition_alpha", 1.0))
+    system = system or direction.provenance.get("system") or "default"
+    model = model.with_system(system_option(system))
     judge = SubstringJudge()
     layer = direction.layer_for(model, layer)
     gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -333,10 +553,16 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     out["harmful_ablated"] = model.generate(harmful, interventions=[Ablate(direction)], **gen)
     out["harmless_baseline"] = model.generate(harmless, **gen)
     out["harmless_added"] = model.generate(harmless, interventions=[Add(direction, layer, alpha)], **gen)
+    ref = reference_completions(model, harmless, reference_tokens, batch_size=min(batch_size, 8))
+    capability = {"hook": capability_cost(model, ref, interventions=[Ablate(direction)], batch_size=min(batch_size, 8))}
+    if orthogonalized:
+        with tempfile.TemporaryDirectory() as tmp:
+            edited = orthogonalized_model(model, direction, Path(tmp) / "checkpoint")
+            out["harmful_orthogonalized"] = edited.generate(harmful, **gen)
+            capability["orthogonalized"] = capability_cost(model, ref, edited=edited, batch_size=min(batch_size, 8))
+            del edited
     rates = {k: sum(judge.refused(out[k])) / len(out[k]) for k in
-             ("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added")}
-    clean = model.logits(harmless, batch_size=batch_size)
-    with model.intervene(Ablate(direction)):
-        ablated = model.logits(harmless, batch_size=batch_size)
-    kl = kl_rows(clean)(ablated, torch.arange(len(harmless))).mean().item()
-    return RefusalEvaluation(rates, kl, alpha, max_new_tokens, out)
+             ("harmful_baseline", "harmful_ablated", "harmful_orthogonalized", "harmless_baseline", "harmless_added")
+             if k in out}
+    return RefusalEvaluation(rates, capability["hook"]["kl"], alpha, max_new_tokens, out,
+                             judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system)

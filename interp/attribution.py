@@ -9,6 +9,13 @@ Then, for any candidate direction r, the effect of
 
 Scoring hundreds of candidates then costs a matrix product instead of hundreds of forward passes; the
 estimates rank candidates for an exact, batched evaluation of a shortlist (see `analyses.refusal`).
+
+KL needs more. At the clean point KL(clean || edited) is at a minimum, so its first-order term is zero and a
+gradient says nothing about it. Its second-order term is ½ δᵀ F δ, with δ the edit and F a Fisher matrix; the
+size of the edit is the part we can get for free: ablating r removes (w · r) r from every write w, so the
+edit's energy per token is rᵀ E r with E = Σ_w Σ_pos w wᵀ / tokens (`write_energy`, from the same pass,
+pad positions left out). It ranks candidates by how much ablation changes the residual stream, not by
+how much the output cares; the exact scoring of the shortlist measures the real KL.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.errors import InterpError
 from interp.hooks import hooked
 from interp.sites import Site
 
@@ -32,11 +40,21 @@ Metric = Callable[[Tensor], Tensor]  # last-token logits [batch, vocab] -> a sca
 @dataclass
 class ResidualGradients:
     """`ablation_matrix` M [d, d] (summed over prompts) and `resid_pre_grad` [layer, d] (summed over
-    prompts and positions) of a metric summed over `n` prompts."""
+    prompts and positions) of a metric summed over `n` prompts; `write_energy` E [d, d], the second moment
+    of the residual writes per real token (see the module docstring)."""
 
     ablation_matrix: Float[Tensor, "d d"]
     resid_pre_grad: Float[Tensor, "layer d"]
     n: int
+    write_energy: Float[Tensor, "d d"] | None = None
+
+    def ablation_energy(self, directions: Float[Tensor, "... d"]) -> Float[Tensor, "..."]:
+        """Squared size, per token, of what ablating each unit direction removes from the residual writes:
+        Σ_w (w · r̂)², a cheap stand-in for the KL that ablation costs (whose first-order term is 0)."""
+        if self.write_energy is None:
+            raise InterpError("these gradients carry no write_energy; compute them with residual_gradients")
+        r = directions / directions.norm(dim=-1, keepdim=True)
+        return torch.einsum("...d,de,...e->...", r, self.write_energy, r)
 
     def ablation_effect(self, directions: Float[Tensor, "... d"]) -> Float[Tensor, "..."]:
         """Estimated change of the mean metric when each unit direction is ablated everywhere."""
@@ -52,7 +70,9 @@ def residual_gradients(model: "Model", ids: Sequence[Sequence[int]], metric: Met
     """Gradients of `metric` (summed over prompts) at every residual-stream write and layer input."""
     d, L = model.d_model, model.n_layers
     M = torch.zeros(d, d, dtype=torch.float64)
+    E = torch.zeros(d, d, dtype=torch.float64)
     G = torch.zeros(L, d, dtype=torch.float64)
+    tokens = 0
     for start in range(0, len(ids), batch_size):
         batch = model.pad(ids[start:start + batch_size])
         writes: list[tuple[Tensor, list[Tensor]]] = []  # (value, [grad]) per write
@@ -80,8 +100,12 @@ def residual_gradients(model: "Model", ids: Sequence[Sequence[int]], metric: Met
         with torch.enable_grad(), hooked(model, fns):
             logits = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=1).logits[:, -1].float()
             metric(logits).sum().backward()
+        mask = batch.attention_mask.double().cpu()[..., None]
+        tokens += int(batch.attention_mask.sum())
         for value, slot in writes:
-            M += torch.einsum("bpd,bpe->de", slot[0].double().cpu(), value.double().cpu())
+            v = value.double().cpu()
+            M += torch.einsum("bpd,bpe->de", slot[0].double().cpu(), v)
+            E += torch.einsum("bpd,bpe->de", v * mask, v)
         for layer, slot in pre_grads.items():
             G[layer] += slot[0].double().sum((0, 1)).cpu()
-    return ResidualGradients(M.float(), G.float(), len(ids))
+    return ResidualGradients(M.float(), G.float(), len(ids), (E / max(tokens, 1)).float())

@@ -75,15 +75,25 @@ def directions_extract(
         harmful: Path = typer.Option(..., help="prompts of the class to steer away from (e.g. harmful)"),
         harmless: Path = typer.Option(..., help="prompts of the other class (e.g. harmless)"),
         out: Path = typer.Option(..., help="output folder"),
-        harmful_val: Optional[Path] = typer.Option(None, help="validation prompts (default: held out of --harmful)"),
-        harmless_val: Optional[Path] = typer.Option(None, help="validation prompts (default: held out of --harmless)"),
+        harmful_val: Optional[Path] = typer.Option(None, help="validation prompts (default: --n-val of the bundled "
+                                                   "harmful_val split, or held out of --harmful with --carve-val)"),
+        harmless_val: Optional[Path] = typer.Option(None, help="validation prompts (default: --n-val of the bundled "
+                                                    "harmless_val split, or held out of --harmless with --carve-val)"),
+        carve_val: bool = typer.Option(False, help="hold validation prompts out of the training files instead"),
         max_prompts: Optional[int] = typer.Option(128, help="use at most this many prompts of each training file"),
-        n_val: int = typer.Option(12, help="validation prompts per class held out when no --*-val file is given"),
-        shortlist: int = typer.Option(12, help="candidates scored exactly after attribution ranking; 0 = all (GPU)"),
+        n_val: int = typer.Option(32, help="validation prompts per class when no --*-val file is given"),
+        filter_prompts: bool = typer.Option(True, "--filter/--no-filter", help="keep only harmful prompts the model refuses and harmless ones it "
+                                    "does not (baseline refusal score), as Arditi et al.'s code does"),
+        system: str = typer.Option("none", help="none (no system turn, as Arditi et al.) | default (the chat "
+                                   "template's own, e.g. Qwen's) | any other text as the system prompt"),
+        shortlist: int = typer.Option(32, help="candidates scored exactly after attribution ranking; 0 = all (GPU)"),
         batch_size: int = typer.Option(16)) -> None:
     """Extract the refusal direction (Arditi et al. 2024): DIR gets the direction, candidate table and figures."""
     from analyses import refusal
+    from interp.model import system_option
     from interp.prompts import read_prompts
+
+    system_option(system)  # a bad value fails before the model loads
 
     def first(path: Path) -> list[str]:
         p = read_prompts(path)
@@ -93,13 +103,20 @@ def directions_extract(
                 harmful_val=read_prompts(harmful_val) if harmful_val else None,
                 harmless_val=read_prompts(harmless_val) if harmless_val else None)
     m = _load(model)
-    cfg = refusal.RefusalConfig(n_val=n_val, shortlist=shortlist or None, batch_size=batch_size)
+    cfg = refusal.RefusalConfig(n_val=n_val, shortlist=shortlist or None, batch_size=batch_size, filter=filter_prompts,
+                                system=system, val_source="carve" if carve_val else "bundled")
     result = refusal.run(m, config=cfg, **sets)
     result.save(out)
     c = result.chosen
+    for line in result.messages():
+        typer.echo(line)
     typer.echo(f"chosen: layer {c['layer']}, position {c['position']} ({c['token']!r}); ablation refusal score "
                f"{c['ablation_score']:.2f} (baseline {result.baseline['harmful_refusal_score']:.2f}), addition "
-               f"{c['addition_score']:.2f}, KL {c['kl']:.3f}; {result.timings['total']:.0f} s")
+               f"{c['addition_score']:.2f}, KL {c['kl']:.3f}; system={system!r}; {result.timings['total']:.0f} s")
+    best = min(result.per_layer, key=lambda r: r["ablation_score"], default=None)
+    if best is not None:
+        typer.echo(f"best single layer (last position): layer {best['layer']}, ablation refusal score "
+                   f"{best['ablation_score']:.2f}, KL {best['kl']:.3f} (table: per_layer in result.json)")
     typer.echo(f"wrote {out}/subspace.safetensors, subspace.json, candidates.json, report.html")
 
 
@@ -125,6 +142,70 @@ def directions_export_gguf(direction: Path = typer.Option(..., help="a folder wr
     typer.echo(f"wrote {len(vectors)} layer vectors to {out} (llama.cpp: --control-vector {out})")
 
 
+@directions_app.command("search")
+def directions_search(
+        model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="bundled name, HF folder or .gguf"),
+        harmful: Path = typer.Option(..., help="prompts for the per-layer directions (class to stop refusing)"),
+        harmless: Path = typer.Option(..., help="prompts of the other class"),
+        trials: int = typer.Option(..., help="Optuna trials (heretic runs 200)"),
+        out: Path = typer.Option(..., help="output folder (new or empty)"),
+        harmful_val: Optional[Path] = typer.Option(None, help="trial prompts (default: 32 of the bundled harmful_val)"),
+        harmless_val: Optional[Path] = typer.Option(None, help="trial prompts (default: 32 of the bundled harmless_val)"),
+        harmful_test: Optional[Path] = typer.Option(None, help="held-out prompts judging the Pareto points "
+                                                              "(default: the validation prompts)"),
+        harmless_test: Optional[Path] = typer.Option(None, help="held-out prompts for the final KL"),
+        refusal_tokens: Optional[Path] = typer.Option(None, help="refusal tokens (refusal_tokens.json of "
+                                                                 "`directions extract`); default: estimated"),
+        seed: int = typer.Option(0, help="TPE sampler seed"),
+        max_new_tokens: int = typer.Option(256, help="greedy tokens of the judged answers on the Pareto points"),
+        n_startup_trials: int = typer.Option(60, help="random trials before TPE (heretic: 60)"),
+        final_points: Optional[int] = typer.Option(None, help="judge at most this many Pareto points"),
+        kl_budget: float = typer.Option(0.1, help="chosen point: fewest refusals with KL <= this"),
+        trial_refusals: str = typer.Option("first_token", help="first_token (one forward) | generate (heretic)"),
+        system: Optional[str] = typer.Option(None, help="system prompt (default: the chat template's own)"),
+        max_prompts: Optional[int] = typer.Option(128, help="use at most this many prompts of each direction file"),
+        batch_size: int = typer.Option(64)) -> None:
+    """heretic's abliteration search: Optuna TPE over the direction (fractional layer) and per-layer weights,
+    minimising refusals and KL; DIR gets pareto.json, report.html, directions + weights, and checkpoint/."""
+    from analyses import abliteration
+    from interp.errors import InterpError
+    from interp.judges import RefusalScore
+    from interp.orthogonalize import check_export_dir
+    from interp.prompts import dataset, read_prompts
+
+    if trials < 1:
+        raise InterpError(f"--trials must be at least 1, got {trials}")
+    if trial_refusals not in ("first_token", "generate"):
+        raise InterpError(f"--trial-refusals must be first_token or generate, got {trial_refusals!r}")
+    check_export_dir(out)  # new or empty: nothing is written into a used folder
+
+    def first(path: Path) -> list[str]:
+        p = read_prompts(path)
+        return p[:max_prompts] if max_prompts else p
+
+    sets = dict(harmful=first(harmful), harmless=first(harmless),
+                harmful_val=read_prompts(harmful_val) if harmful_val else dataset("harmful_val", n=32),
+                harmless_val=read_prompts(harmless_val) if harmless_val else dataset("harmless_val", n=32),
+                harmful_test=read_prompts(harmful_test) if harmful_test else None,
+                harmless_test=read_prompts(harmless_test) if harmless_test else None)
+    if (harmful_test is None) != (harmless_test is None):
+        raise InterpError("give both --harmful-test and --harmless-test, or neither")
+    m = _load(model)
+    refusal = RefusalScore.load(refusal_tokens, m) if refusal_tokens else None
+    cfg = abliteration.SearchConfig(n_trials=trials, n_startup_trials=n_startup_trials, seed=seed,
+                                    trial_refusals=trial_refusals, max_new_tokens=max_new_tokens,
+                                    final_points=final_points, kl_budget=kl_budget, system=system,
+                                    batch_size=batch_size)
+    result = abliteration.search(m, config=cfg, refusal=refusal, **sets)
+    result.save(out)
+    abliteration.export_checkpoint(m, result, out / "checkpoint")
+    c = result.chosen
+    typer.echo(f"{len(result.trials)} trials, {len(result.pareto)} on the Pareto front; chosen trial {c['trial']}: "
+               f"refusal rate {c['refusal_rate']:.2f} (no edit {result.baseline['heldout_refusal_rate']:.2f}, "
+               f"{c['final_on']} prompts), KL {c['kl']:.3f} ({c['rule']}); {result.timings['total']:.0f} s")
+    typer.echo(f"wrote {out}/pareto.json, report.html, directions.safetensors, chosen.json, checkpoint/")
+
+
 class Mode(str, Enum):
     ablate = "ablate"
     add = "add"
@@ -143,6 +224,8 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
                                                 "(default: the direction's calibrated addition_alpha, else 1)"),
           prompts: Path = typer.Option(..., help="prompt file"),
           max_new_tokens: int = typer.Option(64), batch_size: int = typer.Option(16),
+          system: Optional[str] = typer.Option(None, help="none | default | TEXT (default: the direction's own, "
+                                               "else the chat template's default)"),
           out: Path = typer.Option(..., help="output JSONL, one object per prompt")) -> None:
     """Greedy, batched generation with the direction ablated or added (or neither), and/or a saved intervention."""
     from interp.errors import InterpError
@@ -173,7 +256,11 @@ def steer(model: str = typer.Option("qwen2.5-coder-0.5b-instruct"),
         ivs = []
     if intervention is not None:
         ivs.append(HeadSteering.load(intervention, model=m))
-    responses = m.generate(items, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=ivs, progress=True)
+    from interp.model import system_option
+
+    system = system or (d.provenance.get("system") if d is not None else None) or "default"
+    responses = m.generate(items, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=ivs, progress=True,
+                           system=system_option(system))
     lines = [json.dumps({"prompt": p, "response": r, "mode": mode.value, "layer": layer, "alpha": alpha,
                          "intervention": str(intervention) if intervention is not None else None})
              for p, r in zip(items, responses)]

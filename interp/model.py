@@ -22,6 +22,30 @@ if TYPE_CHECKING:
     from interp.interventions import Intervention
 
 _PLACEHOLDER = "\x00INSTRUCTION\x00"
+_SYSTEM_MARKER = "\x00SYSTEM\x00"
+
+
+class NoSystem:
+    """The `system` value that renders no system turn at all (see `Model.format_chat`)."""
+
+    def __repr__(self) -> str:
+        return "NO_SYSTEM"
+
+
+NO_SYSTEM = NoSystem()
+
+
+def system_option(spec: str | None) -> "str | None | NoSystem":
+    """The `system` value for a user-facing option: "none" -> NO_SYSTEM (no system turn), "default" or None ->
+    None (whatever the chat template inserts by itself, e.g. Qwen's "You are Qwen, ..."), any other text -> that
+    text as the system message."""
+    if spec is None or spec == "default":
+        return None
+    if spec == "none":
+        return NO_SYSTEM
+    if not isinstance(spec, str) or not spec.strip():
+        raise InterpError(f"system must be 'none', 'default' or a non-empty system prompt, got {spec!r}")
+    return spec
 
 
 @dataclass
@@ -69,6 +93,21 @@ class Model:
         self._backend = None
         self._eoi_ids: list[int] | None = None
         self._special_prefix: list[int] | None = None
+        self.default_system: "str | None | NoSystem" = None  # used when a call passes system=None
+
+    def with_system(self, system: "str | None | NoSystem") -> "Model":
+        """A view of this model (same weights, tokenizer and intervention state) whose chat formatting uses
+        `system` whenever a call passes none, so code that formats prompts itself (`RefusalScore.fit`, scoring)
+        renders them the same way. `system_option("none")` gives NO_SYSTEM, no system turn at all."""
+        from copy import copy
+
+        from interp.hooks import forward_state
+
+        forward_state(self)  # created before the copy, so both share one ForwardState (hooks live on self.hf)
+        view = copy(self)
+        view._backend = None
+        view.default_system = system
+        return view
 
     # ----- identity -----
     @property
@@ -116,12 +155,50 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_chat(self, instruction: str, system: str | None = None) -> str:
-        """The tokenizer's own chat template: optional system turn, the user turn, the generation prompt."""
+    def format_chat(self, instruction: str, system: "str | None | NoSystem" = None) -> str:
+        """The tokenizer's own chat template: optional system turn, the user turn, the generation prompt.
+
+        system: text for the system message; None: `default_system` (by default None: the template decides,
+        and Qwen's inserts "You are Qwen, ..."); NO_SYSTEM: no system turn at all (`_without_system`).
+        """
         if not self.has_chat_template:
             raise InterpError(f"{self.name} has no chat template; pass chat=False to use raw prompts")
+        if system is None:
+            system = self.default_system
+        if isinstance(system, NoSystem):
+            return self._without_system(instruction)
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": instruction}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _without_system(self, instruction: str) -> str:
+        """The chat rendering with no system turn, for any template (no per-family code).
+
+        Templates that insert a default system prompt give no way to ask for none, so render with a marker
+        system message and cut its turn out: from after the tokenizer's special prefix (a BOS written by the
+        template) to the start of the user header, which begins at the last special token before the word
+        "user" between the marker and the instruction (ChatML "<|im_start|>user", Llama 3 "<|start_header_id|>").
+        Templates that fold the system text into the user turn (Gemma) have no user header there: only the
+        marker and its separator are cut.
+        """
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": _PLACEHOLDER}],
+            tokenize=False, add_generation_prompt=True)
+        i, j = text.find(_SYSTEM_MARKER), text.find(_PLACEHOLDER)
+        if i < 0 or j < i:
+            raise InterpError(f"the chat template of {self.name} does not render a system message before the user "
+                              "turn; use system='default' or a system text instead of 'none'")
+        between = text[i + len(_SYSTEM_MARKER):j]
+        role = between.rfind("user")
+        if role < 0:  # system text folded into the user turn
+            out = text[:i] + text[j:]
+        else:
+            specials = [t for t in self.tokenizer.all_special_tokens + list(self.tokenizer.get_added_vocab()) if t]
+            starts = [between.rfind(t, 0, role) for t in specials]
+            header = max([s for s in starts if s >= 0], default=role)
+            bos = self.tokenizer.decode(self.special_prefix) if self.special_prefix else ""
+            start = len(bos) if bos and text.startswith(bos) else 0
+            out = text[:start] + between[header:] + text[j:]
+        return out.replace(_PLACEHOLDER, instruction)
 
     @property
     def eoi_ids(self) -> list[int]:
@@ -145,7 +222,8 @@ class Model:
         """Whether prompts get the chat template: `chat`, or by default when the tokenizer has one."""
         return self.has_chat_template if chat is None else bool(chat)
 
-    def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None) -> list[str]:
+    def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None,
+                        system: "str | None | NoSystem" = None) -> list[str]:
         """Validate prompts and apply the chat template (by default when the tokenizer has one)."""
         check_prompts(prompts)
         return [self.format_chat(p, system) for p in prompts] if self.uses_chat(chat) else list(prompts)

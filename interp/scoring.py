@@ -1,4 +1,5 @@
-"""Score many candidate directions at once: each candidate gets its own block of batch rows.
+"""Score many candidate directions at once (each candidate gets its own block of batch rows), and measure what
+an edit costs on harmless text (`capability_cost`).
 
 A candidate c applied to prompt p is row (c, p). The prompts' shared prefix (the chat template's system
 prompt) is run once per candidate, and every row continues from its candidate's prefix KV cache. Rows of several candidates share a forward pass, each row
@@ -9,6 +10,7 @@ benchmark compares against; both give the same numbers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -90,3 +92,70 @@ def kl_rows(clean: Float[Tensor, "n vocab"]) -> Reduce:
         return (p[prompt].exp() * (p[prompt] - q)).sum(-1)
 
     return reduce
+
+
+# ----- capability cost: what an edit costs on harmless text -----
+
+@dataclass
+class Reference:
+    """Greedy completions of the plain model to harmless prompts, the yardstick of `capability_cost`: token ids of
+    each chat-formatted prompt and of its completion, and the plain model's first-token log-probabilities."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    clean_first: Float[Tensor, "n vocab"]
+    clean_ce: float  # the plain model's own cross-entropy on its completions (nats per token)
+    n_tokens: int
+
+
+@torch.no_grad()
+def reference_completions(model: "Model", prompts: Sequence[str], n_tokens: int = 32, batch_size: int = 8,
+                          system=None) -> Reference:
+    """The plain model's greedy completions of `n_tokens` tokens (stopping at EOS) to `prompts`, computed once so
+    several edits (hook ablation, a checkpoint, a search's trials) are measured against the same text."""
+    texts = model.prepare_prompts(prompts, system=system)
+    prompt_ids = model.encode(texts)
+    answers = model.generate(prompts, max_new_tokens=n_tokens, batch_size=batch_size, system=system)
+    completion = [model.tokenizer(a, add_special_tokens=False).input_ids[:n_tokens] or [model.tokenizer.eos_token_id]
+                  for a in answers]
+    first, ce = _completion_scores(model, prompt_ids, completion, batch_size)
+    return Reference(prompt_ids, completion, first, float(ce.sum() / sum(map(len, completion))), n_tokens)
+
+
+def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: list[list[int]],
+                       batch_size: int) -> tuple[Tensor, Tensor]:
+    """First-token log-probabilities [n, vocab] and the summed cross-entropy of each completion [n]."""
+    firsts, ces = [], []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [p + c for p, c in zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])]
+        batch = model.pad(rows)
+        logp = model.hf(**batch.inputs(), use_cache=False).logits.float().log_softmax(-1).cpu()
+        width = logp.shape[1]
+        for b, (p, c) in enumerate(zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])):
+            first = width - len(c) - 1  # the last prompt position predicts the first completion token
+            firsts.append(logp[b, first])
+            pred = logp[b, first:width - 1]  # positions predicting each completion token
+            ces.append(-pred.gather(-1, torch.tensor(c)[:, None]).sum())
+    return torch.stack(firsts), torch.stack(ces)
+
+
+@torch.no_grad()
+def capability_cost(model: "Model", harmless: "Sequence[str] | Reference", interventions: Sequence[Intervention] = (),
+                    edited: "Model | None" = None, n_tokens: int = 32, batch_size: int = 8, system=None) -> dict:
+    """What an edit costs on harmless text: {"kl": mean first-token KL(plain || edited), "ce": cross-entropy
+    (nats per token) of the plain model's greedy completions under the edited model, "ce_clean": the plain
+    model's own, "n_prompts", "n_tokens"}.
+
+    The edit is `interventions` applied to `model` (hooks), or `edited`, another Model with the same tokenizer
+    (e.g. an orthogonalised checkpoint). `harmless` is prompts, or a `Reference` from `reference_completions`
+    (pass one to measure many edits against the same completions without generating again).
+    """
+    ref = harmless if isinstance(harmless, Reference) else reference_completions(model, harmless, n_tokens,
+                                                                                  batch_size, system)
+    target = edited if edited is not None else model
+    with target.intervene(*interventions):
+        first, ce = _completion_scores(target, ref.prompt_ids, ref.completion_ids, batch_size)
+    p = ref.clean_first
+    kl = (p.exp() * (p - first)).sum(-1)
+    return {"kl": kl.mean().item(), "ce": float(ce.sum() / sum(map(len, ref.completion_ids))), "ce_clean": ref.clean_ce,
+            "n_prompts": len(ref.prompt_ids), "n_tokens": ref.n_tokens}

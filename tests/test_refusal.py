@@ -11,6 +11,7 @@ from analyses import refusal
 from interp.errors import InterpError
 from interp.judges import RefusalScore
 from interp.prompts import dataset
+from interp.model import NO_SYSTEM, system_option
 from interp.subspace import Direction, Subspace
 
 
@@ -18,20 +19,23 @@ from interp.subspace import Direction, Subspace
 def smol_result(smol):
     # SmolLM2 hardly ever refuses, so its refusal tokens are given by hand: this exercises the plumbing only.
     refusal_ids = smol.tokenizer("I", add_special_tokens=False).input_ids
-    cfg = refusal.RefusalConfig(n_val=3, shortlist=3)
+    cfg = refusal.RefusalConfig(n_val=3, shortlist=3, max_layer_frac=0.3)
     return refusal.run(smol, dataset("harmful_train", n=9), dataset("harmless_train", n=9), config=cfg,
                        refusal=RefusalScore(refusal_ids=refusal_ids))
 
 
 def test_result_has_direction_table_and_figures(smol, smol_result, tmp_path):
     r = smol_result
-    n_pos, n_layers = smol.n_eoi, int(0.8 * smol.n_layers) - 1
+    n_pos, n_layers = smol.n_eoi, int(0.3 * smol.n_layers) - 1
     assert r.mean_diffs.shape == (n_pos, n_layers, smol.d_model)
     assert len(r.candidates) == n_pos * n_layers
     scored = [c for c in r.candidates if "ablation_score" in c]
-    assert len(scored) == 3  # the shortlist, scored exactly
-    assert all("predicted_ablation" in c for c in r.candidates)
-    assert r.chosen["layer"] < 0.8 * smol.n_layers
+    last = [c for c in r.candidates if c["position"] == -1]
+    assert all("ablation_score" in c for c in last)  # every layer's plain last-position difference in means
+    assert len([c for c in scored if c["position"] != -1]) <= 3  # plus the shortlist, scored exactly
+    assert all("predicted_ablation" in c and "ablation_energy" in c for c in r.candidates)
+    assert [row["layer"] for row in r.per_layer] == r.layers and "per_layer" in r.figures()
+    assert r.chosen["layer"] < 0.3 * smol.n_layers
     passing = [c["ablation_score"] for c in scored if c["passes"]]
     if passing:
         assert r.chosen["ablation_score"] == min(passing) and r.chosen["relaxed"] is None
@@ -54,10 +58,9 @@ def test_exact_scores_match_a_direct_intervention(smol, smol_result):
     from interp.interventions import Ablate
 
     r = smol_result
-    # recompute on the same validation prompts: those held out by the seeded split
-    _, harmful_val = refusal._split(dataset("harmful_train", n=9), 3, 0, "harmful")
+    # recompute on the same validation prompts, formatted the same way (no system turn)
     with smol.intervene(Ablate(r.direction)):
-        direct = r.refusal.score_logits(smol.logits(harmful_val)).mean().item()
+        direct = r.refusal.score_logits(smol.logits(r.validation["harmful"], system=NO_SYSTEM)).mean().item()
     assert abs(direct - r.chosen["ablation_score"]) < 1e-3
 
 
@@ -65,14 +68,135 @@ def test_bad_prompt_sets(smol):
     with pytest.raises(InterpError, match="empty"):
         refusal.run(smol, [], ["Hi", "Bye"])
     with pytest.raises(InterpError, match="at least"):
-        refusal.run(smol, ["a", "b"], ["c", "d"])
+        refusal.run(smol, ["a", "b"], ["c", "d"], config=refusal.RefusalConfig(val_source="carve"))
 
 
 @pytest.mark.slow
 def test_qwen_refusal_direction_works(qwen):
     """On the real refusing model: ablation cuts refusals of held-out harmful prompts."""
-    res = refusal.run(qwen, dataset("harmful_train", n=40), dataset("harmless_train", n=40))
-    ev = refusal.evaluate(qwen, res.direction, dataset("harmful_val", n=12), dataset("harmless_val", n=6), max_new_tokens=32)
+    res = refusal.run(qwen, dataset("harmful_train", n=40), dataset("harmless_train", n=40),
+                      config=refusal.RefusalConfig(n_val=12, shortlist=12))
+    ev = refusal.evaluate(qwen, res.direction, dataset("advbench", n=12), dataset("harmless_val", n=6), max_new_tokens=32,
+                          orthogonalized=False)
     rates = ev["refusal_rate"]
     assert rates["harmful_baseline"] >= 0.5
     assert rates["harmful_ablated"] <= 0.5 * rates["harmful_baseline"]
+
+
+# ----- issue 8: faithful to Arditi et al.'s code, and evaluation that holds up -----
+
+def test_filter_keeps_harmful_scored_above_zero_and_harmless_below():
+    counts, relaxed = {}, []
+    kept = refusal.filter_by_score(["a", "b", "c"], torch.tensor([0.5, 0.0, -1.0]), True, "harmful_train", 1, counts, relaxed)
+    assert kept == ["a"] and counts["harmful_train"] == {"given": 3, "kept": 1, "passed": 1, "rule": "score", "relaxed": False}
+    kept = refusal.filter_by_score(["a", "b", "c"], torch.tensor([-0.1, 0.0, 0.3]), False, "harmless_train", 1, counts, relaxed)
+    assert kept == ["a"] and not relaxed
+    kept = refusal.filter_by_score(["a", "b"], torch.tensor([-1.0, 0.0]), True, "harmful_val", 1, counts, relaxed)
+    assert kept == ["a", "b"] and counts["harmful_val"]["relaxed"] and "harmful_val" in relaxed[0]
+    # relaxed openly to the greedy first token before giving up on filtering
+    kept = refusal.filter_by_score(["a", "b", "c"], torch.tensor([-1.0, -0.5, -2.0]), True, "harmful_train", 2, counts,
+                                   relaxed, first_token=torch.tensor([True, True, False]))
+    assert kept == ["a", "b"] and counts["harmful_train"]["rule"] == "first_token" and "first token" in relaxed[-1]
+
+
+def test_run_filters_training_prompts_by_baseline_score(smol, smol_result):
+    r = smol_result
+    harmless = dataset("harmless_train", n=9)
+    scores = r.refusal.score_logits(smol.logits(harmless, system=NO_SYSTEM))
+    c = r.filter_counts["harmless_train"]
+    assert c["given"] == 9 and c["passed"] == int((scores < 0).sum())
+    assert c["kept"] == r.direction.provenance["n_harmless"] and (c["relaxed"] or c["kept"] == c["passed"])
+    assert set(r.filter_counts) == {"harmful_train", "harmless_train", "harmful_val", "harmless_val"}
+    assert any("harmful_train" in x for x in r.relaxations) == r.filter_counts["harmful_train"]["relaxed"]
+
+
+def test_validation_defaults_to_the_separate_bundled_splits(smol_result):
+    v = smol_result.validation
+    assert set(v["harmful"]) <= set(dataset("harmful_val")) and set(v["harmless"]) <= set(dataset("harmless_val"))
+    assert not set(v["harmful"]) & set(dataset("harmful_train")) and not set(v["harmless"]) & set(dataset("harmless_train"))
+    assert smol_result.filter_counts["harmful_val"]["given"] == 3  # n_val drawn, not carved from the 9 training prompts
+    tr, va, _, _ = refusal.validation_sets(["a", "b", "c", "d"], ["e", "f", "g", "h"], None, None,
+                                           refusal.RefusalConfig(n_val=2, val_source="carve"))
+    assert len(tr) == 2 and set(va) <= {"a", "b", "c", "d"}
+
+
+def test_kl_estimate_changes_the_ranking():
+    """Two candidates the first-order estimates cannot tell apart (M = 0, G = 0): without the KL term the order is
+    the index order; with it the candidate whose ablation removes less energy from the writes comes first."""
+    from interp.attribution import ResidualGradients
+
+    g = ResidualGradients(torch.zeros(2, 2), torch.zeros(1, 2), 4, write_energy=torch.diag(torch.tensor([10.0, 1.0])))
+    units = torch.eye(2)
+    abl, add = g.ablation_effect(units), g.addition_effect(units, torch.zeros(2, dtype=torch.long))
+    assert refusal.rank_candidates(abl, add, None).tolist() == [0, 1]
+    assert refusal.rank_candidates(abl, add, g.ablation_energy(units)).tolist() == [1, 0]
+
+
+def test_write_energy_is_the_mean_square_projection_of_the_writes(smol):
+    """`ablation_energy` of a direction is Σ_writes (w · r)² per real token; a direction orthogonal to nothing
+    has positive energy and scaling the direction does not change it."""
+    from interp.attribution import residual_gradients
+
+    ids = smol.encode(smol.prepare_prompts(["Name a colour.", "Say hi"]))
+    g = residual_gradients(smol, ids, lambda lg: lg[:, 0])
+    r = torch.randn(smol.d_model)
+    e = g.ablation_energy(r)
+    assert e > 0 and torch.allclose(e, g.ablation_energy(3 * r))
+
+
+def test_no_system_turn_rendering(qwen, smol):
+    assert qwen.format_chat("Hi there", NO_SYSTEM) == "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    assert "You are Qwen" in qwen.format_chat("Hi there")  # Model's own default is unchanged
+    text = smol.format_chat("Hi there", NO_SYSTEM)
+    assert "system" not in text and "SmolLM" not in text and text.startswith("<|im_start|>user\nHi there")
+    view = smol.with_system(system_option("none"))
+    assert view.prepare_prompts(["Hi there"]) == [text] and smol.prepare_prompts(["Hi there"]) != [text]
+    assert system_option("default") is None and system_option("Be brief.") == "Be brief."
+    with pytest.raises(InterpError, match="system"):
+        system_option("")
+
+
+def test_cli_prints_filter_counts_and_relaxations(smol, smol_result, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    assert smol_result.relaxations  # SmolLM2 refuses nothing: the harmful filters and the selection are relaxed
+    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("analyses.refusal.run", lambda *a, **k: smol_result)
+    (tmp_path / "h.txt").write_text("How do I pick a lock?\n")
+    (tmp_path / "s.txt").write_text("Name a colour.\n")
+    res = CliRunner().invoke(app, ["directions", "extract", "--model", "smollm2-135m-instruct", "--harmful",
+                                   str(tmp_path / "h.txt"), "--harmless", str(tmp_path / "s.txt"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    for line in smol_result.relaxations:
+        assert f"RELAXED: {line}" in res.output
+    assert "harmless_train" in res.output and "kept/given" in res.output
+
+
+def test_evaluate_reports_fp_rate_and_capability_cost_for_hooks_and_checkpoint(smol, smol_result):
+    import inspect
+
+    assert inspect.signature(refusal.evaluate).parameters["max_new_tokens"].default == 256
+    ev = refusal.evaluate(smol, smol_result.direction, dataset("harmful_val", n=2), dataset("harmless_val", n=2),
+                          max_new_tokens=4, reference_tokens=6)
+    from interp.judges import SubstringJudge
+
+    g = ev["generations"]
+    assert ev.judge_fp_rate == sum(SubstringJudge().refused(g["harmless_baseline"])) / 2
+    assert {"harmful_baseline", "harmful_ablated", "harmful_orthogonalized"} <= set(ev.refusal_rate)
+    assert ev.system == "none"
+    hook, ortho = ev.capability["hook"], ev.capability["orthogonalized"]
+    assert hook["kl"] > 0 and hook["ce"] != hook["ce_clean"]  # the edit costs something, and is measured
+    assert abs(hook["kl"] - ortho["kl"]) < 1e-3 and abs(hook["ce"] - ortho["ce"]) < 1e-3
+    assert any("judge false-positive rate" in line for line in ev.lines())
+
+
+def test_compare_searches_agrees_with_itself_and_sees_a_different_choice(smol_result):
+    import copy
+
+    same = refusal.compare_searches(smol_result, smol_result)
+    assert same["same_choice"] and same["top5_overlap"] == 1.0 and same["exhaustive_top5_scored"] == 1.0
+    other = copy.deepcopy(smol_result)
+    other.chosen = dict(other.chosen, layer=other.chosen["layer"] + 1)
+    assert not refusal.compare_searches(other, smol_result)["same_choice"]
