@@ -49,6 +49,7 @@ from interp.estimators import DiffInMeans
 from interp.interventions import Intervention, WeightedAblate
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
+from interp.model import NoSystem, system_option
 from interp.result import Result
 from interp.scoring import kl_rows
 
@@ -68,9 +69,14 @@ class SearchConfig:
     max_new_tokens: int = 256  # greedy tokens of the final, judged answers on held-out prompts
     final_points: int | None = None  # judge at most this many Pareto points (lowest proxy refusals first); None: all
     kl_budget: float = 0.1  # the chosen point: fewest held-out refusals with KL <= this (Arditi et al.'s KL filter)
-    system: str | None = None  # system prompt (None: the chat template's default)
+    system: str | None = None  # "none" (no system turn), "default"/None (the chat template's), or a system prompt
     batch_size: int = 64  # prompts per forward (a trial's harmful + harmless prompts in one forward when they fit)
     refusal_new_tokens: int = 8  # greedy tokens to estimate the refusal tokens (RefusalScore.fit)
+
+    @property
+    def system_value(self) -> "str | None | NoSystem":
+        """What `Model` calls take as `system` (`interp.model.system_option`: "none" -> no system turn)."""
+        return system_option(self.system)
 
 
 @dataclass
@@ -283,19 +289,19 @@ class _Evaluator:
     def __init__(self, model: "Model", harmful: list[str], harmless: list[str], refusal: RefusalScore,
                  cfg: SearchConfig):
         self.model, self.harmful, self.harmless, self.refusal, self.cfg = model, harmful, harmless, refusal, cfg
-        self.clean = model.logits(harmful + harmless, system=cfg.system, batch_size=cfg.batch_size)
+        self.clean = model.logits(harmful + harmless, system=cfg.system_value, batch_size=cfg.batch_size)
         self.kl = kl_rows(self.clean[len(harmful):])
 
     def __call__(self, iv: Intervention | None) -> tuple[int, float]:
         m, cfg, nh = self.model, self.cfg, len(self.harmful)
         ivs = [iv] if iv is not None else []
         with m.intervene(*ivs):
-            logits = m.logits(self.harmful + self.harmless, system=cfg.system, batch_size=cfg.batch_size)
+            logits = m.logits(self.harmful + self.harmless, system=cfg.system_value, batch_size=cfg.batch_size)
         kl = self.kl(logits[nh:], torch.arange(len(self.harmless))).mean().item()
         if cfg.trial_refusals == "first_token":
             refusals = int((self.refusal.score_logits(logits[:nh]) > 0).sum())
         else:
-            answers = m.generate(self.harmful, max_new_tokens=cfg.trial_max_new_tokens, system=cfg.system,
+            answers = m.generate(self.harmful, max_new_tokens=cfg.trial_max_new_tokens, system=cfg.system_value,
                                  interventions=ivs, batch_size=cfg.batch_size, progress=False)
             refusals = sum(self.refusal.judge.refused(answers))
         return refusals, kl
@@ -305,10 +311,10 @@ def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], h
                   clean_harmless: Tensor, cfg: SearchConfig) -> dict:
     """Greedy answers to held-out harmful prompts judged by the substring judge, and first-token KL on harmless."""
     ivs = [iv] if iv is not None else []
-    answers = model.generate(harmful, max_new_tokens=cfg.max_new_tokens, system=cfg.system, interventions=ivs,
+    answers = model.generate(harmful, max_new_tokens=cfg.max_new_tokens, system=cfg.system_value, interventions=ivs,
                              batch_size=cfg.batch_size, progress=False)
     refused = SubstringJudge().refused(answers)
-    kl = first_token_kl(model, harmless, iv, clean_harmless, cfg.system, cfg.batch_size) if iv is not None else 0.0
+    kl = first_token_kl(model, harmless, iv, clean_harmless, cfg.system_value, cfg.batch_size) if iv is not None else 0.0
     return {"refusal_rate": sum(refused) / len(refused), "refusals": sum(refused), "n_harmful": len(harmful),
             "kl": kl, "answers": answers}
 
@@ -348,11 +354,11 @@ def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    directions = per_layer_directions(model, harmful, harmless, cfg.system, min(cfg.batch_size, 16))
+    directions = per_layer_directions(model, harmful, harmless, cfg.system_value, min(cfg.batch_size, 16))
     timings["directions"] = time.perf_counter() - t0
     t = time.perf_counter()
     if refusal is None:
-        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
+        refusal = RefusalScore.fit(model.with_system(cfg.system_value), harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
                                    batch_size=cfg.batch_size)
     evaluate = _Evaluator(model, harmful_val, harmless_val, refusal, cfg)
     base_refusals, _ = evaluate(None)
@@ -381,7 +387,7 @@ def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
     order = sorted(pareto, key=lambda i: (trials[i]["refusals"], trials[i]["kl"]))
     if cfg.final_points is not None:
         order = order[:cfg.final_points]
-    clean_test = model.logits(harmless_test, system=cfg.system, batch_size=cfg.batch_size)
+    clean_test = model.logits(harmless_test, system=cfg.system_value, batch_size=cfg.batch_size)
     base_final = judge_heldout(model, None, harmful_test, harmless_test, clean_test, cfg)
     baseline["heldout_refusal_rate"] = base_final["refusal_rate"]
     final = []

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--final-points", type=int, default=None, help="judge at most this many Pareto points")
     ap.add_argument("--kl-budget", type=float, default=0.1)
     ap.add_argument("--trial-refusals", default="first_token", choices=["first_token", "generate"])
-    ap.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    ap.add_argument("--system", default=None, help="none | default | TEXT (default: the chat template's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--refusal-tokens", type=Path, default=None,
