@@ -162,7 +162,7 @@ def directions_search(
         final_points: Optional[int] = typer.Option(None, help="judge at most this many Pareto points"),
         kl_budget: float = typer.Option(0.1, help="chosen point: fewest refusals with KL <= this"),
         trial_refusals: str = typer.Option("first_token", help="first_token (one forward) | generate (heretic)"),
-        system: Optional[str] = typer.Option(None, help="system prompt (default: the chat template's own)"),
+        system: Optional[str] = typer.Option(None, help="none | default | TEXT (default: the chat template's own)"),
         max_prompts: Optional[int] = typer.Option(128, help="use at most this many prompts of each direction file"),
         batch_size: int = typer.Option(64)) -> None:
     """heretic's abliteration search: Optuna TPE over the direction (fractional layer) and per-layer weights,
