@@ -234,6 +234,17 @@ class SteeringLoss(AttackLoss):
                 "centre": self.centre, "reverse": self.reverse}
 
 
+def _check_heads(heads: Sequence[tuple[int, int]], n_heads: int) -> list[tuple[int, int]]:
+    """(layer, head) pairs as ints, each head index within the model's heads; at least one."""
+    if not heads:
+        raise InterpError("attention-SSR needs at least one (layer, head) pair")
+    out = [(int(l), int(h)) for l, h in heads]
+    for l, h in out:
+        if not 0 <= h < n_heads:
+            raise InterpError(f"head {h} of layer {l} is out of range: the model has heads 0..{n_heads - 1}")
+    return out
+
+
 class AttentionLoss(AttackLoss):
     """Attention-SSR: 1 - the attention mass of chosen heads, from the last `n_query` positions, on the masks."""
 
@@ -244,12 +255,7 @@ class AttentionLoss(AttackLoss):
 
     def __init__(self, heads: Sequence[tuple[int, int]], n_heads: int, n_query: int = 1,
                  alphas: Sequence[float] | None = None):
-        if not heads:
-            raise InterpError("attention-SSR needs at least one (layer, head) pair")
-        self.heads = [(int(l), int(h)) for l, h in heads]
-        for l, h in self.heads:
-            if not 0 <= h < n_heads:
-                raise InterpError(f"head {h} of layer {l} is out of range: the model has heads 0..{n_heads - 1}")
+        self.heads = _check_heads(heads, n_heads)
         self.layers = sorted({l for l, _ in self.heads})
         self.sites = [Site(l, "attn.hook_pattern") for l in self.layers]
         self.stop_layer = max(self.layers)
@@ -297,12 +303,7 @@ class HeadAblationLoss(AttackLoss):
 
     def __init__(self, heads: Sequence[tuple[int, int]], n_heads: int, alphas: Sequence[float] | None = None,
                  scores: Sequence[float] | None = None):
-        if not heads:
-            raise InterpError("attention-SSR needs at least one (layer, head) pair")
-        self.heads = [(int(l), int(h)) for l, h in heads]
-        for l, h in self.heads:
-            if not 0 <= h < n_heads:
-                raise InterpError(f"head {h} of layer {l} is out of range: the model has heads 0..{n_heads - 1}")
+        self.heads = _check_heads(heads, n_heads)
         self.layers = sorted({l for l, _ in self.heads})
         self.sites = [Site(l, "attn.hook_z") for l in self.layers]
         self.reference_sites = list(self.sites)
