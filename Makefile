@@ -45,9 +45,14 @@ BENCH := benchmarks/results
 bench: models
 	@git diff --quiet HEAD -- . ':(exclude)$(BENCH)' 2>/dev/null || echo "warning: uncommitted changes; the results will say git_dirty: true"
 	$(PY) -m benchmarks.capture --model smollm2-135m-instruct --runs 5 --out $(BENCH)/capture_smollm2.json
-	$(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 64 --n-eval 32 --out $(BENCH)/refusal_qwen05.json
-	$(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 4 --steps 30 --candidates 32 --max-seconds 90 \
-		--parallel-n 4 --parallel-steps 2 --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 128 --n-val 32 --n-eval 32 \
+		--max-new-tokens 256 --skip-loop --gen-prompts 4 --gen-runs 1 --save-direction out/bench/arditi_dir \
+		--out $(BENCH)/refusal_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.abliteration --model qwen2.5-coder-0.5b-instruct --arditi out/bench/arditi_dir \
+		--system none --n-train 128 --n-val 32 --n-test 32 --trials 60 --n-startup-trials 20 --final-points 3 \
+		--max-new-tokens 256 --out $(BENCH)/abliteration_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 16 --forwards 256 \
+		--methods ssr,gcg,nanogcg --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
 	$(PY) -m benchmarks.tasks --out $(BENCH)/tasks.json
 	$(PY) -m benchmarks.patching --model qwen2.5-coder-0.5b-instruct --n 4 --out $(BENCH)/patching_qwen05.json
 	$(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/heads_qwen05.json

@@ -51,7 +51,7 @@ from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
 from interp.model import NoSystem, system_option
 from interp.result import Result
-from interp.scoring import kl_rows
+from interp.scoring import Reference, capability_cost, kl_rows, reference_completions
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -67,7 +67,7 @@ class SearchConfig:
     trial_refusals: str = "first_token"  # "first_token" (one forward, refusal score > 0) | "generate" (heretic)
     trial_max_new_tokens: int = 100  # heretic's max_response_length, for trial_refusals="generate"
     max_new_tokens: int = 256  # greedy tokens of the final, judged answers on held-out prompts
-    final_points: int | None = None  # judge at most this many Pareto points (lowest proxy refusals first); None: all
+    final_points: int | None = None  # judge at most this many Pareto points (spread evenly along the front by KL); None: all
     kl_budget: float = 0.1  # the chosen point: fewest held-out refusals with KL <= this (Arditi et al.'s KL filter)
     system: str | None = None  # "none" (no system turn), "default"/None (the chat template's), or a system prompt
     batch_size: int = 64  # prompts per forward (a trial's harmful + harmless prompts in one forward when they fit)
@@ -145,18 +145,6 @@ def per_layer_directions(model: "Model", harmful: Sequence[str], harmless: Seque
                          labels=[1] * len(harmful) + [0] * len(harmless), system=system)
     X = acts.stack("hook_resid_post")  # [n, layer, d]
     return DiffInMeans(normalize=True).fit(X, torch.tensor(acts.labels)).directions_
-
-
-def first_token_kl(model: "Model", prompts: Sequence[str], intervention: Intervention | None,
-                   clean: Float[Tensor, "n vocab"] | None = None, system: str | None = None,
-                   batch_size: int = 16) -> float:
-    """Mean first-token KL(plain || edited) over `prompts` (heretic's KL; `clean`: the plain logits if known)."""
-    if clean is None:
-        clean = model.logits(prompts, system=system, batch_size=batch_size)
-    ivs = [intervention] if intervention is not None else []
-    with model.intervene(*ivs):
-        edited = model.logits(prompts, system=system, batch_size=batch_size)
-    return kl_rows(clean)(edited, torch.arange(len(prompts))).mean().item()
 
 
 def pareto_front(values: Sequence[tuple[float, float]]) -> list[int]:
@@ -307,16 +295,18 @@ class _Evaluator:
         return refusals, kl
 
 
-def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], harmless: list[str],
-                  clean_harmless: Tensor, cfg: SearchConfig) -> dict:
-    """Greedy answers to held-out harmful prompts judged by the substring judge, and first-token KL on harmless."""
+def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], reference: Reference,
+                  cfg: SearchConfig) -> dict:
+    """Greedy answers to held-out harmful prompts judged by the substring judge, and the capability cost on the
+    harmless prompts of `reference` (`interp.scoring.capability_cost`: first-token KL, as heretic, and the
+    cross-entropy of the plain model's own completions)."""
     ivs = [iv] if iv is not None else []
     answers = model.generate(harmful, max_new_tokens=cfg.max_new_tokens, system=cfg.system_value, interventions=ivs,
                              batch_size=cfg.batch_size, progress=False)
     refused = SubstringJudge().refused(answers)
-    kl = first_token_kl(model, harmless, iv, clean_harmless, cfg.system_value, cfg.batch_size) if iv is not None else 0.0
+    cost = capability_cost(model, reference, interventions=ivs, batch_size=min(cfg.batch_size, 16))
     return {"refusal_rate": sum(refused) / len(refused), "refusals": sum(refused), "n_harmful": len(harmful),
-            "kl": kl, "answers": answers}
+            "kl": cost["kl"], "ce": cost["ce"], "ce_clean": cost["ce_clean"], "answers": answers}
 
 
 def _check_set(name: str, s) -> list[str]:
@@ -382,27 +372,29 @@ def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
     timings["trials"] = time.perf_counter() - t
     pareto = pareto_front([(r["refusals"], r["kl"]) for r in trials])
 
-    # final: held-out generation + judge for the Pareto points (fewest proxy refusals first, then lower KL)
+    # final: held-out generation + judge for the Pareto points; with `final_points`, that many spread evenly along
+    # the front by KL (its two ends included), so a budget of a few points still spans the trade-off
     t = time.perf_counter()
-    order = sorted(pareto, key=lambda i: (trials[i]["refusals"], trials[i]["kl"]))
-    if cfg.final_points is not None:
-        order = order[:cfg.final_points]
-    clean_test = model.logits(harmless_test, system=cfg.system_value, batch_size=cfg.batch_size)
-    base_final = judge_heldout(model, None, harmful_test, harmless_test, clean_test, cfg)
+    order = sorted(pareto, key=lambda i: (trials[i]["kl"], trials[i]["refusals"]))
+    if cfg.final_points is not None and cfg.final_points < len(order):
+        k = cfg.final_points
+        picks = sorted({round(j * (len(order) - 1) / max(k - 1, 1)) for j in range(k)})
+        order = [order[j] for j in picks]
+    clean_test = reference_completions(model, harmless_test, batch_size=min(cfg.batch_size, 16), system=cfg.system_value)
+    base_final = judge_heldout(model, None, harmful_test, clean_test, cfg)
     baseline["heldout_refusal_rate"] = base_final["refusal_rate"]
     final = []
     for i in tqdm(order, desc="judge Pareto points", unit="point"):
         p = trials[i]["point"]
         point = Point(p["direction_index"], {c: Kernel(**k) for c, k in p["kernels"].items()})
-        final.append({"trial": i, **judge_heldout(model, point.intervention(directions), harmful_test, harmless_test,
-                                                  clean_test, cfg)})
+        final.append({"trial": i, **judge_heldout(model, point.intervention(directions), harmful_test, clean_test, cfg)})
     ref = None
     if isinstance(reference, tuple):
         ref = {"name": reference_name, "refusal_rate": float(reference[0]), "kl": float(reference[1])}
     elif reference is not None:
         r, k = evaluate(reference)
         ref = {"name": reference_name, "proxy_refusals": r, "proxy_kl": k,
-               **judge_heldout(model, reference, harmful_test, harmless_test, clean_test, cfg)}
+               **judge_heldout(model, reference, harmful_test, clean_test, cfg)}
     timings["final"] = time.perf_counter() - t
     chosen = choose(final, cfg.kl_budget)
     chosen["final_on"] = final_on

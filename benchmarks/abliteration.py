@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--n-startup-trials", type=int, default=60)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--final-points", type=int, default=None, help="judge at most this many Pareto points")
+    ap.add_argument("--final-points", type=int, default=None, help="judge at most this many Pareto points, spread along the front by KL")
     ap.add_argument("--kl-budget", type=float, default=0.1)
     ap.add_argument("--trial-refusals", default="first_token", choices=["first_token", "generate"])
     ap.add_argument("--system", default=None, help="none | default | TEXT (default: the chat template's own)")
@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
         # the best Pareto point at no more KL than the reference, whatever the budget rule chose
         under = [f for f in res.final if f["kl"] <= ref["kl"]]
         best_under = min(under, key=lambda f: (f["refusal_rate"], f["kl"])) if under else None
-        out["comparison"] = {"chosen": {"refusal_rate": chosen["refusal_rate"], "kl": chosen["kl"]},
-                             "reference": {"refusal_rate": ref["refusal_rate"], "kl": ref["kl"]},
+        out["comparison"] = {"chosen": {k: chosen[k] for k in ("trial", "refusal_rate", "kl", "ce")},
+                             "reference": {k: ref[k] for k in ("refusal_rate", "kl", "ce")},
+                             "ce_clean": ref["ce_clean"],
                              "fewer_refusals_at_no_more_kl": fewer, "same_refusals_at_half_kl_or_less": same_lower,
                              "target_met": fewer or same_lower,
                              "best_pareto_point_at_reference_kl": None if best_under is None else

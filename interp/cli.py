@@ -159,7 +159,7 @@ def directions_search(
         seed: int = typer.Option(0, help="TPE sampler seed"),
         max_new_tokens: int = typer.Option(256, help="greedy tokens of the judged answers on the Pareto points"),
         n_startup_trials: int = typer.Option(60, help="random trials before TPE (heretic: 60)"),
-        final_points: Optional[int] = typer.Option(None, help="judge at most this many Pareto points"),
+        final_points: Optional[int] = typer.Option(None, help="judge at most this many Pareto points, spread along the front by KL"),
         kl_budget: float = typer.Option(0.1, help="chosen point: fewest refusals with KL <= this"),
         trial_refusals: str = typer.Option("first_token", help="first_token (one forward) | generate (heretic)"),
         system: Optional[str] = typer.Option(None, help="none | default | TEXT (default: the chat template's own)"),
