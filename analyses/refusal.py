@@ -83,7 +83,9 @@ class RefusalConfig:
     n_val: int = 32  # validation prompts per class drawn (seeded) when none are given
     val_source: str = "bundled"  # "bundled": the separate validation splits; "carve": held out of the training sets
     filter: bool = True  # keep harmful prompts with baseline refusal score > 0, harmless < 0 (Arditi's filter_data)
-    min_kept: int = 2  # a filter that keeps fewer prompts of a set is relaxed (the set kept whole) and says so
+    min_kept: int = 8  # a filter keeping fewer prompts of a set is relaxed openly (greedy first token, then the
+    # whole set): a mean difference or a validation score over fewer prompts is too noisy to select on (with 2,
+    # Qwen2.5-Coder-0.5B's score filter kept 7 of 128 harmful training and 2 of 32 validation prompts)
     system: str = "none"  # "none": no system turn (Arditi); "default": the template's own; any other text
     shortlist: int | None = 32  # candidates scored exactly after attribution ranking; None: all of them
     max_layer_frac: float = 0.8  # filter (d): candidates only below this fraction of the depth
