@@ -64,8 +64,8 @@ def qwen() -> interp.Model:
 # ----- the real refusing model's refusal direction, refusal score and refused prompts, from bundled prompts -----
 
 QWEN_N_TRAIN = 16  # harmful and harmless training prompts each
-QWEN_REFUSAL_LAYER = 15  # resid_pre at the last prompt token: the site refusal.run picks on this model (README)
-QWEN_PROBE_LAYER = 8  # resid_post, 1/3 of the depth: the attack's default layer
+QWEN_REFUSAL_LAYER = 15  # resid_pre at the last prompt token: the site refusal.run picks on this model (refusal_qwen05.json)
+QWEN_PROBE_LAYER = 8  # resid_post, 1/3 of the depth (the attack now picks 9, 13, 17, 21 by probe accuracy here)
 
 
 @pytest.fixture(scope="session")
