@@ -49,7 +49,7 @@ bench: models
 		--max-new-tokens 256 --skip-loop --gen-prompts 4 --gen-runs 1 --save-direction out/bench/arditi_dir \
 		--out $(BENCH)/refusal_qwen05.json
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.abliteration --model qwen2.5-coder-0.5b-instruct --arditi out/bench/arditi_dir \
-		--system none --n-train 128 --n-val 32 --n-test 32 --trials 40 --n-startup-trials 16 --final-points 3 \
+		--system none --n-train 128 --n-val 32 --n-test 32 --trials 30 --n-startup-trials 12 --final-points 2 \
 		--max-new-tokens 256 --out $(BENCH)/abliteration_qwen05.json
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 16 --forwards 256 \
 		--methods ssr,gcg,nanogcg --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json

@@ -18,7 +18,8 @@ The method, as heretic does it (v1.0, the version behind its README's results):
 
 Departures, each a named option recorded in the Result (`config` and `departures`):
 - `trial_refusals="first_token"` (default): a trial's refusal count is the number of harmful validation prompts
-  whose first-token refusal score (`RefusalScore`, Arditi et al.) is > 0, read off the same single batched
+  whose greedy first token is a refusal token (`RefusalScore.greedy_refuses`; the score > 0 rule saw 2 of 32
+  refusals on Qwen2.5-Coder-0.5B, which refuses greedily at p < 0.5), read off the same single batched
   forward that gives the KL, instead of heretic's greedy generation (100 tokens) judged by refusal substrings
   (`trial_refusals="generate"` does that, at `trial_max_new_tokens`). The final Pareto points are then judged
   by generation and the substring judge on held-out prompts, so the cheap proxy never decides the report alone.
@@ -64,7 +65,7 @@ class SearchConfig:
     n_trials: int = 200  # heretic's default
     n_startup_trials: int = 60  # heretic's default: random trials before TPE models the front
     seed: int = 0
-    trial_refusals: str = "first_token"  # "first_token" (one forward, refusal score > 0) | "generate" (heretic)
+    trial_refusals: str = "first_token"  # "first_token" (one forward: greedy first token a refusal token) | "generate" (heretic)
     trial_max_new_tokens: int = 100  # heretic's max_response_length, for trial_refusals="generate"
     max_new_tokens: int = 256  # greedy tokens of the final, judged answers on held-out prompts
     final_points: int | None = None  # judge at most this many Pareto points (spread evenly along the front by KL); None: all
@@ -249,7 +250,7 @@ class AbliterationSearchResult(Result):
 def _departures(cfg: SearchConfig) -> dict:
     out = {"last_layer_direction": "hook_resid_post before the final norm (heretic: after it)"}
     if cfg.trial_refusals == "first_token":
-        out["trial_refusals"] = "first-token refusal score > 0 (one forward) instead of generation + substrings"
+        out["trial_refusals"] = "greedy first token is a refusal token (one forward) instead of generation + substrings"
     out["choose"] = f"fewest held-out refusals with KL <= {cfg.kl_budget} (heretic: the user picks)"
     if cfg.system is None:
         out["system"] = "the chat template's default system prompt (heretic: 'You are a helpful assistant.')"
@@ -287,7 +288,7 @@ class _Evaluator:
             logits = m.logits(self.harmful + self.harmless, system=cfg.system_value, batch_size=cfg.batch_size)
         kl = self.kl(logits[nh:], torch.arange(len(self.harmless))).mean().item()
         if cfg.trial_refusals == "first_token":
-            refusals = int((self.refusal.score_logits(logits[:nh]) > 0).sum())
+            refusals = int(self.refusal.greedy_refuses(logits[:nh]).sum())
         else:
             answers = m.generate(self.harmful, max_new_tokens=cfg.trial_max_new_tokens, system=cfg.system_value,
                                  interventions=ivs, batch_size=cfg.batch_size, progress=False)

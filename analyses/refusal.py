@@ -297,8 +297,7 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     relaxations: list[str] = []
     if cfg.filter:
         t = time.perf_counter()
-        ids = torch.tensor(refusal.refusal_ids_)
-        first = lambda lg: torch.isin(lg.argmax(-1), ids)  # greedy first token is a refusal token
+        first = refusal.greedy_refuses
         lh, ls = model.logits(harmful_train, batch_size=cfg.batch_size), model.logits(harmless_train, batch_size=cfg.batch_size)
         args = dict(min_kept=cfg.min_kept, counts=counts, relaxations=relaxations)
         harmful_train = filter_by_score(harmful_train, refusal.score_logits(lh), True, "harmful_train", first_token=first(lh), **args)

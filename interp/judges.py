@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp.chat_judge import ChatModelJudge  # noqa: F401  (re-exported: the judges in one place)
@@ -328,6 +328,15 @@ class RefusalScore:
     def _check_fitted(self) -> None:
         if not self.refusal_ids_:
             raise InterpError("this RefusalScore has no refusal tokens: call RefusalScore.fit(...) or pass refusal_ids")
+
+    def greedy_refuses(self, logits: Float[Tensor, "n vocab"]) -> Bool[Tensor, "n"]:
+        """True where the greedy first token is a refusal token. Calibration-free, unlike `score_logits` > 0
+        (p > 0.5): small models refuse greedily with p(refusal tokens) well under 0.5 (Qwen2.5-Coder-0.5B: 0.2-0.5),
+        where the score is negative although the answer is a refusal."""
+        self._check_fitted()
+        if logits.ndim != 2:
+            raise InterpError(f"logits must be [n, vocab], got shape {tuple(logits.shape)}")
+        return torch.isin(logits.argmax(-1), torch.tensor(self.refusal_ids_, device=logits.device))
 
     def score_logits(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
         """log p - log(1 - p) with p the softmax mass on the refusal tokens, computed stably as

@@ -364,3 +364,15 @@ def test_smollm2_stand_in_is_no_classifier(smol):
     assert all(verdicts)
     assert sum(v == r["harmful"] for v, r in zip(verdicts, rows)) == sum(r["harmful"] for r in rows) == 5
     assert p.sum(-1).median() < 0.1  # most of its mass is on no verdict at all
+
+
+def test_greedy_refusal_counts_a_refusal_token_argmax_below_half_probability():
+    """A refusal token that wins the argmax at p ~ 0.3 is a greedy refusal, though its log-odds score is negative
+    (the case of Qwen2.5-Coder-0.5B, where `score > 0` saw 2 of 32 refused prompts)."""
+    rs = RefusalScore(refusal_ids=[3])
+    p = torch.full((2, 10), 0.7 / 9)
+    p[0, 3] = 0.3  # argmax, p < 0.5
+    p[1, 3], p[1, 5] = 0.2, 0.3  # argmax elsewhere
+    logits = p.log()
+    assert rs.score_logits(logits)[0] < 0
+    assert rs.greedy_refuses(logits).tolist() == [True, False]
