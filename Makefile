@@ -38,7 +38,8 @@ test-slow: models
 	$(PY) -m pytest -q -m slow
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
-# versions, date). About 3 hours on a 2-core CPU (capture ~2 min, refusal ~10, attack ~7, patching ~15, heads ~6,
+# versions, date). About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,
+# patching ~15, heads ~6,
 # das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
 # available (~3 min on an H100). Attack logs go to out/bench/.
 BENCH := benchmarks/results
