@@ -73,9 +73,10 @@ def test_bad_prompt_sets(smol):
 
 @pytest.mark.slow
 def test_qwen_refusal_direction_works(qwen):
-    """On the real refusing model: ablation cuts refusals of held-out harmful prompts."""
+    """On the real refusing model: ablation cuts refusals of held-out harmful prompts. With the template's own
+    system prompt (a named option): without one (the default) this model refuses only a third of these prompts."""
     res = refusal.run(qwen, dataset("harmful_train", n=40), dataset("harmless_train", n=40),
-                      config=refusal.RefusalConfig(n_val=12, shortlist=12))
+                      config=refusal.RefusalConfig(n_val=12, shortlist=12, system="default"))
     ev = refusal.evaluate(qwen, res.direction, dataset("advbench", n=12), dataset("harmless_val", n=6), max_new_tokens=32,
                           orthogonalized=False)
     rates = ev["refusal_rate"]
