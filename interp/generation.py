@@ -17,11 +17,35 @@ if TYPE_CHECKING:
     from interp.model import Model
 
 
+class Completion(str):
+    """A generated text (decoded without special tokens, stripped) that also carries the token ids the model
+    generated, `ids`: the new tokens up to, not including, the first end-of-sequence token. Scores computed on
+    "the model's own completions" read `ids`, never a re-tokenisation of the text (which can differ)."""
+
+    ids: tuple[int, ...]
+
+    def __new__(cls, text: str, ids: Sequence[int]) -> "Completion":
+        obj = super().__new__(cls, text)
+        obj.ids = tuple(int(i) for i in ids)
+        return obj
+
+
+def _until_eos(tokens: Sequence[int], eos: int | Sequence[int] | None) -> list[int]:
+    stop = set([eos] if isinstance(eos, int) else (eos or []))
+    out = []
+    for t in tokens:
+        if t in stop:
+            break
+        out.append(int(t))
+    return out
+
+
 @torch.no_grad()
 def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
              chat: bool | None = None, system: str | None = None, interventions: Sequence["Intervention"] = (),
-             progress: bool | None = None, use_prefix_cache: bool | None = None) -> list[str]:
-    """Greedy completions of `prompts` (chat-formatted by default), returning only the new text.
+             progress: bool | None = None, use_prefix_cache: bool | None = None) -> list[Completion]:
+    """Greedy completions of `prompts` (chat-formatted by default), returning only the new text, each a
+    `Completion` (a str) that carries its generated token ids.
 
     Prompts are sorted by length into left-padded batches (kept in order under a row-dependent intervention);
     HF `generate` derives position ids from the attention mask and keeps a KV cache; interventions are hooks,
@@ -33,7 +57,7 @@ def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, b
         raise InterpError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     texts = model.prepare_prompts(prompts, chat, system)
     ids = model.encode(texts)
-    out: list[str] = [""] * len(ids)
+    out: list[Completion] = [Completion("", ())] * len(ids)
     show = progress if progress is not None else len(ids) > batch_size
     eos = model.hf.generation_config.eos_token_id
     with applied(model, interventions), tqdm(total=len(ids), desc="generate", unit="prompt", disable=not show) as bar:
@@ -54,6 +78,7 @@ def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, b
             )
             new = gen[:, inputs["input_ids"].shape[1]:]
             for row, tokens in zip(rows, new):
-                out[row] = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                out[row] = Completion(text, _until_eos(tokens.tolist(), eos))
             bar.update(len(rows))
     return out

@@ -44,8 +44,6 @@ class HeadSteering:
     sigmas: Float[Tensor, "k"]
     alpha: float = 15.0
     provenance: dict = field(default_factory=dict, compare=False)
-    position_dependent = False
-    row_dependent = False
 
     def __post_init__(self) -> None:
         heads = [(int(layer), int(head)) for layer, head in self.heads]

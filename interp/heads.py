@@ -330,8 +330,6 @@ class ChannelEdit:
     head: int
     directions: Float[Tensor, "k d"]
     scale: float = 0.0
-    position_dependent = False
-    row_dependent = False
 
     def z_map(self, model: "Model") -> Float[Tensor, "dh dh"]:
         """P, the map on the head's z (float64)."""

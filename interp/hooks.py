@@ -50,7 +50,9 @@ class ForwardState:
     @property
     def row_dependent(self) -> bool:
         """Whether an active intervention treats batch rows differently (unknown kinds count as dependent)."""
-        return any(getattr(iv, "row_dependent", True) for iv in self.active)
+        from interp.prefix import rule
+
+        return any(rule(iv).rows for iv in self.active)
 
 
 def forward_state(model: "Model") -> ForwardState:
@@ -155,20 +157,30 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
                 handles.append(module.register_forward_hook(_post_hook(model, site, site_fns, fired)))
         if stop_after is not None:
             handles.append(model.layers[stop_after].register_forward_hook(_raise_stop))
+        reached = [-1]  # the deepest layer any forward in the block ran through
+        if require_fired:
+            for i, layer in enumerate(model.layers):
+                handles.append(layer.register_forward_hook(_track_depth(reached, i)))
         try:
             yield fired
         except StopForward:
             pass
         else:
-            if require_fired and fired:
-                # A forward stopped early (capture) legitimately skips deeper layers; shallower ones must have fired.
-                deepest = max(s.layer for s in fired)
-                missing = [s for s in fns if s not in fired and s.layer <= deepest]
+            if require_fired:
+                # A forward stopped early (capture) legitimately skips deeper layers; the layers it ran must have fired.
+                missing = [s for s in fns if s not in fired and s.layer <= reached[0]]
                 if missing:
                     raise InterpError(f"hooks at {', '.join(map(str, sorted(missing)))} never fired: the intervention did nothing there")
     finally:
         for h in handles:
             h.remove()
+
+
+def _track_depth(reached: list[int], layer: int):
+    def hook(module, args, output):
+        reached[0] = max(reached[0], layer)
+
+    return hook
 
 
 def _raise_stop(module, args, output):

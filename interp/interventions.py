@@ -22,11 +22,11 @@ and the block fails loudly if one of its hooks never fired.
   component inside a subspace comes from the source run, x + (source - x) B^T B; the rest of x is kept.
   Same rows, positions and heads as `Patch` (one shared hook); differentiable in a basis tensor (`interp.das`).
 
-Each intervention declares `position_dependent` (it acts differently at different token positions) and
-`row_dependent` (differently on different batch rows). A shared prefix that runs once for many rows
-(`interp.prefix`) runs under the position-independent ones only; position-dependent ones touch only the last
-`tail` tokens of a prompt, which the prefix always leaves to the rows; with a row-dependent one active, capture,
-`logits` and `generate` run every prompt in full, in prompt order.
+How a shared prefix that runs once for many rows (`interp.prefix`) treats each kind is decided there
+(`interp.prefix.rule`), from the kinds it knows, not from flags an intervention sets about itself: it runs
+under the position-independent ones only; position-dependent ones touch only the last `tail` tokens of a
+prompt, which the prefix always leaves to the rows; anything it does not know runs without the cache; with a
+row-dependent one active, capture, `logits` and `generate` run every prompt in full, in prompt order.
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ ABLATION_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 
 
 class Intervention(Protocol):
-    position_dependent: bool  # acts differently at different token positions (then `tail` says where)
-    row_dependent: bool  # acts differently on different batch rows
+    """What to do at which sites; `interp.prefix.rule` says how a prefix cache treats each known kind."""
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]: ...
 
@@ -113,8 +112,6 @@ class Add:
     layer: int
     alpha: float = 1.0
     kind: str = "hook_resid_pre"
-    position_dependent = False
-    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         if isinstance(self.vector, Direction):
@@ -134,8 +131,6 @@ class Ablate:
     subspace: Subspace | Tensor
     layers: Sequence[int] | None = None
     kinds: Sequence[str] = ABLATION_KINDS
-    position_dependent = False
-    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         fn = _ablate_fn(_basis(model, self.subspace).float())
@@ -149,8 +144,6 @@ class Project:
 
     subspace: Subspace | Tensor
     sites: Sequence[str] | str = "hook_resid_post"
-    position_dependent = False
-    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         cast = _Cast(_basis(model, self.subspace).float())
@@ -183,19 +176,6 @@ class Set:
         if not isinstance(self.value, Tensor) or not 1 <= self.value.dim() <= 3:
             raise InterpError("Set value must be a tensor of shape [d], [k, d] (one row per position) or [batch, k, d]")
 
-    @property
-    def tail(self) -> int:
-        """How many final prompt tokens this touches (0: it touches every token alike)."""
-        return 0 if self.positions == "all" else -min(self.positions)
-
-    @property
-    def position_dependent(self) -> bool:
-        return self.positions != "all" or (self.value.dim() >= 2 and self.value.shape[-2] > 1)
-
-    @property
-    def row_dependent(self) -> bool:
-        return self.value.dim() == 3 and self.value.shape[0] > 1
-
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
         cast = _Cast(self.value.float())
@@ -223,8 +203,6 @@ class RowwiseAblate:
 
     directions: Float[Tensor, "batch d"]
     kinds: Sequence[str] = ABLATION_KINDS
-    position_dependent = False
-    row_dependent = True
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         d = _check_vector(model, self.directions, "the row-wise directions").float()
@@ -245,8 +223,6 @@ class RowwiseAdd:
     vectors: Float[Tensor, "batch d"]
     layers: Sequence[int]
     kind: str = "hook_resid_pre"
-    position_dependent = False
-    row_dependent = True
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         v = _check_vector(model, self.vectors, "the row-wise vectors").float()
@@ -276,8 +252,6 @@ class WeightedAblate:
     directions: Float[Tensor, "layer d"]
     attn: Sequence[float]
     mlp: Sequence[float]
-    position_dependent = False
-    row_dependent = False
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         d = _check_vector(model, self.directions, "the per-layer directions").float()
@@ -427,17 +401,10 @@ class Patch:
     positions: str | Sequence[int] = "all"
     heads: Sequence[int] | None = None
     rows: Sequence[int] | None = None
-    position_dependent = True  # a different value at every position
-    row_dependent = True  # a different value on every row
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", _patch_positions("Patch", self.positions))
         _check_source("Patch", self.source, self.rows)
-
-    @property
-    def tail(self) -> int | None:
-        """How many final prompt tokens this touches (None: all of them, each differently: no prefix cache)."""
-        return None if self.positions == "all" else -min(self.positions)
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
@@ -489,8 +456,6 @@ class SubspacePatch:
     positions: str | Sequence[int] = "all"
     heads: Sequence[int] | None = None
     rows: Sequence[int] | None = None
-    position_dependent = True
-    row_dependent = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", _patch_positions("SubspacePatch", self.positions))
@@ -498,10 +463,6 @@ class SubspacePatch:
         if not isinstance(self.subspace, (Subspace, Tensor)):
             raise InterpError(f"SubspacePatch subspace must be a Subspace or a [k, d] tensor of orthonormal rows, "
                               f"got {type(self.subspace).__name__}")
-
-    @property
-    def tail(self) -> int | None:
-        return None if self.positions == "all" else -min(self.positions)
 
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
@@ -519,6 +480,8 @@ class SubspacePatch:
 
 
 def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[Site, list[HookFn]]:
+    from interp.prefix import rule
+
     merged: dict[Site, list[HookFn]] = {}
     for iv in interventions:
         if not hasattr(iv, "hooks"):
@@ -526,7 +489,7 @@ def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[S
         for site, fns in iv.hooks(model).items():
             if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
                 raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")
-            if getattr(iv, "position_dependent", True):  # a shared prefix runs without it (interp.prefix)
+            if not rule(iv).in_prefix:  # a shared prefix runs without it (interp.prefix)
                 fns = [outside_prefix(model, fn) for fn in fns]
             merged.setdefault(site, []).extend(fns)
     return merged

@@ -19,6 +19,7 @@ from interp.sites import Family, Site, check_layer, family_for, parse_sites
 
 if TYPE_CHECKING:
     from interp.activations import Activations
+    from interp.generation import Completion
     from interp.interventions import Intervention
 
 _PLACEHOLDER = "\x00INSTRUCTION\x00"
@@ -304,8 +305,9 @@ class Model:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
                  system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
-                 use_prefix_cache: bool | None = None) -> list[str]:
-        """Greedy, batched, KV-cached generation; returns only the new text of each prompt."""
+                 use_prefix_cache: bool | None = None) -> "list[Completion]":
+        """Greedy, batched, KV-cached generation; returns only the new text of each prompt, as `Completion`s
+        (strings that carry the generated token ids, `.ids`)."""
         from interp.generation import generate
 
         return generate(self, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, system=system,

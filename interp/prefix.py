@@ -58,16 +58,56 @@ def sliding_window(model: "Model") -> int | None:
     return min((w for w in windows if w), default=None)
 
 
+@dataclass(frozen=True)
+class PrefixRule:
+    """How a prefix cache treats one intervention. tail: how many final prompt tokens it touches differently from
+    the rest (0: it acts alike at every token, so it runs in the prefix pass too; None: it cannot be split
+    between a prefix and a suffix, so no prefix may be cached). rows: whether it treats batch rows differently."""
+
+    tail: int | None
+    rows: bool
+
+    @property
+    def in_prefix(self) -> bool:
+        """Whether the intervention also acts while the shared prefix runs (position-independent ones do)."""
+        return self.tail == 0
+
+
+UNKNOWN = PrefixRule(tail=None, rows=True)
+
+
+def rule(iv: Any) -> PrefixRule:
+    """The prefix-cache rule for an intervention, decided here from the kinds of edit this module knows, never
+    from what an intervention says of itself; anything else gets `UNKNOWN` (no prefix cache, rows kept apart)."""
+    from interp.head_steering import HeadSteering
+    from interp.heads import ChannelEdit
+    from interp.interventions import (Ablate, Add, Patch, Project, RowwiseAblate, RowwiseAdd, Set, SubspacePatch,
+                                      WeightedAblate)
+
+    if type(iv) in (Add, Ablate, Project, WeightedAblate, HeadSteering, ChannelEdit):
+        return PrefixRule(tail=0, rows=False)
+    if type(iv) in (RowwiseAdd, RowwiseAblate):
+        return PrefixRule(tail=0, rows=True)
+    if type(iv) is Set:
+        rows = iv.value.dim() == 3 and iv.value.shape[0] > 1
+        one_value = iv.value.dim() == 1 or iv.value.shape[-2] == 1
+        if iv.positions == "all":  # one value everywhere is position-independent; k values at "all" are not
+            return PrefixRule(tail=0 if one_value else None, rows=rows)
+        return PrefixRule(tail=-min(iv.positions), rows=rows)
+    if type(iv) in (Patch, SubspacePatch):
+        return PrefixRule(tail=None if iv.positions == "all" else -min(iv.positions), rows=True)
+    return UNKNOWN
+
+
 def tail(model: "Model") -> int | None:
     """How many final prompt tokens the active position-dependent interventions touch: 0 when none is active,
     None when one cannot say (then no prefix may be cached)."""
     need = 0
     for iv in forward_state(model).active:
-        if getattr(iv, "position_dependent", True):
-            t = getattr(iv, "tail", None)
-            if t is None:
-                return None
-            need = max(need, t)
+        t = rule(iv).tail
+        if t is None:
+            return None
+        need = max(need, t)
     return need
 
 

@@ -116,8 +116,8 @@ def reference_completions(model: "Model", prompts: Sequence[str], n_tokens: int 
     texts = model.prepare_prompts(prompts, system=system)
     prompt_ids = model.encode(texts)
     answers = model.generate(prompts, max_new_tokens=n_tokens, batch_size=batch_size, system=system)
-    completion = [model.tokenizer(a, add_special_tokens=False).input_ids[:n_tokens] or [model.tokenizer.eos_token_id]
-                  for a in answers]
+    # the ids the model generated, not a re-tokenisation of the stripped text (which can differ)
+    completion = [list(a.ids[:n_tokens]) or [model.tokenizer.eos_token_id] for a in answers]
     first, ce = _completion_scores(model, prompt_ids, completion, batch_size)
     return Reference(prompt_ids, completion, first, float(ce.sum() / sum(map(len, completion))), n_tokens)
 

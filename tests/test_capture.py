@@ -37,7 +37,8 @@ def test_batched_left_padding_equals_one_at_a_time(qwen, positions):
                 a = a[batched.mask[i]]
                 b = b[single.mask[0]]
             assert a.shape == b.shape
-            assert (a - b).abs().max() <= 1e-4, (s, positions)
+            # fp32 rounding grows with the value: Qwen's first-token residual norms are in the thousands
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m: f"{s} {positions}: {m}")
 
 
 def test_positions_shapes_and_eoi(smol):
