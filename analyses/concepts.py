@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 
 from interp.concept_router import ConceptRouter
 from interp.errors import InterpError
+from interp.runner import forward
 from interp.interventions import RowwiseAdd
 from interp.languages import canonical, detect
 from interp.prompts import Behavior, dataset_path, read_behaviors
@@ -281,8 +282,7 @@ def target_logprob(model: "Model", prompt_ids: Sequence[Sequence[int]], target_i
     lens = torch.tensor([len(t) for t in target_ids])
     T = int(lens.max())
     batch = model.pad([list(p) + list(t) for p, t in zip(prompt_ids, target_ids)])
-    with model.intervene(*interventions):
-        logits = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=T + 1).logits[:, :-1].float()
+    logits = forward(model, batch, edits=interventions, logits=T + 1).logits[:, :-1].float()
     logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, -T:, None].to(logits.device))[..., 0].cpu()
     mask = torch.arange(T)[None, :] >= (T - lens)[:, None]  # left padding: row i's targets are its last lens[i]
     return (logp * mask).sum(1) / lens

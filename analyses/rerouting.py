@@ -70,8 +70,8 @@ from interp.attacks.losses import RESID, AttackLoss, check_layers
 from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, default_layers, final_rows
 from interp.attacks.run import attack as run_attack
 from interp.errors import InterpError
+from interp.runner import forward
 from interp.estimators import DiffInMeans, class_means, pca
-from interp.hooks import hooked
 from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.sites import Site
 from interp.subspace import Direction, Subspace
@@ -340,8 +340,7 @@ def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n:
 
         fns = {Site(l, "attn.hook_z"): [leaf] for l in range(L + 1)}
         fns[Site(L, RESID)] = [lambda site, x: resid.append(x)]
-        with torch.enable_grad(), hooked(model, fns, stop_after=L):
-            model.hf(**batch.inputs(), use_cache=False)
+        forward(model, batch, hooks=fns, stop_after=L, logits=None, grad=True)
         m = ((resid[0][:, -1].float() - mu0) @ r).sum()
         layers = sorted(zs)
         grads = torch.autograd.grad(m, [zs[l] for l in layers])

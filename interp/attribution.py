@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.hooks import hooked
+from interp.runner import forward
 from interp.sites import Site
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ def residual_gradients(model: "Model", ids: Sequence[Sequence[int]], metric: Met
             fns.setdefault(Site(i, "hook_resid_pre"), []).append(record_pre) if i else None
             fns[Site(i, "hook_attn_out")] = [record_write]
             fns[Site(i, "hook_mlp_out")] = [record_write]
-        with torch.enable_grad(), hooked(model, fns):
-            logits = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        with torch.enable_grad():
+            logits = forward(model, batch, hooks=fns, grad=True).logits.float()
             metric(logits).sum().backward()
         mask = batch.attention_mask.double().cpu()[..., None]
         tokens += int(batch.attention_mask.sum())

@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from interp.activations import Activations
 from interp.errors import InterpError
 from interp.positions import Positions, check_positions, select
-from interp.hooks import forward_state
-from interp.prefix import PrefixKV, shared_prefix, wanted
+from interp.prefix import PrefixKV, row_dependent, shared_prefix, wanted
 from interp.sites import Site
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     if prefix is not None:
         ids = [row[prefix.width:] for row in ids]
     order = list(range(len(ids)))
-    if not forward_state(model).row_dependent:
+    if not row_dependent(model):
         order.sort(key=lambda i: -len(ids[i]))
     n_eoi = model.n_eoi if positions == "eoi" else 0
     chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 from interp import patching as P
 from interp.errors import InterpError
+from interp.runner import forward
 from interp.interventions import Patch, SubspacePatch, site_width
 from interp.prefix import sliding_window
 from interp.subspace import Subspace
@@ -162,8 +163,8 @@ def interchange(model: "Model", task: TaskSet | TaskTokens, site: str, positions
         inputs = P._rows_inputs(model, runs, items, cuts, start)
         src = source[items]
         patch = Patch(s.name, src, positions) if basis is None else SubspacePatch(s.name, basis, src, positions)
-        with model.intervene(patch), P._from_layer(model, start):
-            return model.hf(**inputs, logits_to_keep=1).logits[:, -1].float()
+        with P._from_layer(model, start):
+            return forward(model, **inputs, edits=[patch]).logits.float()
 
     name = task.name if isinstance(task, TaskSet) else "pairs"
     provenance = {"model": model.fingerprint, "site": s.name, "layer": s.layer, "positions": positions, "task": name,

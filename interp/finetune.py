@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
+from interp.runner import forward
 from interp.result import Result
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def batch_loss(model: "Model", rows: Sequence[tuple[list[int], int]]) -> Tensor:
     width = batch.input_ids.shape[1]
     n_answer = [len(ids) - start for ids, start in rows]
     span = max(n_answer)
-    out = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=span + 1)  # columns width-span-1 .. width-1
+    out = forward(model, batch, logits=span + 1)  # columns width-span-1 .. width-1
     logits = out.logits[:, :-1].float()  # these predict the tokens at columns width-span .. width-1
     targets: Int[Tensor, "b span"] = batch.input_ids[:, width - span:].clone()
     cols = torch.arange(span, device=targets.device)

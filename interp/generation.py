@@ -8,9 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.hooks import forward_state
 from interp.interventions import applied
-from interp.prefix import shared_prefix, wanted
+from interp.prefix import row_dependent, shared_prefix, wanted
 
 if TYPE_CHECKING:
     from interp.interventions import Intervention
@@ -65,7 +64,7 @@ def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, b
         if prefix is not None:
             ids = [row[prefix.width:] for row in ids]
         order = list(range(len(ids)))
-        if not forward_state(model).row_dependent:
+        if not row_dependent(model):
             order.sort(key=lambda i: -len(ids[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]

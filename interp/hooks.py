@@ -43,16 +43,11 @@ class ForwardState:
 
     active: list[Any] = field(default_factory=list)
     prefix_pass: bool = False
+    prefix_allowed: frozenset[int] = frozenset()  # ids of the active interventions that act in the prefix pass
     decoding: bool = False
     _last_cache: Any = None  # weak reference to the cache object of the previous forward
     _tracking: int = 0
 
-    @property
-    def row_dependent(self) -> bool:
-        """Whether an active intervention treats batch rows differently (unknown kinds count as dependent)."""
-        from interp.prefix import rule
-
-        return any(rule(iv).rows for iv in self.active)
 
 
 def forward_state(model: "Model") -> ForwardState:
@@ -97,22 +92,25 @@ def tracking_steps(model: "Model") -> Iterator[None]:
 
 
 @contextmanager
-def prefix_pass(model: "Model") -> Iterator[None]:
-    """Mark the forwards in the block as runs of a shared prefix (position-dependent interventions skip them)."""
+def prefix_pass(model: "Model", allowed: frozenset[int] = frozenset()) -> Iterator[None]:
+    """Mark the forwards in the block as runs of a shared prefix: only the interventions whose ids are in
+    `allowed` act there (`interp.prefix` decides which)."""
     state = forward_state(model)
-    old, state.prefix_pass = state.prefix_pass, True
+    old = state.prefix_pass, state.prefix_allowed
+    state.prefix_pass, state.prefix_allowed = True, frozenset(allowed)
     try:
         yield
     finally:
-        state.prefix_pass = old
+        state.prefix_pass, state.prefix_allowed = old
 
 
-def outside_prefix(model: "Model", fn: "HookFn") -> "HookFn":
-    """`fn`, except during a prefix pass, where it leaves the value alone."""
+def outside_prefix(model: "Model", fn: "HookFn", key: int) -> "HookFn":
+    """`fn`, except during a prefix pass that does not allow the intervention `key`, where it leaves the value
+    alone."""
     state = forward_state(model)
 
     def wrapped(site: Site, x: Tensor) -> Tensor | None:
-        return None if state.prefix_pass else fn(site, x)
+        return None if state.prefix_pass and key not in state.prefix_allowed else fn(site, x)
 
     return wrapped
 

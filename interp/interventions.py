@@ -480,8 +480,6 @@ class SubspacePatch:
 
 
 def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[Site, list[HookFn]]:
-    from interp.prefix import rule
-
     merged: dict[Site, list[HookFn]] = {}
     for iv in interventions:
         if not hasattr(iv, "hooks"):
@@ -489,8 +487,7 @@ def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[S
         for site, fns in iv.hooks(model).items():
             if site.kind in ("hook_resid_mid", "attn.hook_pattern"):
                 raise InterpError(f"cannot intervene at {site}: it is read-only here; intervene at hook_attn_out or hook_resid_pre instead")
-            if not rule(iv).in_prefix:  # a shared prefix runs without it (interp.prefix)
-                fns = [outside_prefix(model, fn) for fn in fns]
+            fns = [outside_prefix(model, fn, id(iv)) for fn in fns]  # a prefix pass says if it acts (interp.prefix)
             merged.setdefault(site, []).extend(fns)
     return merged
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.hooks import hooked
+from interp.runner import forward
 from interp.prefix import MIN_PREFIX, PrefixKV, common_prefix_length, usable, wanted
 from interp.sites import Site
 
@@ -132,13 +132,9 @@ def _forward(model: "Model", rows: list[_Row], chunk: list[tuple[int, int]], own
     index = [r for _, r in chunk]
     seen: dict[Site, Tensor] = {}
     fns = {s: [lambda site, x: seen.__setitem__(site, x[:, -1].detach().float().cpu())] for s in sites}
-    if prefix is not None:
-        inputs = prefix.inputs(batch, torch.tensor([g for g, _ in chunk]), stop_layer=stop)
-    else:
-        inputs = {**batch.inputs(), "use_cache": False}
+    cont = torch.tensor([g for g, _ in chunk]) if prefix is not None else None
     scored = [len(rows[r].ids) - rows[r].start for r in index]
-    with hooked(model, fns, stop_after=stop):
-        out = model.hf(**inputs, logits_to_keep=max(scored) + 1)
+    out = forward(model, batch, hooks=fns, prefix=prefix, rows=cont, stop_after=stop, logits=max(scored) + 1)
     for s in sites:
         got[s].append((index, seen[s]))
     if stop is not None:

@@ -326,6 +326,7 @@ class Model:
         """
         from interp.capture import pad_left
         from interp.prefix import shared_prefix, wanted
+        from interp.runner import forward
 
         ids = self.encode(self.prepare_prompts(prompts, chat, system))
         prefix = shared_prefix(self, ids) if wanted(self, use_prefix_cache) and last_only else None
@@ -335,10 +336,9 @@ class Model:
         outs = []
         for start in range(0, len(ids), batch_size):
             tb = self.pad(ids[start:start + batch_size])
-            inputs = prefix.inputs(tb) if prefix is not None else {**tb.inputs(), "use_cache": False}
-            out = self.hf(**inputs, logits_to_keep=1 if last_only else 0).logits
+            out = forward(self, tb, prefix=prefix, logits="last" if last_only else "all").logits
             if last_only:
-                outs.append(out[:, -1].float().cpu())
+                outs.append(out.float().cpu())
             else:
                 out = out.float() * tb.attention_mask[..., None]
                 outs.append(pad_left(out.cpu(), width, [1]))

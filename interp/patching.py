@@ -56,11 +56,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformers import DynamicCache
 
 from interp.capture import pad_left
 from interp.errors import InterpError
-from interp.hooks import hooked
+from interp.runner import forward
 from interp.interventions import Patch
 from interp.prefix import PrefixKV, sliding_window
 from interp.sites import Site, check_head
@@ -131,10 +130,9 @@ def _forward_keep(model: "Model", ids: list[list[int]], sites: Sequence[Site], w
         batch = model.pad(ids[start:start + batch_size])
         got: dict[Site, Tensor] = {}
         fns = {s: [lambda site, x: got.__setitem__(site, x.detach().float().cpu())] for s in sites}
-        cache = DynamicCache() if keep_kv else None  # no config: every key of every layer is kept
-        with hooked(model, fns):
-            out = model.hf(**batch.inputs(), past_key_values=cache, use_cache=keep_kv, logits_to_keep=1)
-        logits.append(out.logits[:, -1].float().cpu())
+        out = forward(model, batch, hooks=fns, keep_cache=keep_kv)
+        cache = out.cache
+        logits.append(out.logits.float().cpu())
         for s in sites:
             acts[s].append(pad_left(got[s], width, [1]))
         if keep_kv:
@@ -227,24 +225,24 @@ def _from_layer(model: "Model", start: int) -> Iterator[None]:
 
 
 def _rows_inputs(model: "Model", runs: Runs, items: list[int], cuts: list[int], start: int = 0) -> dict:
-    """The forward inputs of corrupted-run rows (item `items[r]`, running its tokens from `cuts[r]` on, the first
+    """The `interp.runner.run` arguments for the forward of corrupted-run rows (item `items[r]`, running its tokens from `cuts[r]` on, the first
     `cuts[r]` tokens continued from the corrupted keys and values), for a forward that starts at layer `start`
     (inside `_from_layer`; the corrupted residual stream at that layer is fed as `inputs_embeds`)."""
     batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
-    if max(cuts) > 0:
-        inputs = _prefix_rows(model, runs, items, cuts).inputs(batch, rows=torch.arange(len(items)))
-    else:
-        inputs = {**batch.inputs(), "use_cache": False}
-    if start > 0:  # the corrupted residual stream at layer `start`, at the positions each row runs
-        resid = runs.corrupted[Site(start, "hook_resid_pre")]
-        width = batch.input_ids.shape[1]
-        embeds = torch.zeros(len(items), width, resid.shape[-1])
-        for r, (i, c) in enumerate(zip(items, cuts)):
-            k = runs.lengths[i] - c
-            embeds[r, width - k:] = resid[i, runs.width - k:]
-        inputs.pop("input_ids")
-        inputs["inputs_embeds"] = embeds.to(model.device, model.dtype)
-    return inputs
+    prefix = _prefix_rows(model, runs, items, cuts) if max(cuts) > 0 else None
+    rows = torch.arange(len(items)) if prefix is not None else None
+    if start == 0:
+        return {"batch": batch, "prefix": prefix, "rows": rows}
+    inputs = prefix.inputs(batch, rows=rows) if prefix is not None else batch.inputs()
+    # the corrupted residual stream at layer `start`, at the positions each row runs
+    resid = runs.corrupted[Site(start, "hook_resid_pre")]
+    width = batch.input_ids.shape[1]
+    embeds = torch.zeros(len(items), width, resid.shape[-1])
+    for r, (i, c) in enumerate(zip(items, cuts)):
+        k = runs.lengths[i] - c
+        embeds[r, width - k:] = resid[i, runs.width - k:]
+    return {"inputs_embeds": embeds.to(model.device, model.dtype), "attention_mask": inputs["attention_mask"],
+            "position_ids": inputs["position_ids"], "cache": inputs.get("past_key_values")}
 
 
 def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locations: list[Location],
@@ -266,8 +264,8 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
     if not reuse_prefix:
         cuts = [0] * len(rows)
     inputs = _rows_inputs(model, runs, items, cuts, start)
-    with model.intervene(*patches), _from_layer(model, start):
-        logits = model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+    with _from_layer(model, start):
+        logits = forward(model, **inputs, edits=patches, require_fired=True).logits.float().cpu()
     index = torch.tensor(items)
     return logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
 
@@ -341,8 +339,8 @@ def attribution(model: "Model", runs: Runs, locations: Sequence[Location], batch
         fns: dict[Site, list] = {Site(0, "hook_resid_pre"): [leaf]}
         for s in sites:
             fns.setdefault(s, []).append(record)
-        with torch.enable_grad(), hooked(model, fns):
-            logits = model.hf(**batch.inputs(), use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        with torch.enable_grad():
+            logits = forward(model, batch, hooks=fns, grad=True).logits.float()
             index = slice(start, start + batch.input_ids.shape[0])
             logit_diff(logits, tok.answer[index], tok.wrong[index]).sum().backward()
         for s in sites:
@@ -394,7 +392,6 @@ def path_patching(model: "Model", tokens: TaskTokens, senders: Senders, receiver
         chunk = rows[s:s + rows_per_forward]
         items = [i for _, i in chunk]
         batch = model.pad([runs.tokens.corrupted[i] for i in items])
-        inputs = {**batch.inputs(), "use_cache": False}
         # run 2: every head below the receivers frozen to the corrupted run, the sender's set to the clean run
         frozen = []
         for site in z_sites:
@@ -406,12 +403,10 @@ def path_patching(model: "Model", tokens: TaskTokens, senders: Senders, receiver
             frozen.append(Patch(site.name, src))
         got: dict[Site, Tensor] = {}
         keep = {site: [lambda st, x: got.__setitem__(st, x.detach().clone())] for site in recv_heads}
-        with model.intervene(*frozen), hooked(model, keep, stop_after=top):
-            model.hf(**inputs)
+        forward(model, batch, hooks=keep, edits=frozen, stop_after=top, logits=None)
         # run 3: only the receivers' q/k/v from run 2
         patches = [Patch(site.name, got[site], "all", heads=heads) for site, heads in recv_heads.items()]
-        with model.intervene(*patches):
-            logits = model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+        logits = forward(model, batch, edits=patches, require_fired=True).logits.float().cpu()
         index = torch.tensor(items)
         ld = logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
         total.index_add_(0, torch.tensor([g for g, _ in chunk]), ld)

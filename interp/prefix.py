@@ -35,7 +35,8 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from interp.errors import InterpError
-from interp.hooks import forward_state, hooked, prefix_pass
+from interp.hooks import forward_state, prefix_pass
+from interp.runner import forward
 
 if TYPE_CHECKING:
     from interp.model import Model, TokenBatch
@@ -99,6 +100,16 @@ def rule(iv: Any) -> PrefixRule:
     return UNKNOWN
 
 
+def row_dependent(model: "Model") -> bool:
+    """Whether an active intervention treats batch rows differently (unknown kinds count as dependent)."""
+    return any(rule(iv).rows for iv in forward_state(model).active)
+
+
+def in_prefix(model: "Model") -> frozenset[int]:
+    """The ids of the active interventions that act in a prefix pass (the position-independent ones)."""
+    return frozenset(id(iv) for iv in forward_state(model).active if rule(iv).in_prefix)
+
+
 def tail(model: "Model") -> int | None:
     """How many final prompt tokens the active position-dependent interventions touch: 0 when none is active,
     None when one cannot say (then no prefix may be cached)."""
@@ -115,9 +126,8 @@ def usable(model: "Model", longest: int, suffix: int = 1) -> bool:
     """Whether continuing a prefix cache gives the full forward's numbers for padded rows of up to `longest`
     tokens whose own parts (after the prefix) are at least `suffix` tokens long, under the interventions
     active now (see the module docstring)."""
-    state = forward_state(model)
     need = tail(model)
-    if state.row_dependent or need is None or need > suffix:
+    if row_dependent(model) or need is None or need > suffix:
         return False
     window = sliding_window(model)
     return window is None or longest <= window
@@ -170,9 +180,8 @@ class PrefixKV:
         if any(len(p) == 0 for p in prefixes):
             raise InterpError("an empty prefix cannot be cached; leave that row without a prefix")
         batch = model.pad(prefixes)
-        cache = DynamicCache()  # no config: sliding-window layers would keep only their window of the prefix
-        with prefix_pass(model), hooked(model, {}, stop_after=stop_layer):
-            model.hf(**batch.inputs(), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with prefix_pass(model, in_prefix(model)):  # keep_cache: no config, sliding-window layers would keep only their window
+            cache = forward(model, batch, keep_cache=True, stop_after=stop_layer, logits=None).cache
         kv = [(layer.keys, layer.values) for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
         return cls(batch.input_ids, batch.lengths, kv, model.hf.config)
 
@@ -206,10 +215,8 @@ class PrefixKV:
             raise InterpError("an empty suffix cannot extend a prefix; keep that row's prefix as it is")
         batch = model.pad(suffixes)
         rows = self._rows(rows, len(suffixes))
-        inputs = self.inputs(batch, rows, stop_layer=len(self.kv) - 1)
-        cache = inputs["past_key_values"]
-        with prefix_pass(model), hooked(model, {}, stop_after=len(self.kv) - 1):
-            model.hf(**inputs, logits_to_keep=1)
+        with prefix_pass(model, in_prefix(model)):
+            cache = forward(model, batch, prefix=self, rows=rows, stop_after=len(self.kv) - 1, logits=None).cache
         kv = [(layer.keys, layer.values) for layer in cache.layers[:len(self.kv)]]
         return PrefixKV(torch.cat([self.ids[rows].to(batch.input_ids), batch.input_ids], 1),
                         self.lengths[rows].to(batch.input_ids) + batch.lengths, kv, self.config,

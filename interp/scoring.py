@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from interp.interventions import Intervention, RowwiseAblate, RowwiseAdd
 from interp.prefix import PrefixKV, shared_length
+from interp.runner import forward
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -47,9 +48,8 @@ def per_candidate(model: "Model", ids: Sequence[Sequence[int]], n_candidates: in
         cand = torch.tensor([c for c, _ in chunk])
         prompt = torch.tensor([p for _, p in chunk])
         batch = model.pad([ids[p] for p in prompt.tolist()])
-        inputs = prefix.inputs(batch, rows=cand) if prefix is not None else {**batch.inputs(), "use_cache": False}
-        with model.intervene(make(cand)):
-            logits = model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+        logits = forward(model, batch, edits=[make(cand)], prefix=prefix, rows=cand if prefix is not None else None,
+                     require_fired=True).logits.float().cpu()
         out[cand, prompt] = reduce(logits, prompt)
     return out
 
@@ -129,7 +129,7 @@ def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: 
     for start in range(0, len(prompt_ids), batch_size):
         rows = [p + c for p, c in zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])]
         batch = model.pad(rows)
-        logp = model.hf(**batch.inputs(), use_cache=False).logits.float().log_softmax(-1).cpu()
+        logp = forward(model, batch, logits="all").logits.float().log_softmax(-1).cpu()
         width = logp.shape[1]
         for b, (p, c) in enumerate(zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])):
             first = width - len(c) - 1  # the last prompt position predicts the first completion token

@@ -4,7 +4,6 @@ its command line and notebook, and clear errors on bad inputs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -53,7 +53,7 @@ from transformers import DynamicCache
 
 from interp.attacks.losses import AttackLoss, RowBatch
 from interp.errors import InterpError
-from interp.hooks import eager_attention, hooked
+from interp.runner import forward
 from interp.prefix import PrefixKV, usable
 
 if TYPE_CHECKING:
@@ -311,16 +311,14 @@ class Batcher:
         def keep(site, value):
             acts[site] = loss.read(site, value)
 
-        out = None
-        with eager_attention(self.model, loss.needs_pattern), \
-                hooked(self.model, {s: [keep] for s in loss.sites}, stop_after=loss.stop_layer):
-            out = self.model.hf(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                                use_cache=cache is not None, logits_to_keep=loss.logits_to_keep(self.target_ids.shape[1]))
+        out = forward(self.model, inputs_embeds=x, attention_mask=mask, position_ids=position_ids, cache=cache,
+                  hooks={s: [keep] for s in loss.sites}, stop_after=loss.stop_layer, eager=loss.needs_pattern,
+                  logits=loss.logits_to_keep(self.target_ids.shape[1]))
         batch = RowBatch(
             prompt=rows, mask_cols=cols + pmask.shape[1], target_ids=self.target_ids[rows],
             target_mask=self.target_mask[rows], refs={k: v[rows] for k, v in self.refs.items()},
         )
-        return acts, None if out is None else out.logits, batch
+        return acts, out.logits, batch
 
 
 def _is_oom(e: BaseException) -> bool:

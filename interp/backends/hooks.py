@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from interp.hooks import eager_attention, hooked
+from interp.runner import forward
 from interp.sites import Site
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ class HooksBackend:
             got[site] = reduce(site, x)
 
         need_eager = any(s.kind == "attn.hook_pattern" for s in sites)
-        with eager_attention(self.model, need_eager), hooked(self.model, {s: [keep] for s in sites}, stop_after=stop_layer):
-            inputs = prefix.inputs(batch, stop_layer=stop_layer) if prefix is not None else {**batch.inputs(), "use_cache": False}
-            self.model.hf(**inputs)
+        forward(self.model, batch, hooks={s: [keep] for s in sites}, prefix=prefix, stop_after=stop_layer, logits=None,
+            eager=need_eager)
         return got
