@@ -83,7 +83,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
             raise InterpError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
-    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise; restored below
     try:
         tok = AutoTokenizer.from_pretrained(where)
         hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
@@ -94,6 +95,9 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
                 f"from this machine: use a bundled model ({', '.join(BUNDLED)}), a local folder or a .gguf file"
             ) from e
         raise
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     hf.to(device)
     hf.requires_grad_(False)
     if remote and backend != "nnsight":

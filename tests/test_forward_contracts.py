@@ -97,3 +97,14 @@ def test_capability_cost_scores_the_generated_ids(tiny):
     assert retokenised != ref.completion_ids  # the premise: the two differ on at least one completion
     for g in generated:
         assert str(g) == tiny.tokenizer.decode(list(g.ids), skip_special_tokens=True).strip()
+
+
+def test_loading_leaves_hf_progress_bars_as_they_were():
+    """`interp.load` silences transformers' progress bars for the load only, not for the whole process."""
+    from transformers.utils import logging as hf_logging
+
+    from tests.conftest import load
+
+    hf_logging.enable_progress_bar()
+    load("smollm2-135m-instruct")
+    assert hf_logging.is_progress_bar_enabled()

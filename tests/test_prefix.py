@@ -190,8 +190,12 @@ def test_prefix_cache_in_bf16(smol):
         cached = model.capture(PROMPTS, READ, use_prefix_cache=True)[READ]
         full = model.capture(PROMPTS, READ, use_prefix_cache=False)[READ]
         logits = model.logits(PROMPTS, use_prefix_cache=True), model.logits(PROMPTS, use_prefix_cache=False)
+        single = torch.cat([model.logits([p], use_prefix_cache=False) for p in PROMPTS])
     assert close(cached, full, torch.bfloat16)
-    assert close(*logits, torch.bfloat16)
+    # bf16 logits after 30 layers differ with the computation order alone (one prompt at a time vs batched:
+    # max |diff| near 2 on logits near 30), so the cache is judged against that noise floor, measured here
+    kl = lambda a, b: (b.log_softmax(-1).exp() * (b.log_softmax(-1) - a.log_softmax(-1))).sum(-1).max()  # noqa: E731
+    assert kl(logits[0], logits[1]) <= 4 * max(float(kl(single, logits[1])), 1e-3)
     assert registered_hooks(model) == 0
 
 
