@@ -98,7 +98,7 @@ def residual_gradients(model: "Model", ids: Sequence[Sequence[int]], metric: Met
             fns[Site(i, "hook_attn_out")] = [record_write]
             fns[Site(i, "hook_mlp_out")] = [record_write]
         with torch.enable_grad():
-            logits = forward(model, batch, hooks=fns, grad=True).logits.float()
+            logits = forward(model, batch, hooks=fns).logits.float()
             metric(logits).sum().backward()
         mask = batch.attention_mask.double().cpu()[..., None]
         tokens += int(batch.attention_mask.sum())

@@ -49,7 +49,6 @@ class ForwardState:
     _tracking: int = 0
 
 
-
 def forward_state(model: "Model") -> ForwardState:
     """The model's `ForwardState`, created on first use."""
     state = model.__dict__.get("_forward_state")
@@ -155,10 +154,10 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
                 handles.append(module.register_forward_hook(_post_hook(model, site, site_fns, fired)))
         if stop_after is not None:
             handles.append(model.layers[stop_after].register_forward_hook(_raise_stop))
-        reached = [-1]  # the deepest layer any forward in the block ran through
+        reached: set[int] = set()  # the layers of `fns` that some forward in the block started
         if require_fired:
-            for i, layer in enumerate(model.layers):
-                handles.append(layer.register_forward_hook(_track_depth(reached, i)))
+            for i in sorted({s.layer for s in fns}):
+                handles.append(model.layers[i].register_forward_pre_hook(_mark_reached(reached, i)))
         try:
             yield fired
         except StopForward:
@@ -166,7 +165,7 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
         else:
             if require_fired:
                 # A forward stopped early (capture) legitimately skips deeper layers; the layers it ran must have fired.
-                missing = [s for s in fns if s not in fired and s.layer <= reached[0]]
+                missing = [s for s in fns if s not in fired and s.layer in reached]
                 if missing:
                     raise InterpError(f"hooks at {', '.join(map(str, sorted(missing)))} never fired: the intervention did nothing there")
     finally:
@@ -174,9 +173,9 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
             h.remove()
 
 
-def _track_depth(reached: list[int], layer: int):
-    def hook(module, args, output):
-        reached[0] = max(reached[0], layer)
+def _mark_reached(reached: set[int], layer: int):
+    def hook(module, args):
+        reached.add(layer)
 
     return hook
 

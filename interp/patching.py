@@ -225,7 +225,8 @@ def _from_layer(model: "Model", start: int) -> Iterator[None]:
 
 
 def _rows_inputs(model: "Model", runs: Runs, items: list[int], cuts: list[int], start: int = 0) -> dict:
-    """The `interp.runner.run` arguments for the forward of corrupted-run rows (item `items[r]`, running its tokens from `cuts[r]` on, the first
+    """The `interp.runner.forward` arguments for corrupted-run rows (item `items[r]`, running its tokens from
+    `cuts[r]` on, the first
     `cuts[r]` tokens continued from the corrupted keys and values), for a forward that starts at layer `start`
     (inside `_from_layer`; the corrupted residual stream at that layer is fed as `inputs_embeds`)."""
     batch = model.pad([runs.tokens.corrupted[i][c:] for i, c in zip(items, cuts)])
@@ -265,7 +266,7 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
         cuts = [0] * len(rows)
     inputs = _rows_inputs(model, runs, items, cuts, start)
     with _from_layer(model, start):
-        logits = forward(model, **inputs, edits=patches, require_fired=True).logits.float().cpu()
+        logits = forward(model, **inputs, edits=patches).logits.float().cpu()
     index = torch.tensor(items)
     return logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
 
@@ -340,7 +341,7 @@ def attribution(model: "Model", runs: Runs, locations: Sequence[Location], batch
         for s in sites:
             fns.setdefault(s, []).append(record)
         with torch.enable_grad():
-            logits = forward(model, batch, hooks=fns, grad=True).logits.float()
+            logits = forward(model, batch, hooks=fns).logits.float()
             index = slice(start, start + batch.input_ids.shape[0])
             logit_diff(logits, tok.answer[index], tok.wrong[index]).sum().backward()
         for s in sites:
@@ -406,7 +407,7 @@ def path_patching(model: "Model", tokens: TaskTokens, senders: Senders, receiver
         forward(model, batch, hooks=keep, edits=frozen, stop_after=top, logits=None)
         # run 3: only the receivers' q/k/v from run 2
         patches = [Patch(site.name, got[site], "all", heads=heads) for site, heads in recv_heads.items()]
-        logits = forward(model, batch, edits=patches, require_fired=True).logits.float().cpu()
+        logits = forward(model, batch, edits=patches).logits.float().cpu()
         index = torch.tensor(items)
         ld = logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
         total.index_add_(0, torch.tensor([g for g, _ in chunk]), ld)

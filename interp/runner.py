@@ -10,7 +10,7 @@ attention weights are read, and the grad mode. Only this module and the decoding
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import torch
@@ -34,13 +34,10 @@ Logits = Literal["last", "all"] | int | None
 class Forward:
     """What one `forward` returns. logits: [batch, vocab] for "last", [batch, seq, vocab] for "all", [batch, k, vocab]
     for an int k (the last k columns), None when not asked for or the forward stopped early; in the model's dtype,
-    on its device. cache: the KV cache the forward filled (`keep_cache=True` or a prefix), else None. stopped: the
-    forward ended after layer `stop_after` (no logits)."""
+    on its device. cache: the KV cache the forward filled (`keep_cache=True` or a prefix), else None."""
 
     logits: Tensor | None
     cache: Any = None
-    stopped: bool = False
-    fired: set[Site] = field(default_factory=set)
 
 
 def _logits_to_keep(logits: Logits) -> int:
@@ -58,7 +55,7 @@ def forward(model: "Model", batch: "TokenBatch | None" = None, *, hooks: Mapping
         rows: Int[Tensor, "b"] | None = None, stop_after: int | None = None, keep_cache: bool = False,
         cache: Any = None, inputs_embeds: Float[Tensor, "b seq d"] | None = None,
         attention_mask: Int[Tensor, "b seq"] | None = None, position_ids: Int[Tensor, "b seq"] | None = None,
-        grad: bool | None = None, eager: bool = False, require_fired: bool = False) -> Forward:
+        grad: bool | None = None, eager: bool = False) -> Forward:
     """One forward of `model.hf` (see the module docstring).
 
     batch: a left-padded `TokenBatch` (its mask and position ids are used), or None with `inputs_embeds`,
@@ -68,8 +65,9 @@ def forward(model: "Model", batch: "TokenBatch | None" = None, *, hooks: Mapping
     row); `stop_after` is passed to it so the cache holds only the layers run. keep_cache: fill and return a
     fresh `DynamicCache` holding every layer's keys and values (no sliding-window truncation). cache: an
     existing cache to continue (the caller built the mask and position ids for it). grad: True runs with
-    autograd on, False under `torch.no_grad`, None (default) in the caller's grad mode. eager: eager attention for this forward (attention weights).
-    Raises InterpError for bad arguments, and when `require_fired` and a hook in a layer that ran never fired.
+    autograd on, False under `torch.no_grad`, None (default) in the caller's grad mode. eager: eager attention
+    for this forward (attention weights). Raises InterpError for bad arguments, and when an edit's hook in a
+    layer that ran never fired.
     """
     from interp.interventions import applied
 
@@ -92,7 +90,6 @@ def forward(model: "Model", batch: "TokenBatch | None" = None, *, hooks: Mapping
     if prefix is None:
         inputs["past_key_values"] = cache
         inputs["use_cache"] = cache is not None
-    used_cache = inputs.get("past_key_values")
     out = None
     with ExitStack() as stack:
         if grad is not None:
@@ -100,11 +97,8 @@ def forward(model: "Model", batch: "TokenBatch | None" = None, *, hooks: Mapping
         stack.enter_context(eager_attention(model, eager))
         if edits:
             stack.enter_context(applied(model, edits))
-        fired = stack.enter_context(hooked(model, dict(hooks or {}), stop_after=stop_after, require_fired=require_fired))
+        stack.enter_context(hooked(model, dict(hooks or {}), stop_after=stop_after))
         out = model.hf(**inputs, logits_to_keep=keep)  # `hooked` swallows the StopForward of `stop_after`
-    if out is None:
-        return Forward(None, used_cache, stopped=True, fired=set(fired))
-    result = None
-    if logits is not None:
-        result = out.logits[:, -1] if logits == "last" else out.logits
-    return Forward(result, used_cache, stopped=False, fired=set(fired))
+    if out is None or logits is None:  # stopped after `stop_after`, or no logits asked for
+        return Forward(None, inputs.get("past_key_values"))
+    return Forward(out.logits[:, -1] if logits == "last" else out.logits, inputs.get("past_key_values"))

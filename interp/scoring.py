@@ -48,8 +48,8 @@ def per_candidate(model: "Model", ids: Sequence[Sequence[int]], n_candidates: in
         cand = torch.tensor([c for c, _ in chunk])
         prompt = torch.tensor([p for _, p in chunk])
         batch = model.pad([ids[p] for p in prompt.tolist()])
-        logits = forward(model, batch, edits=[make(cand)], prefix=prefix, rows=cand if prefix is not None else None,
-                     require_fired=True).logits.float().cpu()
+        logits = forward(model, batch, edits=[make(cand)], prefix=prefix,
+                         rows=cand if prefix is not None else None).logits.float().cpu()
         out[cand, prompt] = reduce(logits, prompt)
     return out
 
