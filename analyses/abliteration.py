@@ -46,16 +46,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
-from interp.estimators import DiffInMeans
-from interp.interventions import Intervention, WeightedAblate
+from interp.directions.estimators import DiffInMeans
+from interp.core.interventions import Intervention, WeightedAblate
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
-from interp.model import NoSystem, system_option
-from interp.result import Result
-from interp.scoring import Reference, capability_cost, kl_rows, reference_completions
+from interp.core.model import NoSystem, system_option
+from interp.core.result import Result
+from interp.directions.scoring import Reference, capability_cost, kl_rows, reference_completions
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 COMPONENTS = {"attn": "attn.o_proj", "mlp": "mlp.down_proj"}  # our name -> heretic's parameter prefix
 
@@ -76,7 +76,7 @@ class SearchConfig:
 
     @property
     def system_value(self) -> "str | None | NoSystem":
-        """What `Model` calls take as `system` (`interp.model.system_option`: "none" -> no system turn)."""
+        """What `Model` calls take as `system` (`interp.core.model.system_option`: "none" -> no system turn)."""
         return system_option(self.system)
 
 
@@ -299,7 +299,7 @@ class _Evaluator:
 def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], reference: Reference,
                   cfg: SearchConfig) -> dict:
     """Greedy answers to held-out harmful prompts judged by the substring judge, and the capability cost on the
-    harmless prompts of `reference` (`interp.scoring.capability_cost`: first-token KL, as heretic, and the
+    harmless prompts of `reference` (`interp.directions.scoring.capability_cost`: first-token KL, as heretic, and the
     cross-entropy of the plain model's own completions)."""
     ivs = [iv] if iv is not None else []
     answers = model.generate(harmful, max_new_tokens=cfg.max_new_tokens, system=cfg.system_value, interventions=ivs,
@@ -420,7 +420,7 @@ def choose(final: list[dict], kl_budget: float) -> dict:
 
 def export_checkpoint(model: "Model", result: AbliterationSearchResult, out_dir) -> Path:
     """The chosen point as an orthogonalised HF checkpoint (per-layer weights baked in; embedding untouched)."""
-    from interp.orthogonalize import check_export_dir, orthogonalized_copy, write_checkpoint
+    from interp.steering.orthogonalize import check_export_dir, orthogonalized_copy, write_checkpoint
 
     check_export_dir(out_dir)
     hf = orthogonalized_copy(model, result.chosen_directions(), result.chosen_weights(), embed=False)

@@ -17,9 +17,9 @@ Compared here on held-out test tasks, all at the same injection layer and streng
 2. "prompt": the language-named prompts, the reference point steering is measured against;
 3. "mean": ACT-style, one mean-difference vector per target language (the mean over training tasks of named minus
    neutral at the injection layer), `alpha` times it added at every position (`ConceptRouter.fixed`, i.e. `Add`);
-4. "gact": the router (`interp.concept_router.ConceptRouter`): k centroids, the probe picks one per prompt,
+4. "gact": the router (`interp.steering.concept_router.ConceptRouter`): k centroids, the probe picks one per prompt,
    `alpha` times it added at every position of that prompt's row (`RowwiseAdd`).
-Answers are classified by `interp.languages.detect` (fence tag, else signatures and Pygments); "code share" is the
+Answers are classified by `interp.judges.languages.detect` (fence tag, else signatures and Pygments); "code share" is the
 share of answers that are still code in any language. The injection layer and alpha are chosen on validation tasks:
 for each candidate (layer, alpha) the mean vector is added to `n_select` validation prompts, greedy for
 `select_tokens` tokens, and the candidate with the highest target-language share wins (ties: higher code share,
@@ -75,16 +75,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.concept_router import ConceptRouter
+from interp.steering.concept_router import ConceptRouter
 from interp.errors import InterpError
-from interp.runner import forward
-from interp.interventions import RowwiseAdd
-from interp.languages import canonical, detect
-from interp.prompts import Behavior, dataset_path, read_behaviors
-from interp.result import Result
+from interp.core.runner import forward
+from interp.core.interventions import RowwiseAdd
+from interp.judges.languages import canonical, detect
+from interp.data.prompts import Behavior, dataset_path, read_behaviors
+from interp.core.result import Result
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 NAMES = {"python": "Python", "cpp": "C++", "java": "Java", "julia": "Julia", "rust": "Rust",
          "javascript": "JavaScript", "go": "Go", "c": "C", "csharp": "C#"}

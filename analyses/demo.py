@@ -8,8 +8,8 @@ from pathlib import Path
 from analyses import refusal, separation
 from interp.io import write_json
 from interp.judges import SubstringJudge
-from interp.model import system_option
-from interp.prompts import dataset
+from interp.core.model import system_option
+from interp.data.prompts import dataset
 
 
 def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_tokens: int = 48) -> Path:

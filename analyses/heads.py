@@ -16,12 +16,12 @@ name movers which name not to copy through such a channel). Editing the channel 
 components, in activations or in the weights) then tests whether the model uses it; on the Laundry List task
 the paper improves recall from long lists by such edits.
 
-This module computes every spectrum and every pair's composition from factored matrices (`interp.heads`: thin
+This module computes every spectrum and every pair's composition from factored matrices (`interp.circuits.heads`: thin
 QR of the factors, r x r work per pair, never a d x d product), samples the random baseline, and lists the
 strongest pairs of each kind with the components that carry them (the fewest whose shares of the pair's squared
 composition reach `share`). `direct_effects` finds the heads that write the answer (direct logit attribution),
 to choose receivers from data. The attention norm's weight is folded into W_Q, W_K, W_V; rotary embeddings and
-biases are left out of the matrices (see `interp.heads`).
+biases are left out of the matrices (see `interp.circuits.heads`).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.heads import MODES, Composition, HeadSVDs, check_head, composition, head_svds, random_baseline
+from interp.circuits.heads import MODES, Composition, HeadSVDs, check_head, composition, head_svds, random_baseline
 from interp.io import write_tensors
-from interp.result import Result
+from interp.core.result import Result
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from interp.model import Model
+    from interp.core.model import Model
 
 
 def channel(comp: Composition, sender: tuple[int, int], receiver: tuple[int, int], share: float = 0.5) -> dict:
@@ -204,7 +204,7 @@ def direct_effects(model: "Model", prompts: Sequence[str], answer: Tensor, wrong
     """Direct logit attribution of every head at the last token: the mean over prompts of what the head's output
     adds to logit(answer) - logit(wrong) through the final norm (its 1/rms scale frozen at the prompt's own value).
     Heads with a large positive effect write the answer (movers); negative, they suppress it."""
-    from interp.heads import head_weights
+    from interp.circuits.heads import head_weights
 
     if len(prompts) != len(answer) or len(prompts) != len(wrong):
         raise InterpError(f"got {len(prompts)} prompts, {len(answer)} answers and {len(wrong)} wrong answers; give one each")

@@ -6,7 +6,7 @@ aligned pair ships with this toolkit offline, so this module makes a small one. 
 replication: a 135M model, a few dozen examples, a few optimiser steps, refusal measured by substring matching.
 
 - base: SmolLM2-135M-Instruct (bundled), which rarely refuses.
-- aligned: the base fully fine-tuned (`interp.finetune.fine_tune`) to refuse harmful requests: bundled
+- aligned: the base fully fine-tuned (`interp.steering.finetune.fine_tune`) to refuse harmful requests: bundled
   harmful_train prompts, each answered with one of a few refusal templates written for this project (`REFUSALS`,
   drawn with a fixed seed), mixed with `n_helpful` Alpaca instructions and useful answers (32 by default), so that
   the aligned model resembles an instruct model that refuses selectively. With refusals only (`n_helpful=0`) it
@@ -28,10 +28,10 @@ from typing import Sequence
 
 from analyses.overlap import Evaluation
 from interp.errors import InterpError
-from interp.finetune import FineTune, FineTuneOptions, fine_tune
+from interp.steering.finetune import FineTune, FineTuneOptions, fine_tune
 from interp.io import append_jsonl, read_jsonl
-from interp.prompts import dataset
-from interp.registry import cache_dir
+from interp.data.prompts import dataset
+from interp.data.registry import cache_dir
 
 # Varied refusals, each containing a phrase of the substring judge's list (a test checks it).
 REFUSALS: tuple[str, ...] = (
@@ -82,7 +82,7 @@ def useful_answers(prompts: Sequence[str], model: str = "qwen2.5-coder-0.5b-inst
     known = {row["prompt"]: row["answer"] for row in read_jsonl(path) if isinstance(row, dict) and "prompt" in row}
     missing = [p for p in dict.fromkeys(prompts) if p not in known]
     if missing:
-        from interp.loading import load
+        from interp.core.loading import load
 
         m = load(model)
         for start in range(0, len(missing), batch_size):
@@ -111,7 +111,7 @@ class Miniature:
 
 
 def check(options: MiniatureOptions, out: str | os.PathLike) -> None:
-    from interp.orthogonalize import check_export_dir
+    from interp.steering.orthogonalize import check_export_dir
 
     for name in ("n_refusal", "n_useful", "n_eval", "answer_tokens", "eval_tokens"):
         v = getattr(options, name)

@@ -29,7 +29,7 @@ overlap of two useful sets with each other (the `alpaca vs code` pair is that re
   ones (the reference uses MATH / BeaverTails / ToxiGen prompts, 5000 each).
 
 **Parameter space** (`weights`, the reference's `utils/post_processing_subspace.py` and `scripts/projection*.py`;
-the linear algebra is `interp.weight_updates`, whose docstring states it). From a base, an aligned and a fine-tuned
+the linear algebra is `interp.steering.weight_updates`, whose docstring states it). From a base, an aligned and a fine-tuned
 checkpoint: per matrix the alignment update V and the fine-tune update U, the top-k left singular vectors P of V,
 the energy of U inside them against a random k-subspace, and three edited checkpoints, `same` (W_aligned + P P^T U),
 `opposite` (W_aligned - P P^T U) and `orthogonal` (W_aligned + U - P P^T U), each written as a folder and measured
@@ -53,17 +53,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp import weight_updates as W
+from interp.steering import weight_updates as W
 from interp.errors import InterpError
-from interp.estimators import pca
+from interp.directions.estimators import pca
 from interp.io import write_tensors
 from interp.judges import SubstringJudge
-from interp.likelihood import continuations
-from interp.result import Result
-from interp.subspace import Subspace
+from interp.core.likelihood import continuations
+from interp.core.result import Result
+from interp.core.subspace import Subspace
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 DEGREES = 180 / math.pi
 
@@ -297,7 +297,7 @@ def read_useful(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(instruction, answer) pairs from a JSONL file: one object per line with an instruction under one of the
     prompt keys (goal, prompt, instruction, behavior, question) and the text under `answer`."""
     from interp.io import jsonl_lines
-    from interp.prompts import PROMPT_KEYS
+    from interp.data.prompts import PROMPT_KEYS
 
     path = Path(path)
     if path.suffix != ".jsonl" or not path.is_file():
@@ -420,7 +420,7 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
     """Project the fine-tune's update on the alignment subspace at every rank, write `same` / `opposite` /
     `orthogonal` checkpoints under `out/checkpoints/<method>-<rank>`, and measure every checkpoint (the three
     sources too) with `evaluation` (None: no measurement). Every rank is computed before anything is written."""
-    from interp.loading import load
+    from interp.core.loading import load
 
     ranks, methods = list(ranks), list(methods)
     check_weights_inputs(base, aligned, finetuned, out, ranks, methods, evaluation)

@@ -14,13 +14,13 @@ not find every component that is necessary (backup heads, Wang et al.'s "negativ
 
 Grids: `resid` (`hook_resid_pre`, layer x position: where the information sits as it moves through the layers),
 `attn` and `mlp` (each block's output, layer x position: which writes move it), `heads` (each head's `hook_z`,
-layer x head, at every position or one). Many patch locations share one forward (`interp.patching`).
+layer x head, at every position or one). Many patch locations share one forward (`interp.circuits.patching`).
 
 Attribution patching (Nanda 2023) estimates every cell to first order from one backward pass; the Result
 reports its Pearson correlation with exact patching per grid, a check on where the linear estimate holds (it
 is known to fail on large, saturating changes such as the residual stream at the name positions of layer 0).
 
-Only the items the model solves are kept (`interp.tasks.solvable`); a task it solves too rarely is refused.
+Only the items the model solves are kept (`interp.circuits.tasks.solvable`); a task it solves too rarely is refused.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Sequence
 import plotly.graph_objects as go
 from torch import Tensor
 
-from interp import patching as P
+from interp.circuits import patching as P
 from interp.errors import InterpError
-from interp.plots import heatmap
-from interp.result import Result
-from interp.tasks import TaskSet, solvable
+from interp.directions.plots import heatmap
+from interp.core.result import Result
+from interp.circuits.tasks import TaskSet, solvable
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 AXES = {"resid": "position", "attn": "position", "mlp": "position", "heads": "head"}
 

@@ -34,8 +34,8 @@ Faithful to the reference code (github.com/andyrdt/refusal_direction) by default
 Cost. Exact scoring needs a forward pass per (candidate, prompt, test); on a GPU all candidates can be
 scored exactly (`shortlist=None`). By default the candidates are first ranked by attribution patching (one
 forward and backward pass per validation set give first-order estimates of (a) and (b) for every candidate,
-see `interp.attribution`) and only a shortlist is scored exactly, many candidates per forward
-(`interp.scoring`). KL, filter (c), has no first-order term at the clean point, so the ranking adds the energy
+see `interp.circuits.attribution`) and only a shortlist is scored exactly, many candidates per forward
+(`interp.directions.scoring`). KL, filter (c), has no first-order term at the clean point, so the ranking adds the energy
 each candidate's ablation removes from the harmless prompts' residual writes (`ablation_energy`, from the same
 backward pass): the size of the edit, the factor of KL's second-order term that costs nothing extra. The rank is
 the sum of the three ranks (predicted ablation score, predicted addition score, energy). Whatever the
@@ -61,21 +61,21 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from interp.result import Result
-from interp.attribution import residual_gradients
+from interp.core.result import Result
+from interp.circuits.attribution import residual_gradients
 from interp.errors import InterpError
-from interp.estimators import DiffInMeans
-from interp.interventions import Ablate, Add
+from interp.directions.estimators import DiffInMeans
+from interp.core.interventions import Ablate, Add
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
-from interp.model import system_option
-from interp.prompts import dataset
-from interp import plots
-from interp.scoring import ablation_scores, addition_scores, kl_rows
-from interp.subspace import Direction, Subspace
+from interp.core.model import system_option
+from interp.data.prompts import dataset
+from interp.directions import plots
+from interp.directions.scoring import ablation_scores, addition_scores, kl_rows
+from interp.core.subspace import Direction, Subspace
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 
 @dataclass
@@ -515,8 +515,8 @@ def orthogonalized_model(model: "Model", direction: Direction, directory: Path) 
     a Model with the same tokenizer and default system prompt (what a user of the exported folder gets)."""
     from transformers import AutoModelForCausalLM
 
-    from interp.model import Model
-    from interp.orthogonalize import export_orthogonalized
+    from interp.core.model import Model
+    from interp.steering.orthogonalize import export_orthogonalized
 
     export_orthogonalized(model, direction, directory)
     plain = AutoModelForCausalLM.from_pretrained(str(directory), dtype=model.dtype).to(model.device)
@@ -532,7 +532,7 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     orthogonalised checkpoint; harmless prompts at baseline and with the direction added at `layer` (default:
     the direction's own; an error when it has none) with `alpha` times the mean difference (default: the
     strength calibrated on the validation prompts). Refusal rates by the substring judge, beside its false-
-    positive rate on the harmless baseline answers. Capability cost (`interp.scoring.capability_cost`) of the
+    positive rate on the harmless baseline answers. Capability cost (`interp.directions.scoring.capability_cost`) of the
     hooks and the checkpoint on the plain model's `reference_tokens`-token greedy completions of `harmless`.
 
     system: "none" | "default" | text; by default the one the direction was fitted with (its provenance), else
@@ -540,7 +540,7 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     """
     import tempfile
 
-    from interp.scoring import capability_cost, reference_completions
+    from interp.directions.scoring import capability_cost, reference_completions
 
     if alpha is None:
         alpha = float(direction.provenance.get("addition_alpha", 1.0))

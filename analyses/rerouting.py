@@ -65,21 +65,21 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from interp.result import Result
+from interp.core.result import Result
 from interp.attacks.losses import RESID, AttackLoss, check_layers
 from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, default_layers, final_rows
 from interp.attacks.run import attack as run_attack
 from interp.errors import InterpError
-from interp.runner import forward
-from interp.estimators import DiffInMeans, class_means, pca
+from interp.core.runner import forward
+from interp.directions.estimators import DiffInMeans, class_means, pca
 from interp.io import read_json, read_tensors, write_json, write_tensors
-from interp.sites import Site
-from interp.subspace import Direction, Subspace
+from interp.core.sites import Site
+from interp.core.subspace import Direction, Subspace
 from probes import LinearProbes
 
 if TYPE_CHECKING:
-    from interp.model import Model
-    from interp.prompts import Behavior
+    from interp.core.model import Model
+    from interp.data.prompts import Behavior
 
 GROUPS = ("harmful", "harmless", "original", "attacked")
 COLORS = {"harmful": "#d62728", "harmless": "#2ca02c", "original": "#ff7f0e", "attacked": "#1f77b4"}
@@ -166,7 +166,7 @@ def reference_activations(model: "Model", layers: Sequence[int], n: int = 32, se
                           system: str | None = None) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
     """Last-token hook_resid_post at `layers` for n bundled harmful and n harmless training prompts
     (Arditi et al.'s splits; harmless = Alpaca, CC BY-NC 4.0). Returns X [2n, k, d] and y (1 = harmful)."""
-    from interp.prompts import dataset
+    from interp.data.prompts import dataset
 
     harmful, harmless = dataset("harmful_train", n=n, seed=seed), dataset("harmless_train", n=n, seed=seed)
     sites = [Site(l, RESID) for l in layers]
@@ -316,7 +316,7 @@ def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n:
     The paper found its heads by DLA, patching and the hijack score and targeted the 3-4 best; it notes that
     one head alone was not enough. X [2n, 1, d], y: activations at metric_layer to fit the direction (default:
     captured on n bundled prompts of each class)."""
-    from interp.prompts import dataset
+    from interp.data.prompts import dataset
 
     L = model.check_layer(int(metric_layer if metric_layer is not None else max(default_layers(model))), "metric layer")
     if not isinstance(k, int) or not 1 <= k <= (L + 1) * model.n_heads:

@@ -1,3 +1,3 @@
-"""`Result` lives in the core (`interp.result`); this re-export keeps `from analyses.result import Result` working."""
+"""`Result` lives in the core (`interp.core.result`); this re-export keeps `from analyses.result import Result` working."""
 
-from interp.result import Result, report_html  # noqa: F401
+from interp.core.result import Result, report_html  # noqa: F401

@@ -17,12 +17,12 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 import probes
-from interp.result import Result
+from interp.core.result import Result
 from interp.errors import InterpError
-from interp.estimators import class_means
+from interp.directions.estimators import class_means
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 
 @dataclass

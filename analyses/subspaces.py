@@ -1,16 +1,16 @@
 """Subspace patching with DAS and the interpretability-illusion checks: which low-dimensional subspace at a site
 carries a task's clean/corrupted difference, and does it carry it the way the model uses it.
 
-The method. DAS (Geiger et al. 2023; `interp.das`) learns a k-dimensional subspace at one site and positions by
+The method. DAS (Geiger et al. 2023; `interp.circuits.das`) learns a k-dimensional subspace at one site and positions by
 interchange interventions: the corrupted run (base) gets the clean run's (source) component inside the subspace,
 and the subspace is trained so that the patched run gives the clean answer. Makelov, Lange, Geiger and Nanda
 (ICLR 2024, "Is This the Subspace You Are Looking For?") showed that such a subspace can work through a dormant
-pathway: it moves the output although the feature it patches is never read there (`interp.illusion`). So every
+pathway: it moves the output although the feature it patches is never read there (`interp.circuits.illusion`). So every
 subspace patched here comes with the paper's checks and a verdict.
 
 What the Result holds, all on the held-out test items of one train / validation / test split:
 - DAS's training curve (train and validation cross-entropy, validation recovery) and the subspace it kept;
-- the logit-difference recovery (clean = 1, corrupted = 0; `interp.das.Interchange.recovery`) of the DAS subspace
+- the logit-difference recovery (clean = 1, corrupted = 0; `interp.circuits.das.Interchange.recovery`) of the DAS subspace
   next to (a) patching the whole component, (b) the difference-in-means direction and (c) a logistic-probe
   direction, both fitted on the training items' activations at the site (class: clean run vs corrupted run), and
   (d) a random subspace of the same k;
@@ -20,8 +20,8 @@ What the Result holds, all on the held-out test items of one train / validation 
 
 Departures: the probe direction is the coefficient vector of an L2-regularised logistic regression
 (`probes.linear.LinearProbes`, C = 1), the difference-in-means direction the normalised mean difference
-(`interp.estimators.DiffInMeans`); both are 1-dimensional whatever k is. `run_toy` does the same on the toy
-networks of `interp.toy`, where the truth is known.
+(`interp.directions.estimators.DiffInMeans`); both are 1-dimensional whatever k is. `run_toy` does the same on the toy
+networks of `interp.circuits.toy`, where the truth is known.
 """
 
 from __future__ import annotations
@@ -34,20 +34,20 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from interp import das as D
-from interp.estimators import DiffInMeans
-from interp.illusion import Diagnosis, diagnose, reader_weight, rowspace
-from interp.interventions import site_width
-from interp.result import Result
-from interp.subspace import Subspace
-from interp.tasks import TaskSet, solvable
-from interp.toy import make_toy, toy_interchange
+from interp.circuits import das as D
+from interp.directions.estimators import DiffInMeans
+from interp.circuits.illusion import Diagnosis, diagnose, reader_weight, rowspace
+from interp.core.interventions import site_width
+from interp.core.result import Result
+from interp.core.subspace import Subspace
+from interp.circuits.tasks import TaskSet, solvable
+from interp.circuits.toy import make_toy, toy_interchange
 from probes.linear import LinearProbes
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from interp.model import Model
+    from interp.core.model import Model
 
 LABELS = {"das": "DAS", "full": "whole component", "diff_in_means": "difference in means", "probe": "logistic probe",
           "random": "random subspace"}
@@ -166,7 +166,7 @@ def baselines(problem: D.Interchange, train: Sequence[int], k: int, seed: int = 
 def compare(problem: D.Interchange, reader: Tensor | None, k: int = 1, seed: int = 0, name: str = "",
             task: str = "", **train_options) -> SubspaceResult:
     """DAS on `problem`, the baselines, their test recoveries and the diagnostics of each (module docstring).
-    reader: the weights reading the site (`interp.illusion.reader_weight`), None for the residual stream."""
+    reader: the weights reading the site (`interp.circuits.illusion.reader_weight`), None for the residual stream."""
     start = time.perf_counter()
     fit = D.train(problem, k, seed=seed, **train_options)
     test = fit.split.test
@@ -187,7 +187,7 @@ def compare(problem: D.Interchange, reader: Tensor | None, k: int = 1, seed: int
 def run(model: "Model", task: TaskSet, site: str, k: int = 1, positions: int | Sequence[int] = (-1,), seed: int = 0,
         min_solve_rate: float = 0.5, batch_size: int = 32, **train_options) -> SubspaceResult:
     """DAS at `site` and `positions` on the items of `task` that `model` solves, with the baselines and the illusion
-    diagnostics (module docstring). train_options: epochs, lr, patience, progress (`interp.das.train`)."""
+    diagnostics (module docstring). train_options: epochs, lr, patience, progress (`interp.circuits.das.train`)."""
     start = time.perf_counter()
     (s,) = model.sites(site)
     D.check_k(k, site_width(model, s), s.name)  # before any forward
@@ -201,7 +201,7 @@ def run(model: "Model", task: TaskSet, site: str, k: int = 1, positions: int | S
 
 def run_toy(kind: str = "illusion", n: int = 64, k: int = 1, seed: int = 0, epochs: int = 100, lr: float = 0.1,
             patience: int = 15, batch_size: int = 8, **train_options) -> SubspaceResult:
-    """The same on a toy network of `interp.toy` ("illusion" or "faithful"), whose hidden layer is the site."""
+    """The same on a toy network of `interp.circuits.toy` ("illusion" or "faithful"), whose hidden layer is the site."""
     toy = make_toy(kind)
     problem = toy_interchange(toy, n, seed)
     problem.batch_size = batch_size

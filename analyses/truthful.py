@@ -28,7 +28,7 @@ What runs here, and how it departs from the reference (all in the Result's `depa
 - The reference answers for the capability cost are the unsteered model's own greedy answers to bundled Alpaca
   instructions (the bundled subset has no Alpaca outputs; the reference measures KL and CE on OpenWebText).
 - Multiple choice scores every answer; the question, instruction and primer run once per question (shared
-  prefix KV cache, `interp.likelihood`); the intervention acts at every position, as honest_llama's pyvene
+  prefix KV cache, `interp.core.likelihood`); the intervention acts at every position, as honest_llama's pyvene
   intervener does.
 """
 
@@ -47,16 +47,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.head_steering import HeadSteering
-from interp.likelihood import continuations
-from interp.plots import heatmap
-from interp.prompts import dataset
-from interp.result import Result
-from interp.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
+from interp.steering.head_steering import HeadSteering
+from interp.core.likelihood import continuations
+from interp.directions.plots import heatmap
+from interp.data.prompts import dataset
+from interp.core.result import Result
+from interp.data.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
 from probes.linear import LinearProbes
 
 if TYPE_CHECKING:
-    from interp.model import Model
+    from interp.core.model import Model
 
 DIRECTIONS = ("mass_mean", "probe")
 METRICS = ("mc1", "mc2", "mc3")

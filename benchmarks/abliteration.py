@@ -28,10 +28,10 @@ from pathlib import Path
 import interp
 from analyses import abliteration as ab
 from benchmarks.common import provenance, write_result
-from interp.interventions import Ablate
+from interp.core.interventions import Ablate
 from interp.judges import RefusalScore
-from interp.prompts import dataset
-from interp.subspace import Subspace
+from interp.data.prompts import dataset
+from interp.core.subspace import Subspace
 
 
 def heldout_sets(n_val: int, n_test: int, seed: int = 0) -> tuple[list[str], list[str], list[str], list[str]]:

@@ -20,7 +20,7 @@
 3. Success three ways, per behaviour: `substring` (any judged attempt had no refusal phrase: the plain judge),
    `substantive` (the engine's), and `chat` (a substantive answer that a chat-model judge, `ChatModelJudge`
    with the HarmBench classifier prompt, calls harmful). `--judge-model` defaults to the bundled Qwen2.5-Coder-
-   0.5B: a stand-in for the HarmBench classifier, not a reliable one (see interp.chat_judge); the JSON says so.
+   0.5B: a stand-in for the HarmBench classifier, not a reliable one (see interp.judges.chat); the JSON says so.
 4. Cost: forwards, gradient forwards, steps and seconds per behaviour, and per success (successes by the
    substantive judge). Seconds are the wall-clock union of the behaviours' spans (behaviours searched together
    count once), plus, for SSR, the time to fit its probes. With no success the totals are lower bounds.
@@ -54,7 +54,7 @@ from interp.attacks.engine import SearchConfig, TokenSearch, build_prompt
 from interp.attacks.run import DEFAULT_TARGET, AttackConfig, Judge, Summary
 from interp.attacks.run import attack as run_attack
 from interp.io import read_jsonl
-from interp.prompts import Behavior, dataset_path, read_behaviors
+from interp.data.prompts import Behavior, dataset_path, read_behaviors
 
 METHODS = {  # name -> AttackConfig.build settings
     "ssr": dict(method="ssr", loss="probe"),
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result[name]['forwards_per_success']:.0f} forwards per success", flush=True)
         write_result(args.out, result, prov)  # each finished method is kept even if a later one fails
     if args.judge_model != "none" and chosen:
-        from interp.chat_judge import ChatModelJudge
+        from interp.judges.chat import ChatModelJudge
 
         judge_model = model if args.judge_model == model.name else interp.load(args.judge_model)
         judge = ChatModelJudge(judge_model, template="harmbench", batch_size=8)

@@ -34,12 +34,12 @@ import torch
 
 import interp
 from benchmarks.common import provenance, ratios, rounds, write_result
-from interp.backends.hooks import HooksBackend
-from interp.backends.nnsight_backend import NnsightBackend
-from interp.backends.tl import TransformerLensBackend
-from interp.model import Model, TokenBatch, position_ids_for
-from interp.positions import Positions, select
-from interp.sites import Site
+from interp.core.backends.hooks import HooksBackend
+from interp.core.backends.nnsight_backend import NnsightBackend
+from interp.core.backends.tl import TransformerLensBackend
+from interp.core.model import Model, TokenBatch, position_ids_for
+from interp.core.positions import Positions, select
+from interp.core.sites import Site
 
 
 def random_batch(model: Model, batch: int, tokens: int, seed: int = 0) -> TokenBatch:
@@ -53,7 +53,7 @@ def random_batch(model: Model, batch: int, tokens: int, seed: int = 0) -> TokenB
 
 
 def reducer(batch: TokenBatch, positions: Positions) -> Callable[[Site, torch.Tensor], torch.Tensor]:
-    """What `interp.capture` keeps of each value: the chosen positions, as float32 on the CPU."""
+    """What `interp.core.capture` keeps of each value: the chosen positions, as float32 on the CPU."""
     return lambda site, x: select(x, batch.attention_mask, positions, 0).detach().float().cpu()
 
 

@@ -6,10 +6,10 @@
 One process, one IOI task set with the name-swap corruption (`make_task("ioi", n, corrupt="swap")`: the
 corrupted prompt repeats the IO instead of the subject, so the names and their positions are the same and only the
 S-inhibition signal differs), the items the model solves. Base = corrupted run, source = clean run, counterfactual
-answer = the clean IO (`interp.das`). Positions: the last token, where the answer is read out.
+answer = the clean IO (`interp.circuits.das`). Positions: the last token, where the answer is read out.
 
 The sites are chosen from data, not by hand (unless --resid-layer / --mlp-layer are given):
-1. a patching sweep at the last position (`interp.patching.sweep`): the residual stream (`hook_resid_pre`) and the
+1. a patching sweep at the last position (`interp.circuits.patching.sweep`): the residual stream (`hook_resid_pre`) and the
    MLP output (`hook_mlp_out`) of every layer, clean into corrupted;
 2. the residual site is `hook_resid_post` of layer L-1 (the same activation as `hook_resid_pre` of L) for the first
    layer L whose last-position residual restores at least ARRIVED of the clean logit difference: the layer where
@@ -33,10 +33,10 @@ import torch
 import interp
 from analyses import subspaces
 from benchmarks.common import provenance, write_result
-from interp import illusion
-from interp import patching as P
-from interp.sites import Site
-from interp.tasks import make_task, solvable
+from interp.circuits import illusion
+from interp.circuits import patching as P
+from interp.core.sites import Site
+from interp.circuits.tasks import make_task, solvable
 
 ARRIVED = 0.4  # the residual stream at the last position restores this much: the signal has arrived there
 FLAT = 0.05  # an MLP output whose patching restores less than this (in absolute value) does not matter as a whole

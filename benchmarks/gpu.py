@@ -18,7 +18,7 @@ the order of methods rotating from round to round, `torch.cuda.synchronize` arou
   decoder body without the unembedding (what the early stop saves);
 - generation: greedy `hf.generate` of exactly `gen_tokens` tokens with a random direction ablated at every layer
   (`interp.Ablate`) vs plain;
-- scoring: `interp.scoring.ablation_scores` of many random candidate directions, many candidates per forward vs
+- scoring: `interp.directions.scoring.ablation_scores` of many random candidate directions, many candidates per forward vs
   one candidate per forward (the same numbers: `max_abs_diff`);
 - attack: the token-search engine (`interp.attacks.engine.TokenSearch`, probe loss with random weights at 1/3 and
   1/2 of the depth, fixed steps, no judge, no early stop) over N = 1, 4, 16 AdvBench behaviours searched
@@ -44,11 +44,11 @@ from benchmarks.common import generation_overhead, provenance, rounds, timed, wr
 from interp.attacks.engine import MASK, SearchConfig, TokenSearch, build_prompt
 from interp.attacks.losses import ProbeLoss
 from interp.errors import InterpError
-from interp.interventions import Ablate
-from interp.model import Model
-from interp.prompts import dataset, dataset_path, read_behaviors
-from interp.scoring import ablation_scores
-from interp.subspace import Direction
+from interp.core.interventions import Ablate
+from interp.core.model import Model
+from interp.data.prompts import dataset, dataset_path, read_behaviors
+from interp.directions.scoring import ablation_scores
+from interp.core.subspace import Direction
 
 TOKENIZER_MODEL = "qwen2.5-coder-0.5b-instruct"  # the bundled model whose tokenizer (Qwen2.5's) is used
 TEMPLATE = "{behavior}" + MASK * 6  # the attack CLI's default template
@@ -90,7 +90,7 @@ TINY_SIZES = Sizes(capture_prompts=4, gen_prompts=2, gen_tokens=4, score_candida
 
 def default_tokenizer_dir() -> Path:
     """The prepared folder of the bundled Qwen2.5 model (which holds its tokenizer files)."""
-    from interp.registry import is_prepared, model_dir
+    from interp.data.registry import is_prepared, model_dir
 
     if not is_prepared(TOKENIZER_MODEL):
         raise InterpError(f"no tokenizer: the bundled {TOKENIZER_MODEL} is not prepared here; pass --tokenizer DIR, a "
@@ -127,7 +127,7 @@ def build_model(name: str, values: dict, tokenizer_dir: Path, dtype: torch.dtype
 
 def measure_capture(model: Model, sizes: Sizes) -> dict:
     """`model.capture` of hook_resid_post at every layer vs a bare forward of the same prompts: the default path
-    (no prefix cache on a GPU, see `interp.prefix.wanted`), the prefix cache forced on and off, every token."""
+    (no prefix cache on a GPU, see `interp.core.prefix.wanted`), the prefix cache forced on and off, every token."""
     prompts = dataset("harmless_train", n=sizes.capture_prompts)
     n = len(prompts)
 

@@ -12,7 +12,7 @@ Steps (all timed):
    Senders from weights: for each of the `--movers` top movers, the earlier head with the largest Q-composition
    into it (the inhibition heads' route in GPT-2), and that pair's channel (the fewest sender components carrying
    half of the pair's squared composition).
-3. Edits of those channels in activations (`interp.heads.ChannelEdit`): removed (scale 0) and amplified
+3. Edits of those channels in activations (`interp.circuits.heads.ChannelEdit`): removed (scale 0) and amplified
    (`--amplify`), and a control of the same size (each sender's weakest components for that pair, removed).
    For each, on IOI and on the Laundry List at every `--lengths` list length (`--n` items each): solve rate
    (positive logit difference), accuracy (the answer beats every list item: the paper's measure) and the mean
@@ -32,8 +32,8 @@ import torch
 import interp
 from analyses import heads as heads_analysis
 from benchmarks.common import provenance, write_result
-from interp.heads import ChannelEdit, write_directions
-from interp.tasks import TaskSet, logit_diff, make_task
+from interp.circuits.heads import ChannelEdit, write_directions
+from interp.circuits.tasks import TaskSet, logit_diff, make_task
 
 
 @torch.no_grad()

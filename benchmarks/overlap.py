@@ -33,9 +33,9 @@ import interp
 from analyses import miniature as M
 from analyses import overlap as O
 from benchmarks.common import provenance, write_result
-from interp.finetune import FineTuneOptions
-from interp.prompts import dataset
-from interp.weight_updates import Rank
+from interp.steering.finetune import FineTuneOptions
+from interp.data.prompts import dataset
+from interp.steering.weight_updates import Rank
 
 PAIRS = [("harmful", "alpaca"), ("harmful", "code"), ("alpaca", "code")]
 

@@ -3,9 +3,9 @@
     python -m benchmarks.patching --out benchmarks/results/patching_qwen05.json   # Qwen2.5-Coder-0.5B, 4 IOI items, template 0
     python -m benchmarks.patching --model smollm2-135m-instruct --n 2 --layers 0,29 --out /tmp/p.json   # a smoke run
 
-One process, one IOI task set (`interp.tasks.make_task("ioi", n)`, the items the model solves). Measured:
+One process, one IOI task set (`interp.circuits.tasks.make_task("ioi", n)`, the items the model solves). Measured:
 - the full residual-stream sweep (every layer x every position of the shortest prompt, `hook_resid_pre`),
-  batched (`interp.patching.sweep`, `--rows` rows per forward) vs one location per forward (the items batched,
+  batched (`interp.circuits.patching.sweep`, `--rows` rows per forward) vs one location per forward (the items batched,
   whole prompts: the loop a TransformerLens tutorial writes), each timed `--runs` times in rotating order; the
   largest difference between the two grids;
 - exact grids of attention and MLP outputs (layer x position) and heads (layer x head, every position), and
@@ -25,9 +25,9 @@ import torch
 
 import interp
 from benchmarks.common import provenance, rounds, write_result
-from interp import patching as P
-from interp.sites import Site
-from interp.tasks import make_task, solvable
+from interp.circuits import patching as P
+from interp.core.sites import Site
+from interp.circuits.tasks import make_task, solvable
 
 
 def _grid(values: torch.Tensor, rows: int) -> list[list[float]]:

@@ -34,10 +34,10 @@ from pathlib import Path
 import interp
 from analyses import refusal
 from benchmarks.common import generation_overhead, provenance, write_result
-from interp.interventions import Ablate, Add
+from interp.core.interventions import Ablate, Add
 from interp.judges import RefusalScore, SubstringJudge
-from interp.model import system_option
-from interp.prompts import dataset
+from interp.core.model import system_option
+from interp.data.prompts import dataset
 
 
 def _norm(text: str) -> str:

@@ -1,11 +1,11 @@
-"""Which circuit tasks the bundled models solve: `interp.tasks.report` on each, written with provenance.
+"""Which circuit tasks the bundled models solve: `interp.circuits.tasks.report` on each, written with provenance.
 
     python -m benchmarks.tasks --out benchmarks/results/tasks.json        # both bundled models, 24 items per task
 
 Per model: the solve rate (share of clean prompts with a positive logit difference) of IOI, capitals and the
 Laundry List at each list length, and for the Laundry List the accuracy among the list's items (the paper's
 measure, stricter than the solve rate). The patching and heads analyses keep only the tasks and lengths a model
-solves (`interp.tasks.solvable`).
+solves (`interp.circuits.tasks.solvable`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 import interp
 from benchmarks.common import provenance, write_result
-from interp.tasks import report
+from interp.circuits.tasks import report
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,7 +25,7 @@ import torch
 import interp
 from analyses import truthful as T
 from benchmarks.common import provenance, write_result
-from interp.truthfulqa import folds, read_questions
+from interp.data.truthfulqa import folds, read_questions
 from probes.linear import LinearProbes
 
 

@@ -125,7 +125,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def read_meta(directory: Path, meta: str, tensors: str, fmt: str, what: str) -> dict:
-    """The JSON sidecar of a saved artifact folder, checked to be of format `fmt` (e.g. "interp.subspace/1")."""
+    """The JSON sidecar of a saved artifact folder, checked to be of format `fmt` (e.g. "interp.core.subspace/1")."""
     if not directory.is_dir():
         raise InterpError(f"{what} directory {directory} does not exist; expected a folder with {tensors} and {meta}")
     obj = read_json(directory / meta)

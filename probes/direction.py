@@ -1,4 +1,4 @@
-"""`ProbeDirection`: a logistic-regression probe's weight as a direction, in the style of `interp.estimators`.
+"""`ProbeDirection`: a logistic-regression probe's weight as a direction, in the style of `interp.directions.estimators`.
 
 It lives in `probes` because it fits a `LinearProbes`; the core estimators (`interp.DiffInMeans`,
 `interp.PCADirections`) need no probe and stay in `interp`, which never imports this package.
@@ -13,8 +13,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.estimators import check_xy, class_means, fit_provenance, slice_at
-from interp.subspace import Direction
+from interp.directions.estimators import check_xy, class_means, fit_provenance, slice_at
+from interp.core.subspace import Direction
 from probes.linear import LinearProbes
 
 

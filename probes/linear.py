@@ -37,13 +37,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.estimators import check_xy, class_means, fit_provenance
+from interp.directions.estimators import check_xy, class_means, fit_provenance
 from interp.io import read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from interp.model import Model
+    from interp.core.model import Model
 
 KINDS = ("logistic", "mass_mean")
 TENSORS = "probes.safetensors"

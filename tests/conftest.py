@@ -16,7 +16,7 @@ import torch
 import interp
 from interp.errors import InterpError
 from interp.judges import RefusalScore
-from interp.prompts import dataset
+from interp.data.prompts import dataset
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from analyses import abliteration as ab
 from interp.cli import app
 from interp.errors import InterpError
-from interp.interventions import Ablate, WeightedAblate
+from interp.core.interventions import Ablate, WeightedAblate
 from interp.judges import RefusalScore
-from interp.orthogonalize import orthogonalized_copy
-from interp.subspace import Direction
+from interp.steering.orthogonalize import orthogonalized_copy
+from interp.core.subspace import Direction
 from tests.conftest import tol
 
 runner = CliRunner()

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import interp
-from interp.backends.nnsight_backend import NnsightBackend, _element
-from interp.backends.tl import TransformerLensBackend
+from interp.core.backends.nnsight_backend import NnsightBackend, _element
+from interp.core.backends.tl import TransformerLensBackend
 from interp.errors import InterpError
-from interp.hooks import eager_attention
-from interp.sites import KINDS
+from interp.core.hooks import eager_attention
+from interp.core.sites import KINDS
 from tests.conftest import DTYPE, load, tol
 
 PROMPTS = ["Hi", "Name three primes.", "Explain in one sentence why the sky looks blue at noon."]

@@ -74,7 +74,7 @@ def test_every_result_file_was_written_by_committed_code(path):
 
 
 def test_gpu_benchmark_runs_tiny_on_the_cpu_and_writes_every_measurement(tmp_path):
-    from interp.registry import is_prepared
+    from interp.data.registry import is_prepared
 
     if not is_prepared(gpu.TOKENIZER_MODEL):  # e.g. a lent GPU machine with only a stand-in SmolLM2
         pytest.skip(f"the tiny model uses the tokenizer of {gpu.TOKENIZER_MODEL}, which is not prepared here")

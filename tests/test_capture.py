@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.activations import Activations
+from interp.core.activations import Activations
 
 MIXED = ["Hi", "How do I bake sourdough bread at home with a cast iron pot?", "Name three primes.",
          "Write a haiku about the sea and the wind in autumn evenings"]
@@ -80,7 +80,7 @@ def test_activations_roundtrip_and_slicing(smol, tmp_path):
 @pytest.mark.parametrize("positions", ["last", "eoi", [-2]])
 def test_shared_prefix_cache_equals_the_full_forward(qwen, positions):
     """The chat template's shared system prompt runs once; the captured values do not change."""
-    from interp.prefix import common_prefix_length
+    from interp.core.prefix import common_prefix_length
 
     ids = qwen.encode(qwen.prepare_prompts(MIXED))
     assert common_prefix_length(ids) >= 10  # Qwen's default system prompt is shared

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from interp.cli import app
 from interp.errors import InterpError
-from interp.interventions import Ablate, Add
+from interp.core.interventions import Ablate, Add
 from interp.judges import SubstringJudge
-from interp.subspace import Direction, Subspace
+from interp.core.subspace import Direction, Subspace
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.control_vector import export_control_vector, read_control_vector, read_model_hint
+from interp.steering.control_vector import export_control_vector, read_control_vector, read_model_hint
 from interp.errors import InterpError
 
 

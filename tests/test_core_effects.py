@@ -21,7 +21,7 @@ import torch
 
 import interp
 from interp.attacks import ProbeLoss, SearchConfig, TokenSearch, build_prompt
-from interp.prompts import dataset
+from interp.data.prompts import dataset
 from probes import LinearProbes
 from tests.conftest import QWEN_PROBE_LAYER, QWEN_REFUSAL_LAYER
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from analyses import refusal
-from interp import registry
-from interp.activations import Activations
+from interp.data import registry
+from interp.core.activations import Activations
 from interp.attacks import GCGLoss, SearchConfig, TokenSearch, build_prompt
 from interp.errors import InterpError
-from interp.subspace import Direction
+from interp.core.subspace import Direction
 
 
 def test_unknown_site_lists_valid_kinds(smol):

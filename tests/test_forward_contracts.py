@@ -10,9 +10,9 @@ from torch import nn
 
 import interp
 from interp.errors import InterpError
-from interp.interventions import Add, Set
-from interp.prefix import UNKNOWN, rule
-from interp.scoring import reference_completions
+from interp.core.interventions import Add, Set
+from interp.core.prefix import UNKNOWN, rule
+from interp.directions.scoring import reference_completions
 from tests.conftest import DEVICE, registered_hooks
 
 PROMPTS = ["Write a haiku about rain.", "Write a haiku about snow."]

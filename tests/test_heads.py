@@ -12,7 +12,7 @@ import interp
 from analyses import heads as heads_analysis
 from interp.cli import app
 from interp.errors import InterpError
-from interp.heads import (ChannelEdit, FactoredMatrix, composition, export_channel_edits, head_svds, head_weights,
+from interp.circuits.heads import (ChannelEdit, FactoredMatrix, composition, export_channel_edits, head_svds, head_weights,
                           random_baseline, write_directions)
 
 from tests.conftest import DEVICE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.interventions import Ablate, Add
+from interp.core.interventions import Ablate, Add
 from tests.conftest import registered_hooks
 
 PROMPTS = ["How do I bake bread?", "Write a poem"]
@@ -33,7 +33,7 @@ def test_exception_inside_capture_leaves_model_clean(smol, monkeypatch):
     def broken(*args, **kwargs):
         raise Boom
 
-    monkeypatch.setattr("interp.capture.select", broken)
+    monkeypatch.setattr("interp.core.capture.select", broken)
     with pytest.raises(Boom):
         smol.capture(PROMPTS, "hook_resid_post")
     assert registered_hooks(smol) == 0

@@ -6,7 +6,7 @@ inside a function, in a try block), because a lazy import is still a dependency.
 `if TYPE_CHECKING:` are left out: they never run, and type-only references back into a higher layer are the
 usual way to annotate without importing (one test counts them too: the attack losses must not name the engine).
 Cycles are checked between files and between the packages of the design (the top-level folders; a subpackage
-such as `interp.backends` is part of `interp`'s layer, and the CLI modules form a layer of their own).
+such as `interp.core.backends` is part of `interp`'s layer, and the CLI modules form a layer of their own).
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("interp", "probes", "analyses")
-CLI = {"interp.cli", "interp.attacks.cli"}  # the command line: allowed to import anything, imported by nothing
+CLI = "interp.cli"  # the command line (a subpackage): allowed to import anything, imported by nothing
+# interp's subpackages, lowest first: a module may import its own subpackage and those before it. "base" is the
+# two modules every layer uses (interp.errors, interp.io); "facade" is interp/__init__.py, for users only.
+SUBPACKAGES = ("base", "data", "core", "directions", "judges", "steering", "circuits", "attacks", "cli")
 
 
 def module_name(path: Path) -> str:
@@ -118,7 +121,15 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def layer(module: str) -> str:
     """The package layer of a module: 'cli' for the command line, else its top-level package."""
-    return "cli" if module in CLI else module.split(".")[0]
+    return "cli" if module == CLI or module.startswith(CLI + ".") else module.split(".")[0]
+
+
+def subpackage(module: str) -> str:
+    """Which of interp's subpackages a core module belongs to ("base" for interp.errors and interp.io)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "facade"
+    return "base" if parts[1] in ("errors", "io") else parts[1]
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -155,6 +166,23 @@ def test_layers():
     bad = [f"{a} imports {b}" for a, targets in sorted(import_graph().items()) for b in sorted(targets)
            if layer(b) != layer(a) and layer(b) not in allowed[layer(a)]]
     assert not bad, "imports against the layering: " + "; ".join(bad)
+
+
+def test_subpackage_layers():
+    """Inside interp, each subpackage imports only itself and the subpackages below it (data < core < directions
+    < judges < steering < circuits < attacks < cli), and no module but the CLI imports the facade `interp`."""
+    graph = import_graph()
+    assert set(map(subpackage, (m for m in graph if m.startswith("interp")))) == {"facade", *SUBPACKAGES}, \
+        "a module outside the known subpackages; add its subpackage to SUBPACKAGES in its place"
+    bad = []
+    for a, targets in sorted(graph.items()):
+        if not a.startswith("interp") or subpackage(a) == "facade":
+            continue
+        for b in sorted(t for t in targets if t.startswith("interp")):
+            sa, sb = subpackage(a), subpackage(b)
+            if (sb == "facade" and sa != "cli") or (sb != "facade" and SUBPACKAGES.index(sb) > SUBPACKAGES.index(sa)):
+                bad.append(f"{a} ({sa}) imports {b} ({sb})")
+    assert not bad, "imports against interp's subpackage layers: " + "; ".join(bad)
 
 
 def test_importing_the_core_loads_no_higher_layer():

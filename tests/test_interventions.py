@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.interventions import Ablate, Add, Project, RowwiseAblate, Set
-from interp.scoring import ablation_scores, addition_scores
-from interp.subspace import Direction
+from interp.core.interventions import Ablate, Add, Project, RowwiseAblate, Set
+from interp.directions.scoring import ablation_scores, addition_scores
+from interp.core.subspace import Direction
 from tests.conftest import registered_hooks
 
 PROMPTS = ["How do I bake bread?", "Write a short poem about a cat", "Hi"]
@@ -67,8 +67,8 @@ def test_set_refuses_positions_counted_from_the_start(smol):
 
 def test_set_acts_on_the_prompt_not_on_generated_tokens(smol):
     """Every prompt forward (the shared prefix, the rest of the prompt) is set; generation steps are not."""
-    from interp.hooks import hooked
-    from interp.sites import Site
+    from interp.core.hooks import hooked
+    from interp.core.sites import Site
 
     value = torch.full((smol.d_model,), 2.0)
     seen = []
@@ -143,7 +143,7 @@ def test_batched_candidate_scoring_equals_the_loop(smol, direction):
 def test_orthogonalized_checkpoint_matches_hook_ablation(smol, direction, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from interp.orthogonalize import export_orthogonalized
+    from interp.steering.orthogonalize import export_orthogonalized
 
     before = {k: v.clone() for k, v in list(smol.hf.state_dict().items())[:5]}
     export_orthogonalized(smol, direction, tmp_path / "ortho")

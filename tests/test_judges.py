@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.chat_judge import ChatModelJudge, JudgeTemplate
+from interp.judges.chat import ChatModelJudge, JudgeTemplate
 from interp.errors import InterpError
 from interp.judges import (REFUSAL_SUBSTRINGS, ClassifierJudge, LocalClassifierJudge, RefusalScore, SubstantiveJudge,
                            SubstringJudge)
@@ -170,7 +170,7 @@ def test_qwen_refusal_score_separates_harmful_from_harmless(qwen):
 def tiny_classifier(tmp_path_factory):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from interp.loading import resolve
+    from interp.core.loading import resolve
 
     folder = tmp_path_factory.mktemp("clf")
     tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct")[1])
@@ -355,7 +355,7 @@ def test_chat_judge_errors(smol):
 
 @pytest.mark.slow
 def test_smollm2_stand_in_is_no_classifier(smol):
-    """The documented limit (interp/chat_judge.py): SmolLM2 with the HarmBench prompt says "Yes" to every
+    """The documented limit (interp/judges/chat.py): SmolLM2 with the HarmBench prompt says "Yes" to every
     hand-labelled answer, refusals included, so it agrees with the hand labels only on the harmful ones."""
     rows = json.loads(LABELLED.read_text())
     judge = ChatModelJudge(smol, "harmbench")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from interp.errors import InterpError
-from interp.languages import LANGUAGES, canonical, detect
+from interp.judges.languages import LANGUAGES, canonical, detect
 
 SNIPPETS = {
     "python": "def median(xs):\n    xs = sorted(xs)\n    n = len(xs)\n    if n % 2:\n        return xs[n // 2]\n"

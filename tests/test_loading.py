@@ -7,7 +7,7 @@ import time
 import torch
 
 import interp
-from interp.registry import chunk_paths, get_bundled, model_dir
+from interp.data.registry import chunk_paths, get_bundled, model_dir
 from tests.conftest import DEVICE, DTYPE, tol
 
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from analyses import miniature as M
 from analyses import overlap as O
-from interp import weight_updates as W
+from interp.steering import weight_updates as W
 from interp.cli import app
 from interp.errors import InterpError
-from interp.finetune import FineTuneOptions, batch_loss, chat_tokens, fine_tune
+from interp.steering.finetune import FineTuneOptions, batch_loss, chat_tokens, fine_tune
 from interp.judges import SubstringJudge
-from interp.subspace import Subspace
+from interp.core.subspace import Subspace
 from tests.test_notebooks import PLOTLY, execute, shown
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_bad_shapes_and_ranks_fail_with_the_matrix_named():
 def test_answer_loss_is_the_mean_cross_entropy_of_answer_tokens(smol):
     """Left-padded rows of different lengths: the loss is the token-weighted mean of each answer's cross-entropy,
     the same numbers the likelihood scorer gives (the template's end of turn is part of the answer)."""
-    from interp.likelihood import continuations
+    from interp.core.likelihood import continuations
 
     pairs = [("What is 2+2?", "4."), ("Name the colour of a clear daytime sky.", "The sky is blue on a clear day.")]
     rows = [chat_tokens(smol, q, a) for q, a in pairs]
@@ -197,7 +197,7 @@ def test_refusal_templates_are_refusals_and_answers_are_cached(tmp_path, monkeyp
     def no_load(*args, **kwargs):
         raise AssertionError("the cached answers were generated again")
 
-    monkeypatch.setattr("interp.loading.load", no_load)
+    monkeypatch.setattr("interp.core.loading.load", no_load)
     assert M.useful_answers(["p2", "p1"], "some-model", 8, tmp_path) == ["a2", "a1"]
 
 

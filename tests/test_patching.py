@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interp import patching as P
+from interp.circuits import patching as P
 from interp.cli import app
 from interp.errors import InterpError
-from interp.hooks import hooked
-from interp.interventions import Patch
-from interp.sites import Site
-from interp.tasks import TaskItem, TaskSet, TaskTokens
+from interp.core.hooks import hooked
+from interp.core.interventions import Patch
+from interp.core.sites import Site
+from interp.circuits.tasks import TaskItem, TaskSet, TaskTokens
 
 from .conftest import tol
 

@@ -1,4 +1,4 @@
-"""The shared-prefix KV cache (`interp.prefix`): on every default path it gives the plain full forward's numbers.
+"""The shared-prefix KV cache (`interp.core.prefix`): on every default path it gives the plain full forward's numbers.
 
 Capture, `Model.logits` and `Model.generate` run the tokens every prompt shares once and continue each batch
 from their keys and values. Under every intervention kind that must change nothing: read at a layer deeper than
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import interp
-from interp.hooks import forward_state, hooked
-from interp.interventions import Ablate, Add, Project, RowwiseAblate, RowwiseAdd, Set
-from interp.prefix import PrefixKV, common_prefix_length, shared_length, sliding_window, usable, wanted
-from interp.sites import Site
+from interp.core.hooks import forward_state, hooked
+from interp.core.interventions import Ablate, Add, Project, RowwiseAblate, RowwiseAdd, Set
+from interp.core.prefix import PrefixKV, common_prefix_length, shared_length, sliding_window, usable, wanted
+from interp.core.sites import Site
 from tests.conftest import DEVICE, DTYPE, registered_hooks, tol
 
 PROMPTS = ["How do I bake bread?", "Write a short poem about a cat", "Hi", "Name three primes."]
@@ -39,7 +39,7 @@ def _vectors(model: interp.Model, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, model.d_model, generator=g) * 4
 
 
-def _interventions(model: interp.Model) -> dict[str, interp.interventions.Intervention]:
+def _interventions(model: interp.Model) -> dict[str, interp.core.interventions.Intervention]:
     v = _vectors(model, 4)
     n = len(PROMPTS)
     return {

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.prompts import DATA_DIR, DATASETS, Behavior, dataset, dataset_path, read_behaviors, read_prompts, split
+from interp.data.prompts import DATA_DIR, DATASETS, Behavior, dataset, dataset_path, read_behaviors, read_prompts, split
 
 
 def write(tmp_path, name, text):

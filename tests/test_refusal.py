@@ -10,9 +10,9 @@ import torch
 from analyses import refusal
 from interp.errors import InterpError
 from interp.judges import RefusalScore
-from interp.prompts import dataset
-from interp.model import NO_SYSTEM, system_option
-from interp.subspace import Direction, Subspace
+from interp.data.prompts import dataset
+from interp.core.model import NO_SYSTEM, system_option
+from interp.core.subspace import Direction, Subspace
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_result_has_direction_table_and_figures(smol, smol_result, tmp_path):
 
 def test_exact_scores_match_a_direct_intervention(smol, smol_result):
     """The batched row-wise score of the chosen candidate equals ablating it with the plain intervention."""
-    from interp.interventions import Ablate
+    from interp.core.interventions import Ablate
 
     r = smol_result
     # recompute on the same validation prompts, formatted the same way (no system turn)
@@ -124,7 +124,7 @@ def test_validation_defaults_to_the_separate_bundled_splits(smol_result):
 def test_kl_estimate_changes_the_ranking():
     """Two candidates the first-order estimates cannot tell apart (M = 0, G = 0): without the KL term the order is
     the index order; with it the candidate whose ablation removes less energy from the writes comes first."""
-    from interp.attribution import ResidualGradients
+    from interp.circuits.attribution import ResidualGradients
 
     g = ResidualGradients(torch.zeros(2, 2), torch.zeros(1, 2), 4, write_energy=torch.diag(torch.tensor([10.0, 1.0])))
     units = torch.eye(2)
@@ -136,7 +136,7 @@ def test_kl_estimate_changes_the_ranking():
 def test_write_energy_is_the_mean_square_projection_of_the_writes(smol):
     """`ablation_energy` of a direction is Σ_writes (w · r)² per real token; a direction orthogonal to nothing
     has positive energy and scaling the direction does not change it."""
-    from interp.attribution import residual_gradients
+    from interp.circuits.attribution import residual_gradients
 
     ids = smol.encode(smol.prepare_prompts(["Name a colour.", "Say hi"]))
     g = residual_gradients(smol, ids, lambda lg: lg[:, 0])

@@ -12,8 +12,8 @@ from analyses.rerouting import choose_heads, choose_layers, make_loss, reference
 from interp.attacks.losses import RESID, HeadAblationLoss, RowBatch, SteeringLoss
 from interp.attacks.run import AttackConfig, build_loss
 from interp.errors import InterpError
-from interp.hooks import hooked
-from interp.sites import Site
+from interp.core.hooks import hooked
+from interp.core.sites import Site
 from tests.conftest import registered_hooks
 
 TEMPLATE = "{behavior}[MASK][MASK][MASK][MASK]"
@@ -115,7 +115,7 @@ def test_steering_config_measures_from_the_fitted_harmless_mean(smol, tmp_path):
 
 
 def loss_directions(loss: SteeringLoss):
-    from interp.subspace import Direction
+    from interp.core.subspace import Direction
 
     return [Direction(loss.r[0])]
 
@@ -143,7 +143,7 @@ def test_heads_chosen_by_attribution_are_ranked_and_matter(smol):
     """choose_heads returns k heads ranked by their attribution score (descending, the best of all heads up to
     the metric layer); zeroing the top head's output lowers the refusal projection more than zeroing the
     lowest-ranked head's."""
-    from interp.prompts import dataset
+    from interp.data.prompts import dataset
 
     L, n = 8, 6
     X, y = reference_activations(smol, [L], n=n)

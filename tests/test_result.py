@@ -7,11 +7,11 @@ import json
 import plotly.graph_objects as go
 import pytest
 
-import interp.result
+import interp.core.result
 from analyses.refusal import RefusalEvaluation
 from interp.attacks.run import Summary
 from interp.errors import InterpError
-from interp.result import Result
+from interp.core.result import Result
 
 PLOTLYJS = "plotly.js v"  # the banner of the embedded library
 
@@ -29,7 +29,7 @@ class Tiny(Result):
 @pytest.fixture
 def fresh_page(monkeypatch):
     """A process that has not shown a Result yet (plotly.js not yet embedded)."""
-    monkeypatch.setattr(interp.result, "_plotlyjs_sent", False)
+    monkeypatch.setattr(interp.core.result, "_plotlyjs_sent", False)
 
 
 def test_repr_html_has_the_summary_table_and_every_figure(fresh_page):

@@ -10,9 +10,9 @@ import scipy.linalg
 import torch
 
 from interp.errors import InterpError
-from interp.estimators import DiffInMeans, PCADirections
+from interp.directions.estimators import DiffInMeans, PCADirections
 from interp.io import write_json, write_tensors
-from interp.subspace import Direction, Subspace
+from interp.core.subspace import Direction, Subspace
 from probes import ProbeDirection
 
 

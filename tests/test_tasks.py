@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.tasks import (CAPITALS, IOI_TEMPLATES, ITEMS, NAMES, OBJECTS, PLACES, TaskItem, TaskSet, accuracy,
+from interp.circuits.tasks import (CAPITALS, IOI_TEMPLATES, ITEMS, NAMES, OBJECTS, PLACES, TaskItem, TaskSet, accuracy,
                           from_pairs, logit_diff, logit_diffs, make_task, normalise, solvable, solve_rate)
 
 VARIANTS = [("ioi", {}), ("ioi", {"corrupt": "swap"}), ("ioi", {"order": "BABA"}), ("capitals", {}),

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from analyses import truthful as T
 from interp.cli import app
 from interp.errors import InterpError
-from interp.head_steering import HeadSteering
-from interp.interventions import Add
-from interp.likelihood import continuations
-from interp.truthfulqa import Question, folds, mc_metrics, mc_scores, read_questions
+from interp.steering.head_steering import HeadSteering
+from interp.core.interventions import Add
+from interp.core.likelihood import continuations
+from interp.data.truthfulqa import Question, folds, mc_metrics, mc_scores, read_questions
 from tests.conftest import tol
 from tests.test_notebooks import PLOTLY, execute, shown
 

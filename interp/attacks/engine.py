@@ -12,7 +12,7 @@ for every behaviour being attacked:
    batched tokenizer call; candidates whose ids change are dropped, so the string that is judged (and logged)
    is exactly what was optimised;
 4. evaluation: every behaviour's candidates go through the model together, many rows per forward, the
-   forward stopped after the deepest layer the loss reads (`interp.hooks.hooked(stop_after=...)`); the batch
+   forward stopped after the deepest layer the loss reads (`interp.core.hooks.hooked(stop_after=...)`); the batch
    size halves on out-of-memory;
 5. a buffer of the best few candidates per behaviour; after `patience` steps without improvement the search
    jumps to a worse buffer entry (sampled by softmax(-loss)) to escape a plateau.
@@ -28,11 +28,11 @@ Behaviours run `parallel` at a time; a finished one is replaced by the next in t
 
 Prefix KV cache: everything before a behaviour's first mask is fixed, so its keys and values are computed
 once (batched, left-padded) and only the rest (the masks, the end of the chat template, GCG's target) is run
-each step. `interp.prefix.PrefixKV` keeps them, one per behaviour; every forward gets a fresh cache built from
+each step. `interp.core.prefix.PrefixKV` keeps them, one per behaviour; every forward gets a fresh cache built from
 the rows it needs, because a forward appends to its cache in place. Rows of a batch have different prefix and
 suffix lengths: both parts are left-padded, the attention mask covers prefix and suffix, and position ids count
 real tokens only, so each row computes exactly what it would alone. The cache is skipped where it would not be
-exact (`interp.prefix.usable`: a row-dependent intervention active, or a sliding window shorter than a row).
+exact (`interp.core.prefix.usable`: a row-dependent intervention active, or a sliding window shorter than a row).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ from transformers import DynamicCache
 
 from interp.attacks.losses import AttackLoss, RowBatch
 from interp.errors import InterpError
-from interp.runner import forward
-from interp.prefix import PrefixKV, usable
+from interp.core.runner import forward
+from interp.core.prefix import PrefixKV, usable
 
 if TYPE_CHECKING:
-    from interp.model import Model
-    from interp.sites import Site
+    from interp.core.model import Model
+    from interp.core.sites import Site
 
 MASK = "[MASK]"
 BEHAVIOR = "{behavior}"

@@ -52,11 +52,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.sites import Site
+from interp.core.sites import Site
 
 if TYPE_CHECKING:
-    from interp.model import Model
-    from interp.subspace import Direction
+    from interp.core.model import Model
+    from interp.core.subspace import Direction
 
 RESID = "hook_resid_post"
 

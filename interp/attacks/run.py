@@ -43,13 +43,13 @@ from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, HeadAblat
                                    SteeringLoss, check_layers)
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
-from interp.result import Result
+from interp.core.result import Result
 
 if TYPE_CHECKING:
     from interp.judges import ClassifierJudge
-    from interp.subspace import Direction
-    from interp.model import Model
-    from interp.prompts import Behavior
+    from interp.core.subspace import Direction
+    from interp.core.model import Model
+    from interp.data.prompts import Behavior
 
 DEFAULT_TEMPLATE = "{behavior}" + MASK * 6
 DEFAULT_TARGET = "Sure, here is"

@@ -1,0 +1,5 @@
+"""`python -m interp.cli`: the same command line as `interp`."""
+
+from interp.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""Plain torch hooks on HF modules, addressed by canonical site. Users never see this module.
+
+`hooked(model, fns)` registers one hook per site that calls the given functions on the site's value (a tensor
+in TransformerLens layout; `attn.hook_z` and `attn.hook_q|k|v` as [batch, pos, head, d_head]). A function returns None to only read,
+or a tensor to replace the value. Hooks are removed when the context exits, also when the body raises.
+`stop_after=L` ends the forward once layer L has run (raising `StopForward`, which `hooked` swallows).
+
+`forward_state(model)` is what hooks may need to know about the forward now running: which interventions are
+active, whether a shared prefix is being run (`interp.core.prefix`), and whether the forward is a generation step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.core.sites import HEAD_KINDS, Site
+
+if TYPE_CHECKING:
+    from interp.core.model import Model
+
+HookFn = Callable[[Site, Tensor], "Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early, once the deepest needed layer has run."""
+
+
+@dataclass
+class ForwardState:
+    """Per-model facts about the forward now running, read by intervention hooks.
+
+    active: the interventions applied now (outermost first), so prefix caching can ask whether they depend on
+    positions or rows. prefix_pass: a shared prefix is being run once for many rows (`interp.core.prefix`);
+    position-dependent interventions stand aside. decoding: this forward continues a KV cache that an earlier
+    forward filled, i.e. a generation step, not the prompt (see `tracking_steps`).
+    """
+
+    active: list[Any] = field(default_factory=list)
+    prefix_pass: bool = False
+    prefix_allowed: frozenset[int] = frozenset()  # ids of the active interventions that act in the prefix pass
+    decoding: bool = False
+    _last_cache: Any = None  # weak reference to the cache object of the previous forward
+    _tracking: int = 0
+
+
+def forward_state(model: "Model") -> ForwardState:
+    """The model's `ForwardState`, created on first use."""
+    state = model.__dict__.get("_forward_state")
+    if state is None:
+        state = model.__dict__["_forward_state"] = ForwardState()
+    return state
+
+
+@contextmanager
+def tracking_steps(model: "Model") -> Iterator[None]:
+    """Inside the block, `forward_state(model).decoding` says whether each forward is a generation step.
+
+    The signal is the KV cache object: the first forward that uses a cache is the prompt (all of it, or the
+    rest of it after a cached prefix, however short); a later forward that passes the same cache object again
+    continues it, which is what a generation step does. A forward without a cache is always a prompt. (Input
+    length is no signal: a prompt's suffix after a cached prefix can be one token long.)
+    """
+    state = forward_state(model)
+    if state._tracking:  # nested blocks share the outer tracker
+        state._tracking += 1
+        try:
+            yield
+        finally:
+            state._tracking -= 1
+        return
+
+    def hook(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        last = state._last_cache() if state._last_cache is not None else None
+        state.decoding = cache is not None and cache is last
+        state._last_cache = weakref.ref(cache) if cache is not None else None
+
+    handle = model.hf.register_forward_pre_hook(hook, with_kwargs=True)
+    state._tracking = 1
+    try:
+        yield
+    finally:
+        handle.remove()
+        state._tracking, state.decoding, state._last_cache = 0, False, None
+
+
+@contextmanager
+def prefix_pass(model: "Model", allowed: frozenset[int] = frozenset()) -> Iterator[None]:
+    """Mark the forwards in the block as runs of a shared prefix: only the interventions whose ids are in
+    `allowed` act there (`interp.core.prefix` decides which)."""
+    state = forward_state(model)
+    old = state.prefix_pass, state.prefix_allowed
+    state.prefix_pass, state.prefix_allowed = True, frozenset(allowed)
+    try:
+        yield
+    finally:
+        state.prefix_pass, state.prefix_allowed = old
+
+
+def outside_prefix(model: "Model", fn: "HookFn", key: int) -> "HookFn":
+    """`fn`, except during a prefix pass that does not allow the intervention `key`, where it leaves the value
+    alone."""
+    state = forward_state(model)
+
+    def wrapped(site: Site, x: Tensor) -> Tensor | None:
+        return None if state.prefix_pass and key not in state.prefix_allowed else fn(site, x)
+
+    return wrapped
+
+
+def _to_view(model: "Model", site: Site, x: Tensor) -> Tensor:
+    if site.kind in HEAD_KINDS:  # hook_k / hook_v have n_key_value_heads heads under grouped-query attention
+        return x.view(*x.shape[:-1], x.shape[-1] // model.d_head, model.d_head)
+    return x
+
+
+def _from_view(site: Site, y: Tensor, like: Tensor) -> Tensor:
+    if site.kind in HEAD_KINDS:
+        return y.reshape(like.shape)
+    return y
+
+
+def _apply(model: "Model", site: Site, fns: list[HookFn], x: Tensor, fired: set[Site]) -> Tensor | None:
+    fired.add(site)
+    view = _to_view(model, site, x)
+    changed = False
+    for fn in fns:
+        out = fn(site, view)
+        if out is not None:
+            if out.shape != view.shape:
+                raise InterpError(f"a hook at {site} returned shape {tuple(out.shape)}, expected {tuple(view.shape)}")
+            view, changed = out, True
+    return _from_view(site, view, x) if changed else None
+
+
+@contextmanager
+def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None = None,
+           require_fired: bool = False) -> Iterator[set[Site]]:
+    """Register `fns` at their sites for the duration of the block; yields the set of sites that fired."""
+    handles = []
+    fired: set[Site] = set()
+    try:
+        for site, site_fns in sorted(fns.items()):
+            module, where = model.site_module(site)
+            if where == "in":
+                handles.append(module.register_forward_pre_hook(_pre_hook(model, site, site_fns, fired), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(_post_hook(model, site, site_fns, fired)))
+        if stop_after is not None:
+            handles.append(model.layers[stop_after].register_forward_hook(_raise_stop))
+        reached: set[int] = set()  # the layers of `fns` that some forward in the block started
+        if require_fired:
+            for i in sorted({s.layer for s in fns}):
+                handles.append(model.layers[i].register_forward_pre_hook(_mark_reached(reached, i)))
+        try:
+            yield fired
+        except StopForward:
+            pass
+        else:
+            if require_fired:
+                # A forward stopped early (capture) legitimately skips deeper layers; the layers it ran must have fired.
+                missing = [s for s in fns if s not in fired and s.layer in reached]
+                if missing:
+                    raise InterpError(f"hooks at {', '.join(map(str, sorted(missing)))} never fired: the intervention did nothing there")
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _mark_reached(reached: set[int], layer: int):
+    def hook(module, args):
+        reached.add(layer)
+
+    return hook
+
+
+def _raise_stop(module, args, output):
+    raise StopForward
+
+
+def _pre_hook(model: "Model", site: Site, fns: list[HookFn], fired: set[Site]):
+    def hook(module, args, kwargs):
+        if args:
+            new = _apply(model, site, fns, args[0], fired)
+            return None if new is None else ((new, *args[1:]), kwargs)
+        key = "hidden_states" if "hidden_states" in kwargs else "input"
+        new = _apply(model, site, fns, kwargs[key], fired)
+        return None if new is None else (args, {**kwargs, key: new})
+
+    return hook
+
+
+def _post_hook(model: "Model", site: Site, fns: list[HookFn], fired: set[Site]):
+    index = 1 if site.kind == "attn.hook_pattern" else 0
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            if site.kind == "attn.hook_pattern" and output[1] is None:
+                raise InterpError("attention weights are not available: attn.hook_pattern needs eager attention")
+            new = _apply(model, site, fns, output[index], fired)
+            return None if new is None else (*output[:index], new, *output[index + 1:])
+        if isinstance(output, Tensor):
+            new = _apply(model, site, fns, output, fired)
+            return new
+        raise InterpError(f"unexpected output type {type(output).__name__} at {site}")
+
+    return hook
+
+
+@contextmanager
+def eager_attention(model: "Model", needed: bool) -> Iterator[None]:
+    """Temporarily switch to eager attention (attention weights are only materialised there)."""
+    hf = model.hf
+    old = getattr(hf.config, "_attn_implementation", None)
+    if not needed or old == "eager":
+        yield
+        return
+    hf.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(old)

@@ -1,0 +1,357 @@
+"""`Model`: an HF causal LM with its tokenizer, canonical sites, chat formatting and batched left-padded inputs.
+
+The model's weights are never changed by anything in this library: interventions are hooks that live only
+inside a `with` block, and weight edits (orthogonalisation) work on a copy that is written to disk.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from interp.errors import InterpError
+from interp.core.sites import Family, Site, check_layer, family_for, parse_sites
+
+if TYPE_CHECKING:
+    from interp.core.activations import Activations
+    from interp.core.generation import Completion
+    from interp.core.interventions import Intervention
+
+_PLACEHOLDER = "\x00INSTRUCTION\x00"
+_SYSTEM_MARKER = "\x00SYSTEM\x00"
+
+
+class NoSystem:
+    """The `system` value that renders no system turn at all (see `Model.format_chat`)."""
+
+    def __repr__(self) -> str:
+        return "NO_SYSTEM"
+
+
+NO_SYSTEM = NoSystem()
+
+
+def system_option(spec: str | None) -> "str | None | NoSystem":
+    """The `system` value for a user-facing option: "none" -> NO_SYSTEM (no system turn), "default" or None ->
+    None (whatever the chat template inserts by itself, e.g. Qwen's "You are Qwen, ..."), any other text -> that
+    text as the system message."""
+    if spec is None or spec == "default":
+        return None
+    if spec == "none":
+        return NO_SYSTEM
+    if not isinstance(spec, str) or not spec.strip():
+        raise InterpError(f"system must be 'none', 'default' or a non-empty system prompt, got {spec!r}")
+    return spec
+
+
+@dataclass
+class TokenBatch:
+    """A left-padded batch: pad tokens first, so every prompt ends at the last column."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    position_ids: Int[Tensor, "batch seq"]
+
+    @property
+    def lengths(self) -> Int[Tensor, "batch"]:
+        return self.attention_mask.sum(-1)
+
+    def inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+def position_ids_for(mask: Tensor) -> Tensor:
+    """Position ids that count only real tokens (left padding would otherwise shift every position)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Model:
+    """A loaded causal LM. Build one with `interp.load(...)`."""
+
+    def __init__(self, hf: nn.Module, tokenizer, name: str, backend: str = "hooks", source: str | None = None,
+                 backend_options: dict | None = None):
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source or name
+        cfg = hf.config
+        self.family: Family = family_for(cfg.model_type)
+        self.n_layers: int = cfg.num_hidden_layers
+        self.d_model: int = cfg.hidden_size
+        self.n_heads: int = cfg.num_attention_heads
+        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.n_ctx: int = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+        self.layers: nn.ModuleList = hf.get_submodule(self.family.layers)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._backend_name = backend
+        self.backend_options = dict(backend_options or {})  # e.g. {"remote": True} for nnsight on NDIF
+        self._backend = None
+        self._eoi_ids: list[int] | None = None
+        self._special_prefix: list[int] | None = None
+        self.default_system: "str | None | NoSystem" = None  # used when a call passes system=None
+
+    def with_system(self, system: "str | None | NoSystem") -> "Model":
+        """A view of this model (same weights, tokenizer and intervention state) whose chat formatting uses
+        `system` whenever a call passes none, so code that formats prompts itself (`RefusalScore.fit`, scoring)
+        renders them the same way. `system_option("none")` gives NO_SYSTEM, no system turn at all."""
+        from copy import copy
+
+        from interp.core.hooks import forward_state
+
+        forward_state(self)  # created before the copy, so both share one ForwardState (hooks live on self.hf)
+        view = copy(self)
+        view._backend = None
+        view.default_system = system
+        return view
+
+    # ----- identity -----
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def fingerprint(self) -> dict:
+        """What must match for activations, directions or probes to be reused with this model."""
+        return {"name": self.name, "model_type": self.hf.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model}
+
+    def check_compatible(self, fingerprint: dict, what: str) -> None:
+        mine = self.fingerprint
+        for key in ("n_layers", "d_model", "name"):
+            if key in fingerprint and fingerprint[key] != mine[key]:
+                raise InterpError(
+                    f"{what} comes from another model ({key}={fingerprint[key]!r}, this model has {key}={mine[key]!r}); "
+                    f"recompute it with {self.name}"
+                )
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, backend={self._backend_name!r}, {self.dtype}, {self.device})"
+
+    # ----- sites -----
+    def sites(self, spec) -> list[Site]:
+        return parse_sites(spec, self.n_layers)
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        return check_layer(layer, self.n_layers, what)
+
+    def site_module(self, site: Site) -> tuple[nn.Module, str]:
+        if site.kind not in self.family.sites:
+            raise InterpError(f"{site} is not available for {self.hf.config.model_type} models; "
+                              f"available kinds: {', '.join(self.family.sites)}")
+        path, where = self.family.sites[site.kind]
+        layer = self.layers[site.layer]
+        return (layer.get_submodule(path) if path else layer), where
+
+    # ----- chat formatting -----
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_chat(self, instruction: str, system: "str | None | NoSystem" = None) -> str:
+        """The tokenizer's own chat template: optional system turn, the user turn, the generation prompt.
+
+        system: text for the system message; None: `default_system` (by default None: the template decides,
+        and Qwen's inserts "You are Qwen, ..."); NO_SYSTEM: no system turn at all (`_without_system`).
+        """
+        if not self.has_chat_template:
+            raise InterpError(f"{self.name} has no chat template; pass chat=False to use raw prompts")
+        if system is None:
+            system = self.default_system
+        if isinstance(system, NoSystem):
+            return self._without_system(instruction)
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": instruction}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _without_system(self, instruction: str) -> str:
+        """The chat rendering with no system turn, for any template (no per-family code).
+
+        Templates that insert a default system prompt give no way to ask for none, so render with a marker
+        system message and cut its turn out: from after the tokenizer's special prefix (a BOS written by the
+        template) to the start of the user header, which begins at the last special token before the word
+        "user" between the marker and the instruction (ChatML "<|im_start|>user", Llama 3 "<|start_header_id|>").
+        Templates that fold the system text into the user turn (Gemma) have no user header there: only the
+        marker and its separator are cut.
+        """
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SYSTEM_MARKER}, {"role": "user", "content": _PLACEHOLDER}],
+            tokenize=False, add_generation_prompt=True)
+        i, j = text.find(_SYSTEM_MARKER), text.find(_PLACEHOLDER)
+        if i < 0 or j < i:
+            raise InterpError(f"the chat template of {self.name} does not render a system message before the user "
+                              "turn; use system='default' or a system text instead of 'none'")
+        between = text[i + len(_SYSTEM_MARKER):j]
+        role = between.rfind("user")
+        if role < 0:  # system text folded into the user turn
+            out = text[:i] + text[j:]
+        else:
+            specials = [t for t in self.tokenizer.all_special_tokens + list(self.tokenizer.get_added_vocab()) if t]
+            starts = [between.rfind(t, 0, role) for t in specials]
+            header = max([s for s in starts if s >= 0], default=role)
+            bos = self.tokenizer.decode(self.special_prefix) if self.special_prefix else ""
+            start = len(bos) if bos and text.startswith(bos) else 0
+            out = text[:start] + between[header:] + text[j:]
+        return out.replace(_PLACEHOLDER, instruction)
+
+    @property
+    def eoi_ids(self) -> list[int]:
+        """Token ids after the instruction in the chat template (end of user turn + assistant header)."""
+        if self._eoi_ids is None:
+            text = self.format_chat(_PLACEHOLDER)
+            suffix = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+            self._eoi_ids = self.tokenizer(suffix, add_special_tokens=False).input_ids
+            if not self._eoi_ids:
+                raise InterpError(f"the chat template of {self.name} puts nothing after the instruction; use positions='last'")
+        return self._eoi_ids
+
+    @property
+    def n_eoi(self) -> int:
+        return len(self.eoi_ids)
+
+    def eoi_tokens(self) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(self.eoi_ids)
+
+    def uses_chat(self, chat: bool | None) -> bool:
+        """Whether prompts get the chat template: `chat`, or by default when the tokenizer has one."""
+        return self.has_chat_template if chat is None else bool(chat)
+
+    def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None,
+                        system: "str | None | NoSystem" = None) -> list[str]:
+        """Validate prompts and apply the chat template (by default when the tokenizer has one)."""
+        check_prompts(prompts)
+        return [self.format_chat(p, system) for p in prompts] if self.uses_chat(chat) else list(prompts)
+
+    # ----- tokens -----
+    @property
+    def special_prefix(self) -> list[int]:
+        """The ids the tokenizer puts before any text by itself: BOS where it adds one (Llama, Gemma), else none
+        (Qwen, SmolLM2). Special tokens it would append (an EOS) are never wanted at the end of a prompt."""
+        if self._special_prefix is None:
+            plain = self.tokenizer("x", add_special_tokens=False).input_ids
+            full = self.tokenizer("x", add_special_tokens=True).input_ids
+            starts = [i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+            self._special_prefix = full[:starts[0]] if starts else []
+        return self._special_prefix
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of already-formatted prompts (raw or chat-formatted), by one rule for special tokens.
+
+        Every prompt starts with the tokenizer's special prefix (`special_prefix`) exactly once: a chat template
+        writes it into the text itself (Llama 3's `<|begin_of_text|>`, Gemma's `<bos>`), a raw prompt gets it
+        here. Everything that turns a prompt into ids (capture, logits, generate, scoring, the attack engine's
+        prompts and its retokenisation check) comes through this function, so they all agree.
+        """
+        prefix = self.special_prefix
+        rows = self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        ids = [row if row[:len(prefix)] == prefix else prefix + row for row in rows]
+        for text, row in zip(texts, ids):
+            if len(row) > self.n_ctx:
+                raise InterpError(
+                    f"a prompt is {len(row)} tokens long, more than the model's context of {self.n_ctx}: "
+                    f"shorten it ({text[:60]!r}...)"
+                )
+        return ids
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> TokenBatch:
+        """Left-pad token id lists into a batch on the model's device."""
+        width = max(len(r) for r in ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            if row:
+                input_ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        dev = self.device
+        return TokenBatch(input_ids.to(dev), mask.to(dev), position_ids_for(mask).to(dev))
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        return self.pad(self.encode(texts))
+
+    # ----- backends -----
+    @property
+    def backend(self):
+        if self._backend is None:
+            from interp.core.backends import make_backend
+
+            self._backend = make_backend(self._backend_name, self)
+        return self._backend
+
+    # ----- the flow -----
+    def capture(self, prompts: Sequence[str], sites, positions="last", batch_size: int = 16, labels: Sequence | None = None,
+                chat: bool | None = None, system: str | None = None, progress: bool | None = None,
+                use_prefix_cache: bool | None = None) -> "Activations":
+        """Batched activation capture; see `interp.core.capture.capture`."""
+        from interp.core.capture import capture
+
+        return capture(self, prompts, sites, positions=positions, batch_size=batch_size, labels=labels, chat=chat,
+                       system=system, progress=progress, use_prefix_cache=use_prefix_cache)
+
+    @contextmanager
+    def intervene(self, *interventions: "Intervention") -> Iterator["Model"]:
+        """Apply interventions to every forward (and `generate`) inside the block; the model is untouched after."""
+        from interp.core.interventions import applied
+
+        with applied(self, interventions):
+            yield self
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
+                 system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
+                 use_prefix_cache: bool | None = None) -> "list[Completion]":
+        """Greedy, batched, KV-cached generation; returns only the new text of each prompt, as `Completion`s
+        (strings that carry the generated token ids, `.ids`)."""
+        from interp.core.generation import generate
+
+        return generate(self, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, system=system,
+                        interventions=interventions, progress=progress, use_prefix_cache=use_prefix_cache)
+
+    @torch.no_grad()
+    def logits(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None, last_only: bool = True,
+               batch_size: int = 16, use_prefix_cache: bool | None = None) -> Tensor:
+        """Logits (fp32, on the CPU), one row per prompt in prompt order.
+
+        last_only=True: at the last token of each prompt, [n, vocab]; the tokens every prompt shares at its start
+        (the chat template's system prompt) run once and each batch continues from their KV cache
+        (`use_prefix_cache`, by default on the CPU only; exact: see `interp.core.prefix`). last_only=False: at every token, [n, width, vocab],
+        left-padded to the longest prompt like a batch: prompt i's tokens are its last `len_i` columns and the
+        pad columns before them are zero.
+        """
+        from interp.core.capture import pad_left
+        from interp.core.prefix import shared_prefix, wanted
+        from interp.core.runner import forward
+
+        ids = self.encode(self.prepare_prompts(prompts, chat, system))
+        prefix = shared_prefix(self, ids) if wanted(self, use_prefix_cache) and last_only else None
+        if prefix is not None:
+            ids = [row[prefix.width:] for row in ids]
+        width = max(len(r) for r in ids)
+        outs = []
+        for start in range(0, len(ids), batch_size):
+            tb = self.pad(ids[start:start + batch_size])
+            out = forward(self, tb, prefix=prefix, logits="last" if last_only else "all").logits
+            if last_only:
+                outs.append(out.float().cpu())
+            else:
+                out = out.float() * tb.attention_mask[..., None]
+                outs.append(pad_left(out.cpu(), width, [1]))
+        return torch.cat(outs)
+
+
+def check_prompts(prompts) -> None:
+    if isinstance(prompts, str):
+        raise InterpError("prompts must be a list of strings, got a single string; wrap it in a list")
+    if prompts is None or len(prompts) == 0:
+        raise InterpError("the prompt list is empty; give at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InterpError(f"prompt {i} is a {type(p).__name__}, not a string: every prompt must be a str")
+        if not p.strip():
+            raise InterpError(f"prompt {i} is empty; remove empty prompts")
