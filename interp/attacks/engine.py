@@ -53,6 +53,7 @@ from transformers import DynamicCache
 
 from interp.attacks.losses import AttackLoss, RowBatch
 from interp.errors import InterpError
+from interp.core.system import DEFAULT_SYSTEM, System
 from interp.core.runner import forward
 from interp.core.prefix import PrefixKV, usable
 
@@ -117,7 +118,7 @@ def render_tokens(model: "Model", prompt: AttackPrompt, tokens: Int[Tensor, "c m
 
 
 def reencode(model: "Model", prompt: AttackPrompt, tokens: Int[Tensor, "c m"], chat: bool | None = None,
-             system: str | None = None) -> list[list[int]]:
+             system: System = DEFAULT_SYSTEM) -> list[list[int]]:
     """The ids that candidate mask tokens [c, m] read back as: rendered to text, chat-formatted and encoded by the
     same path as every other prompt (`Model.prepare_prompts`, `Model.encode`), in one batched tokenizer call."""
     return model.encode(model.prepare_prompts(render_tokens(model, prompt, tokens), chat, system))
@@ -127,7 +128,7 @@ _INIT_ALTERNATIVES = (" x", " !", " a", "x")
 
 
 def build_prompt(model: "Model", template: str, behavior: str, init: str = " x", target: str | None = None,
-                 chat: bool | None = None, system: str | None = None, key: str | None = None) -> AttackPrompt:
+                 chat: bool | None = None, system: System = DEFAULT_SYSTEM, key: str | None = None) -> AttackPrompt:
     """Token ids of `template` with `behavior` substituted, the masks filled with the token of `init`.
 
     The prompt must read back as the same ids when rendered to text, chat-formatted and encoded, the check
@@ -152,7 +153,7 @@ def build_prompt(model: "Model", template: str, behavior: str, init: str = " x",
                       f"({back}), so every candidate would fail the retokenisation check; {hint}")
 
 
-def _reads_back(model: "Model", prompt: AttackPrompt, chat: bool | None, system: str | None) -> str | None:
+def _reads_back(model: "Model", prompt: AttackPrompt, chat: bool | None, system: System) -> str | None:
     """None when the prompt's initial tokens survive `reencode`; else where they first differ, as tokens."""
     init = torch.tensor([[prompt.ids[i] for i in prompt.mask_positions]])
     back = reencode(model, prompt, init, chat, system)[0]
@@ -165,7 +166,7 @@ def _reads_back(model: "Model", prompt: AttackPrompt, chat: bool | None, system:
 
 
 def _assemble(model: "Model", template: str, behavior: str, init: str, target: str | None, chat: bool | None,
-              system: str | None, key: str | None) -> AttackPrompt:
+              system: System, key: str | None) -> AttackPrompt:
     """The prompt's ids built piece by piece around the masks (the special prefix by `Model.encode`'s rule)."""
     check_template(template)
     chat = model.uses_chat(chat)
@@ -233,7 +234,9 @@ class Batcher:
         self.prefix_lens = torch.tensor([p.prefix_len if use_cache else 0 for p in prompts], device=dev)
         suffixes = [p.ids[int(pl):] + self._target(p) for p, pl in zip(prompts, self.prefix_lens)]
         width = max(len(s) for s in suffixes)
-        pad = model.tokenizer.pad_token_id
+        pad = model.pad_id
+        if pad is None:
+            raise InterpError(f"the tokenizer of {model.name} has neither a pad nor an EOS token; batches cannot be padded")
         self.suffix_ids = torch.full((n, width), pad, dtype=torch.long, device=dev)
         self.suffix_mask = torch.zeros((n, width), dtype=torch.long, device=dev)
         self.mask_cols = torch.zeros((n, m), dtype=torch.long, device=dev)
@@ -343,9 +346,9 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class SearchConfig:
+class EngineConfig:
     """Budget and knobs of the token search. Budget per behaviour = steps x candidates candidate forwards, or
-    `max_forwards` when given. `preset` names the preset these knobs started from (`SearchConfig.preset_of`)."""
+    `max_forwards` when given. `preset` names the preset these knobs started from (`EngineConfig.preset_of`)."""
 
     steps: int = 40
     candidates: int = 32  # search width: candidates per behaviour per step
@@ -354,9 +357,7 @@ class SearchConfig:
     replace_coefficient: float = 1.8  # n_replace = n_mask * (loss / initial loss) ** (1 / coefficient)
     buffer_size: int = 4  # 0: nanoGCG's, each step starts from that step's best candidate (best ever kept apart)
     patience: int = 8  # steps without improvement before a jump
-    # behaviours attacked together. 4: measured on one CPU thread (Qwen2.5-Coder-0.5B, 4 AdvBench behaviours, whole
-    # attacks with judging), 4 together took 0.86x the time of one at a time for probe-SSR (96 forwards each, runs
-    # in ABBA order) and 0.88x for GCG (64 forwards); mostly the judge's generations, batched across behaviours
+    # behaviours attacked together (their candidate forwards and the judge's generations share batches)
     parallel: int = 4
     max_seconds: float | None = None  # wall-time cap per behaviour
     judge_every: int = 10  # judge the best candidate every k steps (when it changed); 0: never periodically
@@ -388,7 +389,7 @@ class SearchConfig:
             raise InterpError(f"judge_every must be a non-negative integer, got {self.judge_every!r}")
 
     @classmethod
-    def preset_of(cls, name: str = "default", **overrides) -> "SearchConfig":
+    def preset_of(cls, name: str = "default", **overrides) -> "EngineConfig":
         """The knobs of preset `name` ("default" or "nanogcg", see PRESETS), then `overrides` (non-None ones)."""
         if name not in PRESETS:
             raise InterpError(f"unknown search preset {name!r}; use one of {', '.join(PRESETS)}")
@@ -460,9 +461,9 @@ class _State:
 class TokenSearch:
     """Gradient-guided token search over the masks of many prompts at once, for any `AttackLoss`."""
 
-    def __init__(self, model: "Model", loss: "AttackLoss", config: SearchConfig | None = None):
+    def __init__(self, model: "Model", loss: "AttackLoss", config: EngineConfig | None = None):
         self.model, self.loss = model, loss
-        self.config = config or SearchConfig()
+        self.config = config or EngineConfig()
         self.batch_size = self.config.batch_size
         vocab = model.hf.get_input_embeddings().weight.shape[0]
         self.disallowed = _disallowed(model.tokenizer, vocab, self.config.ascii_only).to(model.device)
@@ -500,7 +501,7 @@ class TokenSearch:
         return render_tokens(self.model, prompt, tokens)
 
     def retokenizes(self, prompt: AttackPrompt, tokens: Tensor, chat: bool | None = None,
-                    system: str | None = None) -> Bool[Tensor, "c"]:
+                    system: System = DEFAULT_SYSTEM) -> Bool[Tensor, "c"]:
         """Whether each candidate's text encodes back to exactly its ids (one batched tokenizer call)."""
         if len(tokens) == 0:
             return torch.zeros(0, dtype=torch.bool)
@@ -521,7 +522,7 @@ class TokenSearch:
 
     # -- the loop --
     def run(self, prompts: list[AttackPrompt], check: Check | None = None, progress: bool = True,
-            chat: bool | None = None, system: str | None = None) -> list[SearchResult]:
+            chat: bool | None = None, system: System = DEFAULT_SYSTEM) -> list[SearchResult]:
         """Search every prompt, `parallel` at a time. `check(candidates) -> successes` judges candidates (and
         logs them); without it a behaviour stops when its loss reaches the threshold (`success` is then None)."""
         cfg = self.config
@@ -563,7 +564,7 @@ class TokenSearch:
                                  time.perf_counter(), self.config.n_replace or p.n_mask))
         return states
 
-    def _step(self, batcher: Batcher, active: list[_State], chat: bool | None, system: str | None) -> None:
+    def _step(self, batcher: Batcher, active: list[_State], chat: bool | None, system: System) -> None:
         """One step for every active behaviour: gradients, candidates, their losses, buffer updates."""
         dev = self.model.device
         rows = torch.tensor([s.index for s in active], device=dev)

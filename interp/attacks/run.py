@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from interp.attacks.engine import MASK, PRESETS, Candidate, SearchConfig, TokenSearch, build_prompt, check_template
+from interp.attacks.engine import MASK, PRESETS, Candidate, EngineConfig, TokenSearch, build_prompt, check_template
 from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, HeadAblationLoss, LayerProbes, ProbeLoss,
                                    SteeringLoss, check_layers)
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
+from interp.core.system import DEFAULT_SYSTEM, System
 from interp.core.result import Result
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class AttackConfig:
     data_seed: int = 0
     target: str | None = None  # GCG target for behaviours without one (default "Sure, here is")
     init: str = " x"  # initial text of each mask (one token)
-    system: str | None = None
+    system: System = DEFAULT_SYSTEM  # interp.core.model.system_option: "default" (the template's), "none" or a text
     max_new_tokens: int = 64  # judged response length
     judge_batch_size: int = 16
     # SSR targets (losses)
@@ -93,7 +94,7 @@ class AttackConfig:
     n_heads: int = 4  # attention-SSR heads chosen by attribution (the paper: 3-4)
     refusal_score: str | None = None  # saved interp.judges.RefusalScore (JSON), logged with each attempt
     classifier: str | None = None  # local sequence-classification judge folder; success needs it to agree
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -132,7 +133,7 @@ class AttackConfig:
             values.update(nested)
         values.update({k: v for k, v in overrides.items() if v is not None})
         own = {f.name for f in dataclasses.fields(cls)} - {"search"}
-        knobs = {f.name for f in dataclasses.fields(SearchConfig)}
+        knobs = {f.name for f in dataclasses.fields(EngineConfig)}
         unknown = sorted(set(values) - own - knobs)
         if unknown:
             raise InterpError(f"unknown attack setting(s) {unknown}; valid: {', '.join(sorted(own | knobs))}")
@@ -145,7 +146,7 @@ class AttackConfig:
         if values.get("method") == "gcg" and "n_replace" not in search:
             search["n_replace"] = 1  # GCG flips one token per candidate (Zou et al.; nanoGCG's default)
         try:
-            return cls(**{k: v for k, v in values.items() if k in own}, search=SearchConfig(**search))
+            return cls(**{k: v for k, v in values.items() if k in own}, search=EngineConfig(**search))
         except TypeError as e:
             raise InterpError(f"bad attack setting: {e}") from e
 
@@ -172,7 +173,7 @@ class Judge:
     "refusal" without the substantive judge). Only the others are generated to `max_new_tokens` and labelled.
     """
 
-    def __init__(self, model: "Model", max_new_tokens: int = 64, batch_size: int = 16, system: str | None = None,
+    def __init__(self, model: "Model", max_new_tokens: int = 64, batch_size: int = 16, system: System = DEFAULT_SYSTEM,
                  refusal_score=None, classifier: "ClassifierJudge | None" = None, early: int = 12, substantive=None):
         from interp.judges import SubstringJudge
 

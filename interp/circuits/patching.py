@@ -132,6 +132,7 @@ def _forward_keep(model: "Model", ids: list[list[int]], sites: Sequence[Site], w
         fns = {s: [lambda site, x: got.__setitem__(site, x.detach().float().cpu())] for s in sites}
         out = forward(model, batch, hooks=fns, keep_cache=keep_kv)
         cache = out.cache
+        assert out.logits is not None  # logits were asked for and the forward ran to the end
         logits.append(out.logits.float().cpu())
         for s in sites:
             acts[s].append(pad_left(got[s], width, [1]))
@@ -199,7 +200,8 @@ def _prefix_rows(model: "Model", runs: Runs, items: list[int], cuts: list[int]) 
         idx = src[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]).to(k.device)
         keep = valid[:, None, :, None].to(k.device)
         kv.append(tuple(torch.gather(t[items], 2, idx) * keep for t in (k, v)))
-    pad = torch.full((len(items), width), model.tokenizer.pad_token_id, dtype=torch.long)
+    assert model.pad_id is not None  # the runs were padded with it (`Model.pad`)
+    pad = torch.full((len(items), width), model.pad_id, dtype=torch.long)
     return PrefixKV(pad, cut, kv, model.hf.config)
 
 
@@ -266,7 +268,9 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
         cuts = [0] * len(rows)
     inputs = _rows_inputs(model, runs, items, cuts, start)
     with _from_layer(model, start):
-        logits = forward(model, **inputs, edits=patches).logits.float().cpu()
+        out = forward(model, **inputs, edits=patches).logits
+    assert out is not None  # logits were asked for and the forward ran to the end
+    logits = out.float().cpu()
     index = torch.tensor(items)
     return logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
 
@@ -341,7 +345,9 @@ def attribution(model: "Model", runs: Runs, locations: Sequence[Location], batch
         for s in sites:
             fns.setdefault(s, []).append(record)
         with torch.enable_grad():
-            logits = forward(model, batch, hooks=fns).logits.float()
+            result = forward(model, batch, hooks=fns).logits
+            assert result is not None  # logits were asked for and the forward ran to the end
+            logits = result.float()
             index = slice(start, start + batch.input_ids.shape[0])
             logit_diff(logits, tok.answer[index], tok.wrong[index]).sum().backward()
         for s in sites:
@@ -407,7 +413,9 @@ def path_patching(model: "Model", tokens: TaskTokens, senders: Senders, receiver
         forward(model, batch, hooks=keep, edits=frozen, stop_after=top, logits=None)
         # run 3: only the receivers' q/k/v from run 2
         patches = [Patch(site.name, got[site], "all", heads=heads) for site, heads in recv_heads.items()]
-        logits = forward(model, batch, edits=patches).logits.float().cpu()
+        out = forward(model, batch, edits=patches).logits
+        assert out is not None  # logits were asked for and the forward ran to the end
+        logits = out.float().cpu()
         index = torch.tensor(items)
         ld = logit_diff(logits, runs.tokens.answer[index], runs.tokens.wrong[index])
         total.index_add_(0, torch.tensor([g for g, _ in chunk]), ld)

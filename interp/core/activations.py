@@ -31,6 +31,7 @@ class Activations:
     model: dict = field(default_factory=dict)  # the fingerprint of the model that produced them
     mask: Tensor | None = None  # [n, seq] for positions="all"
     position_tokens: list[str] | None = None  # the eoi tokens, for positions="eoi"
+    system: str | None = None  # the system prompt the prompts were chat-formatted with (`system_record`); None: raw prompts
 
     def __post_init__(self) -> None:
         for name, t in self.acts.items():
@@ -88,7 +89,7 @@ class Activations:
         """Only the rows with this label."""
         rows = [i for i, lab in enumerate(self.label_array()) if lab == label]
         if not rows:
-            raise InterpError(f"no rows with label {label!r}; labels present: {sorted(set(map(str, self.labels)))}")
+            raise InterpError(f"no rows with label {label!r}; labels present: {sorted(set(map(str, self.label_array())))}")
         return self.rows(rows)
 
     def rows(self, rows: Sequence[int]) -> "Activations":
@@ -96,7 +97,7 @@ class Activations:
         return Activations(
             {k: v[idx] for k, v in self.acts.items()}, [self.prompts[i] for i in rows],
             [self.labels[i] for i in rows] if self.labels is not None else None, self.positions, dict(self.model),
-            self.mask[idx] if self.mask is not None else None, self.position_tokens,
+            self.mask[idx] if self.mask is not None else None, self.position_tokens, self.system,
         )
 
     def layer(self, layer: int) -> "Activations":
@@ -104,7 +105,8 @@ class Activations:
         keep = {k: v for k, v in self.acts.items() if k.startswith(f"blocks.{layer}.")}
         if not keep:
             raise InterpError(f"no sites of layer {layer} were captured; captured: {', '.join(self.acts)}")
-        return Activations(keep, self.prompts, self.labels, self.positions, dict(self.model), self.mask, self.position_tokens)
+        return Activations(keep, self.prompts, self.labels, self.positions, dict(self.model), self.mask, self.position_tokens,
+                           self.system)
 
     # ----- persistence: safetensors + JSON, never pickle -----
     def save(self, directory: str | os.PathLike) -> Path:
@@ -116,6 +118,7 @@ class Activations:
         write_json(directory / META, {
             "format": "interp.core.activations/1", "model": self.model, "prompts": self.prompts, "labels": self.labels,
             "positions": self.positions, "position_tokens": self.position_tokens, "sites": list(self.acts),
+            "system": self.system,
         })
         return directory
 
@@ -132,4 +135,4 @@ class Activations:
             model.check_compatible(meta["model"], f"the activations in {directory}")
         mask = tensors.pop("__mask__", None)
         return cls({s: tensors[s] for s in meta["sites"]}, meta["prompts"], meta["labels"], meta["positions"],
-                   meta["model"], mask.bool() if mask is not None else None, meta.get("position_tokens"))
+                   meta["model"], mask.bool() if mask is not None else None, meta.get("position_tokens"), meta.get("system"))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from interp.core.activations import Activations
 from interp.errors import InterpError
 from interp.core.positions import Positions, check_positions, select
+from interp.core.system import DEFAULT_SYSTEM, System, system_record
 from interp.core.prefix import PrefixKV, row_dependent, shared_prefix, wanted
 from interp.core.sites import Site
 
@@ -51,7 +52,7 @@ def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, e
 
 @torch.no_grad()
 def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions = "last", batch_size: int = 16,
-            labels: Sequence | None = None, chat: bool | None = None, system: str | None = None,
+            labels: Sequence | None = None, chat: bool | None = None, system: System = DEFAULT_SYSTEM,
             progress: bool | None = None, use_prefix_cache: bool | None = None) -> Activations:
     """Capture `sites` at `positions` for every prompt.
 
@@ -116,4 +117,5 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
         model=model.fingerprint,
         mask=mask,
         position_tokens=model.eoi_tokens() if positions == "eoi" else None,
+        system=system_record(system) if model.uses_chat(chat) else None,
     )

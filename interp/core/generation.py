@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from interp.errors import InterpError
 from interp.core.interventions import applied
+from interp.core.system import DEFAULT_SYSTEM, System
 from interp.core.prefix import row_dependent, shared_prefix, wanted
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _until_eos(tokens: Sequence[int], eos: int | Sequence[int] | None) -> list[i
 
 @torch.no_grad()
 def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
-             chat: bool | None = None, system: str | None = None, interventions: Sequence["Intervention"] = (),
+             chat: bool | None = None, system: System = DEFAULT_SYSTEM, interventions: Sequence["Intervention"] = (),
              progress: bool | None = None, use_prefix_cache: bool | None = None) -> list[Completion]:
     """Greedy completions of `prompts` (chat-formatted by default), returning only the new text, each a
     `Completion` (a str) that carries its generated token ids.
@@ -73,7 +74,7 @@ def generate(model: "Model", prompts: Sequence[str], max_new_tokens: int = 64, b
                 "input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
             gen = model.hf.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                pad_token_id=model.tokenizer.pad_token_id, eos_token_id=eos,
+                pad_token_id=model.pad_id, eos_token_id=eos,
             )
             new = gen[:, inputs["input_ids"].shape[1]:]
             for row, tokens in zip(rows, new):

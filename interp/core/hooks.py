@@ -5,8 +5,10 @@ in TransformerLens layout; `attn.hook_z` and `attn.hook_q|k|v` as [batch, pos, h
 or a tensor to replace the value. Hooks are removed when the context exits, also when the body raises.
 `stop_after=L` ends the forward once layer L has run (raising `StopForward`, which `hooked` swallows).
 
-`forward_state(model)` is what hooks may need to know about the forward now running: which interventions are
-active, whether a shared prefix is being run (`interp.core.prefix`), and whether the forward is a generation step.
+`model.run_context` (a `RunContext`, an ordinary attribute the Model creates in `__init__`) is what hooks may
+need to know about the forward now running: which interventions are active, whether a shared prefix is being run
+(`interp.core.prefix`), and whether the forward is a generation step. Every field is set by a context manager
+(`interp.core.interventions.applied`, `prefix_pass`, `tracking_steps`) and restored when its block exits.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class StopForward(Exception):
 
 
 @dataclass
-class ForwardState:
-    """Per-model facts about the forward now running, read by intervention hooks.
+class RunContext:
+    """Per-model facts about the forward now running, read by intervention hooks (`Model.run_context`).
 
     active: the interventions applied now (outermost first), so prefix caching can ask whether they depend on
     positions or rows. prefix_pass: a shared prefix is being run once for many rows (`interp.core.prefix`);
@@ -49,24 +51,16 @@ class ForwardState:
     _tracking: int = 0
 
 
-def forward_state(model: "Model") -> ForwardState:
-    """The model's `ForwardState`, created on first use."""
-    state = model.__dict__.get("_forward_state")
-    if state is None:
-        state = model.__dict__["_forward_state"] = ForwardState()
-    return state
-
-
 @contextmanager
 def tracking_steps(model: "Model") -> Iterator[None]:
-    """Inside the block, `forward_state(model).decoding` says whether each forward is a generation step.
+    """Inside the block, `model.run_context.decoding` says whether each forward is a generation step.
 
     The signal is the KV cache object: the first forward that uses a cache is the prompt (all of it, or the
     rest of it after a cached prefix, however short); a later forward that passes the same cache object again
     continues it, which is what a generation step does. A forward without a cache is always a prompt. (Input
     length is no signal: a prompt's suffix after a cached prefix can be one token long.)
     """
-    state = forward_state(model)
+    state = model.run_context
     if state._tracking:  # nested blocks share the outer tracker
         state._tracking += 1
         try:
@@ -94,7 +88,7 @@ def tracking_steps(model: "Model") -> Iterator[None]:
 def prefix_pass(model: "Model", allowed: frozenset[int] = frozenset()) -> Iterator[None]:
     """Mark the forwards in the block as runs of a shared prefix: only the interventions whose ids are in
     `allowed` act there (`interp.core.prefix` decides which)."""
-    state = forward_state(model)
+    state = model.run_context
     old = state.prefix_pass, state.prefix_allowed
     state.prefix_pass, state.prefix_allowed = True, frozenset(allowed)
     try:
@@ -106,7 +100,7 @@ def prefix_pass(model: "Model", allowed: frozenset[int] = frozenset()) -> Iterat
 def outside_prefix(model: "Model", fn: "HookFn", key: int) -> "HookFn":
     """`fn`, except during a prefix pass that does not allow the intervention `key`, where it leaves the value
     alone."""
-    state = forward_state(model)
+    state = model.run_context
 
     def wrapped(site: Site, x: Tensor) -> Tensor | None:
         return None if state.prefix_pass and key not in state.prefix_allowed else fn(site, x)

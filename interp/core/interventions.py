@@ -40,7 +40,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.core.hooks import HookFn, forward_state, hooked, outside_prefix, tracking_steps
+from interp.core.hooks import HookFn, hooked, outside_prefix, tracking_steps
 from interp.core.sites import HEAD_KINDS, Site
 from interp.core.subspace import Direction, Subspace
 
@@ -78,7 +78,8 @@ class _Cast:
     """Cache a tensor on the device/dtype of the activations it meets."""
 
     def __init__(self, t: Tensor):
-        self.t, self._cache = t, {}
+        self.t = t
+        self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def __call__(self, like: Tensor) -> Tensor:
         key = (like.device, like.dtype)
@@ -179,8 +180,12 @@ class Set:
     def hooks(self, model: "Model") -> dict[Site, list[HookFn]]:
         (site,) = model.sites(self.site)
         cast = _Cast(self.value.float())
-        state = forward_state(model)
-        idx = slice(None) if self.positions == "all" else list(self.positions)
+        state = model.run_context
+        if self.positions == "all":
+            idx: slice | list[int] = slice(None)
+        else:
+            assert not isinstance(self.positions, str)  # "all" is the only string __post_init__ lets through
+            idx = list(self.positions)
 
         def fn(s: Site, x: Tensor) -> Tensor | None:
             if state.decoding:
@@ -259,9 +264,9 @@ class WeightedAblate:
         if d.dim() != 2 or d.shape[0] != n:
             raise InterpError(f"WeightedAblate needs one direction per layer, shape [{n}, {model.d_model}], "
                               f"got {tuple(d.shape)}")
-        for name, w in (("attn", self.attn), ("mlp", self.mlp)):
-            if len(w) != n:
-                raise InterpError(f"WeightedAblate {name} weights: {len(w)} given, {model.name} has {n} layers")
+        for name, ws in (("attn", self.attn), ("mlp", self.mlp)):
+            if len(ws) != n:
+                raise InterpError(f"WeightedAblate {name} weights: {len(ws)} given, {model.name} has {n} layers")
         if (d.norm(dim=-1) == 0).any():
             raise InterpError("WeightedAblate: a per-layer direction is the zero vector")
         units = d / d.norm(dim=-1, keepdim=True)
@@ -306,7 +311,7 @@ def site_width(model: "Model", site: Site) -> int:
     if site.kind in HEAD_KINDS:
         return model.d_head
     if site.kind == "mlp.hook_post":
-        w = model.layers[site.layer].get_submodule(model.family.down_proj).weight
+        w: Tensor = model.layers[site.layer].get_submodule(model.family.down_proj).weight  # type: ignore[assignment]
         return w.shape[0] if model.family.conv1d else w.shape[1]
     return model.d_model
 
@@ -328,7 +333,7 @@ def check_subspace(model: "Model", subspace: Subspace, site: Site, width: int | 
                           f"(or fit one at {site})")
 
 
-def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: str | list[int],
+def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: str | Sequence[int],
               heads: Sequence[int] | None, rows: Sequence[int] | None,
               combine: Callable[[Tensor, Tensor], Tensor] | None) -> HookFn:
     """The one hook of `Patch` and `SubspacePatch`: it finds the rows, positions (and heads) written and sets
@@ -347,7 +352,7 @@ def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: 
     elif heads is not None:
         raise InterpError(f"{name} heads apply to attn.hook_z|q|k|v only, not {site}")
     per_position = positions != "all" and src.shape[1] == len(positions)
-    state = forward_state(model)
+    state = model.run_context
     row_index = None if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
     cast = _Cast(src)
 
@@ -361,6 +366,7 @@ def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: 
         if positions == "all":
             cols = torch.arange(width, device=x.device)
         else:
+            assert not isinstance(positions, str)  # "all" is the only string `_patch_positions` lets through
             if -min(positions) > width:
                 raise InterpError(f"{name} position {min(positions)} is outside this run's {width} tokens at {s}")
             cols = torch.tensor(positions, device=x.device) + width
@@ -370,7 +376,7 @@ def _patch_fn(model: "Model", name: str, site: Site, source: Tensor, positions: 
                 raise InterpError(f"{name} source has {value.shape[1]} positions, the run at {s} has {width}")
             value = value[:, cols - width + value.shape[1]]
         if heads is None:
-            index = (r[:, None], cols[None, :])
+            index: tuple[Tensor, ...] = (r[:, None], cols[None, :])
         else:
             h = torch.tensor(heads, device=x.device)
             index, value = (r[:, None, None], cols[None, :, None], h[None, None, :]), value[:, :, h]
@@ -495,9 +501,9 @@ def merge_hooks(model: "Model", interventions: Sequence[Intervention]) -> dict[S
 @contextmanager
 def applied(model: "Model", interventions: Sequence[Intervention]) -> Iterator[None]:
     """Hooks for these interventions inside the block; removed on exit, also when the body raises. While the
-    block runs, the model's `forward_state` lists them and tells prompt forwards from generation steps."""
+    block runs, the model's `run_context` lists them and tells prompt forwards from generation steps."""
     hooks = merge_hooks(model, interventions)
-    state = forward_state(model)
+    state = model.run_context
     n = len(state.active)
     state.active.extend(interventions)
     try:

@@ -1,52 +1,37 @@
 """`Model`: an HF causal LM with its tokenizer, canonical sites, chat formatting and batched left-padded inputs.
 
 The model's weights are never changed by anything in this library: interventions are hooks that live only
-inside a `with` block, and weight edits (orthogonalisation) work on a copy that is written to disk.
+inside a `with` block, and weight edits (orthogonalisation) work on a copy that is written to disk. Nor is its
+tokenizer (a missing pad token is `Model.pad_id`, the EOS) or any default: the system prompt is a value passed to
+each call (`System`, by default `DEFAULT_SYSTEM`), and the state of the forward now running is `Model.run_context`,
+set and restored by the context managers that need it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence, cast
 
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
 from interp.errors import InterpError
+from interp.core.hooks import RunContext
 from interp.core.sites import Family, Site, check_layer, family_for, parse_sites
+# the system-prompt value, defined once in interp.core.system and re-exported here
+from interp.core.system import DEFAULT_SYSTEM, NO_SYSTEM, NoSystem, System, system_option, system_record  # noqa: F401
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from interp.core.activations import Activations
     from interp.core.generation import Completion
     from interp.core.interventions import Intervention
 
 _PLACEHOLDER = "\x00INSTRUCTION\x00"
 _SYSTEM_MARKER = "\x00SYSTEM\x00"
-
-
-class NoSystem:
-    """The `system` value that renders no system turn at all (see `Model.format_chat`)."""
-
-    def __repr__(self) -> str:
-        return "NO_SYSTEM"
-
-
-NO_SYSTEM = NoSystem()
-
-
-def system_option(spec: str | None) -> "str | None | NoSystem":
-    """The `system` value for a user-facing option: "none" -> NO_SYSTEM (no system turn), "default" or None ->
-    None (whatever the chat template inserts by itself, e.g. Qwen's "You are Qwen, ..."), any other text -> that
-    text as the system message."""
-    if spec is None or spec == "default":
-        return None
-    if spec == "none":
-        return NO_SYSTEM
-    if not isinstance(spec, str) or not spec.strip():
-        raise InterpError(f"system must be 'none', 'default' or a non-empty system prompt, got {spec!r}")
-    return spec
 
 
 @dataclass
@@ -73,7 +58,7 @@ def position_ids_for(mask: Tensor) -> Tensor:
 class Model:
     """A loaded causal LM. Build one with `interp.load(...)`."""
 
-    def __init__(self, hf: nn.Module, tokenizer, name: str, backend: str = "hooks", source: str | None = None,
+    def __init__(self, hf: PreTrainedModel, tokenizer, name: str, backend: str = "hooks", source: str | None = None,
                  backend_options: dict | None = None):
         self.hf = hf.eval()
         self.tokenizer = tokenizer
@@ -85,30 +70,19 @@ class Model:
         self.d_model: int = cfg.hidden_size
         self.n_heads: int = cfg.num_attention_heads
         self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.n_ctx: int = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
-        self.layers: nn.ModuleList = hf.get_submodule(self.family.layers)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        self.n_ctx: int = getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 2048)
+        self.layers = cast(nn.ModuleList, hf.get_submodule(self.family.layers))
+        # The pad id of left-padded batches: the tokenizer's own, else its EOS (the tokenizer is never changed;
+        # pad columns are masked out, so any id works). None when it has neither: `pad` then fails loudly.
+        self.pad_id: int | None = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._backend_name = backend
         self.backend_options = dict(backend_options or {})  # e.g. {"remote": True} for nnsight on NDIF
         self._backend = None
         self._eoi_ids: list[int] | None = None
         self._special_prefix: list[int] | None = None
-        self.default_system: "str | None | NoSystem" = None  # used when a call passes system=None
-
-    def with_system(self, system: "str | None | NoSystem") -> "Model":
-        """A view of this model (same weights, tokenizer and intervention state) whose chat formatting uses
-        `system` whenever a call passes none, so code that formats prompts itself (`RefusalScore.fit`, scoring)
-        renders them the same way. `system_option("none")` gives NO_SYSTEM, no system turn at all."""
-        from copy import copy
-
-        from interp.core.hooks import forward_state
-
-        forward_state(self)  # created before the copy, so both share one ForwardState (hooks live on self.hf)
-        view = copy(self)
-        view._backend = None
-        view.default_system = system
-        return view
+        # What the forward now running needs to know (active interventions, prefix pass, generation step); set
+        # and restored by context managers (interp.core.interventions.applied, interp.core.hooks.prefix_pass).
+        self.run_context = RunContext()
 
     # ----- identity -----
     @property
@@ -156,16 +130,16 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_chat(self, instruction: str, system: "str | None | NoSystem" = None) -> str:
+    def format_chat(self, instruction: str, system: System = DEFAULT_SYSTEM) -> str:
         """The tokenizer's own chat template: optional system turn, the user turn, the generation prompt.
 
-        system: text for the system message; None: `default_system` (by default None: the template decides,
-        and Qwen's inserts "You are Qwen, ..."); NO_SYSTEM: no system turn at all (`_without_system`).
+        system (a `System`, or its option string, see `system_option`): text for the system message; None or
+        "default": the template decides (Qwen's inserts "You are Qwen, ..."); NO_SYSTEM or "none": no system
+        turn at all (`_without_system`). The library default is `DEFAULT_SYSTEM`.
         """
         if not self.has_chat_template:
             raise InterpError(f"{self.name} has no chat template; pass chat=False to use raw prompts")
-        if system is None:
-            system = self.default_system
+        system = system_option(system)
         if isinstance(system, NoSystem):
             return self._without_system(instruction)
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": instruction}]
@@ -224,7 +198,7 @@ class Model:
         return self.has_chat_template if chat is None else bool(chat)
 
     def prepare_prompts(self, prompts: Sequence[str], chat: bool | None = None,
-                        system: "str | None | NoSystem" = None) -> list[str]:
+                        system: System = DEFAULT_SYSTEM) -> list[str]:
         """Validate prompts and apply the chat template (by default when the tokenizer has one)."""
         check_prompts(prompts)
         return [self.format_chat(p, system) for p in prompts] if self.uses_chat(chat) else list(prompts)
@@ -263,7 +237,9 @@ class Model:
     def pad(self, ids: Sequence[Sequence[int]]) -> TokenBatch:
         """Left-pad token id lists into a batch on the model's device."""
         width = max(len(r) for r in ids)
-        pad_id = self.tokenizer.pad_token_id
+        pad_id = self.pad_id
+        if pad_id is None:
+            raise InterpError(f"the tokenizer of {self.name} has neither a pad nor an EOS token; batches cannot be padded")
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for i, row in enumerate(ids):
@@ -287,7 +263,7 @@ class Model:
 
     # ----- the flow -----
     def capture(self, prompts: Sequence[str], sites, positions="last", batch_size: int = 16, labels: Sequence | None = None,
-                chat: bool | None = None, system: str | None = None, progress: bool | None = None,
+                chat: bool | None = None, system: System = DEFAULT_SYSTEM, progress: bool | None = None,
                 use_prefix_cache: bool | None = None) -> "Activations":
         """Batched activation capture; see `interp.core.capture.capture`."""
         from interp.core.capture import capture
@@ -304,7 +280,7 @@ class Model:
             yield self
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16, chat: bool | None = None,
-                 system: str | None = None, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
+                 system: System = DEFAULT_SYSTEM, interventions: Sequence["Intervention"] = (), progress: bool | None = None,
                  use_prefix_cache: bool | None = None) -> "list[Completion]":
         """Greedy, batched, KV-cached generation; returns only the new text of each prompt, as `Completion`s
         (strings that carry the generated token ids, `.ids`)."""
@@ -314,7 +290,7 @@ class Model:
                         interventions=interventions, progress=progress, use_prefix_cache=use_prefix_cache)
 
     @torch.no_grad()
-    def logits(self, prompts: Sequence[str], chat: bool | None = None, system: str | None = None, last_only: bool = True,
+    def logits(self, prompts: Sequence[str], chat: bool | None = None, system: System = DEFAULT_SYSTEM, last_only: bool = True,
                batch_size: int = 16, use_prefix_cache: bool | None = None) -> Tensor:
         """Logits (fp32, on the CPU), one row per prompt in prompt order.
 
@@ -337,6 +313,7 @@ class Model:
         for start in range(0, len(ids), batch_size):
             tb = self.pad(ids[start:start + batch_size])
             out = forward(self, tb, prefix=prefix, logits="last" if last_only else "all").logits
+            assert out is not None  # logits were asked for and the forward ran to the end
             if last_only:
                 outs.append(out.float().cpu())
             else:

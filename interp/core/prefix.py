@@ -2,7 +2,7 @@
 
 The one module for the three users:
 - capture, `Model.logits` and `Model.generate`: chat templates put the same tokens (system prompt, user
-  header) before every instruction, on Qwen2.5 about half of a short prompt; they run once per call;
+  header) before every instruction, often a large part of a short prompt; they run once per call;
 - candidate scoring (`interp.directions.scoring`): that prefix once per candidate, under the candidate's intervention;
 - the attack engine: each behaviour's own fixed prefix (everything before its first mask), rows of different
   prefix lengths side by side.
@@ -35,7 +35,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from interp.errors import InterpError
-from interp.core.hooks import forward_state, prefix_pass
+from interp.core.hooks import prefix_pass
 from interp.core.runner import forward
 
 if TYPE_CHECKING:
@@ -114,19 +114,19 @@ def rule(iv: Any) -> PrefixRule:
 
 def row_dependent(model: "Model") -> bool:
     """Whether an active intervention treats batch rows differently (unknown kinds count as dependent)."""
-    return any(rule(iv).rows for iv in forward_state(model).active)
+    return any(rule(iv).rows for iv in model.run_context.active)
 
 
 def in_prefix(model: "Model") -> frozenset[int]:
     """The ids of the active interventions that act in a prefix pass (the position-independent ones)."""
-    return frozenset(id(iv) for iv in forward_state(model).active if rule(iv).in_prefix)
+    return frozenset(id(iv) for iv in model.run_context.active if rule(iv).in_prefix)
 
 
 def tail(model: "Model") -> int | None:
     """How many final prompt tokens the active position-dependent interventions touch: 0 when none is active,
     None when one cannot say (then no prefix may be cached)."""
     need = 0
-    for iv in forward_state(model).active:
+    for iv in model.run_context.active:
         t = rule(iv).tail
         if t is None:
             return None
@@ -265,7 +265,7 @@ class PrefixKV:
         return cache
 
     def inputs(self, suffix: "TokenBatch", rows: Int[Tensor, "b"] | None = None,
-               stop_layer: int | None = None) -> dict[str, Tensor]:
+               stop_layer: int | None = None) -> dict[str, Any]:
         """Forward inputs for a left-padded batch of suffixes; batch row i continues prefix row `rows[i]`
         (default: the only one). The attention mask covers prefix and suffix; position ids continue after
         each row's prefix."""
@@ -278,7 +278,7 @@ class PrefixKV:
             "use_cache": True,
         }
 
-    def generate_inputs(self, suffix: "TokenBatch", rows: Int[Tensor, "b"] | None = None) -> dict[str, Tensor]:
+    def generate_inputs(self, suffix: "TokenBatch", rows: Int[Tensor, "b"] | None = None) -> dict[str, Any]:
         """Inputs for HF `generate`: the whole rows' ids (it runs only those after the cached ones), the mask
         over them (it derives position ids from it), and the cache."""
         rows = self._rows(rows, suffix.input_ids.shape[0])
@@ -291,10 +291,10 @@ class PrefixKV:
 
 def wanted(model: "Model", use_prefix_cache: bool | None) -> bool:
     """Resolve `use_prefix_cache=None` (the default of capture, `logits` and `generate`): on the CPU, where a
-    forward is compute-bound and the shared chat prefix is about half a short prompt, the cache saves that
-    compute; on a GPU, batches of short prompts are bound by kernel launches, and the extra prefix forward did
-    not pay for itself in our H100 runs (random Qwen2.5-1.5B shape, 32 prompts in one batch: capture with the
-    cache took about twice the time of capture without it, both well under 0.1 s). True or False forces it."""
+    forward is compute-bound and the shared chat prefix is a large part of a short prompt, the cache saves that
+    compute; on a GPU, batches of short prompts are bound by kernel launches, and the extra prefix forward does
+    not pay for itself (capture with and without the cache: benchmarks/results/gpu_qwen15_random.json). True or
+    False forces it."""
     return model.device.type == "cpu" if use_prefix_cache is None else bool(use_prefix_cache)
 
 

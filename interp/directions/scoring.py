@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.core.interventions import Intervention, RowwiseAblate, RowwiseAdd
+from interp.core.system import DEFAULT_SYSTEM, System, system_record
 from interp.core.prefix import PrefixKV, shared_length
 from interp.core.runner import forward
 
@@ -48,8 +49,9 @@ def per_candidate(model: "Model", ids: Sequence[Sequence[int]], n_candidates: in
         cand = torch.tensor([c for c, _ in chunk])
         prompt = torch.tensor([p for _, p in chunk])
         batch = model.pad([ids[p] for p in prompt.tolist()])
-        logits = forward(model, batch, edits=[make(cand)], prefix=prefix,
-                         rows=cand if prefix is not None else None).logits.float().cpu()
+        got = forward(model, batch, edits=[make(cand)], prefix=prefix, rows=cand if prefix is not None else None).logits
+        assert got is not None  # logits were asked for and the forward ran to the end
+        logits = got.float().cpu()
         out[cand, prompt] = reduce(logits, prompt)
     return out
 
@@ -106,11 +108,12 @@ class Reference:
     clean_first: Float[Tensor, "n vocab"]
     clean_ce: float  # the plain model's own cross-entropy on its completions (nats per token)
     n_tokens: int
+    system: str = system_record(DEFAULT_SYSTEM)  # the system prompt the prompts were chat-formatted with (`system_record`)
 
 
 @torch.no_grad()
 def reference_completions(model: "Model", prompts: Sequence[str], n_tokens: int = 32, batch_size: int = 8,
-                          system=None) -> Reference:
+                          system: System = DEFAULT_SYSTEM) -> Reference:
     """The plain model's greedy completions of `n_tokens` tokens (stopping at EOS) to `prompts`, computed once so
     several edits (hook ablation, a checkpoint, a search's trials) are measured against the same text."""
     texts = model.prepare_prompts(prompts, system=system)
@@ -119,7 +122,8 @@ def reference_completions(model: "Model", prompts: Sequence[str], n_tokens: int 
     # the ids the model generated, not a re-tokenisation of the stripped text (which can differ)
     completion = [list(a.ids[:n_tokens]) or [model.tokenizer.eos_token_id] for a in answers]
     first, ce = _completion_scores(model, prompt_ids, completion, batch_size)
-    return Reference(prompt_ids, completion, first, float(ce.sum() / sum(map(len, completion))), n_tokens)
+    return Reference(prompt_ids, completion, first, float(ce.sum() / sum(map(len, completion))), n_tokens,
+                     system_record(system))
 
 
 def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: list[list[int]],
@@ -129,7 +133,9 @@ def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: 
     for start in range(0, len(prompt_ids), batch_size):
         rows = [p + c for p, c in zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])]
         batch = model.pad(rows)
-        logp = forward(model, batch, logits="all").logits.float().log_softmax(-1).cpu()
+        logits = forward(model, batch, logits="all").logits
+        assert logits is not None  # logits were asked for and the forward ran to the end
+        logp = logits.float().log_softmax(-1).cpu()
         width = logp.shape[1]
         for b, (p, c) in enumerate(zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])):
             first = width - len(c) - 1  # the last prompt position predicts the first completion token
@@ -141,14 +147,16 @@ def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: 
 
 @torch.no_grad()
 def capability_cost(model: "Model", harmless: "Sequence[str] | Reference", interventions: Sequence[Intervention] = (),
-                    edited: "Model | None" = None, n_tokens: int = 32, batch_size: int = 8, system=None) -> dict:
+                    edited: "Model | None" = None, n_tokens: int = 32, batch_size: int = 8,
+                    system: System = DEFAULT_SYSTEM) -> dict:
     """What an edit costs on harmless text: {"kl": mean first-token KL(plain || edited), "ce": cross-entropy
     (nats per token) of the plain model's greedy completions under the edited model, "ce_clean": the plain
     model's own, "n_prompts", "n_tokens"}.
 
     The edit is `interventions` applied to `model` (hooks), or `edited`, another Model with the same tokenizer
     (e.g. an orthogonalised checkpoint). `harmless` is prompts, or a `Reference` from `reference_completions`
-    (pass one to measure many edits against the same completions without generating again).
+    (pass one to measure many edits against the same completions without generating again). `system`: how
+    prompts are chat-formatted (a `Reference` carries its own, `Reference.system`, recorded in the result).
     """
     ref = harmless if isinstance(harmless, Reference) else reference_completions(model, harmless, n_tokens,
                                                                                   batch_size, system)
@@ -158,4 +166,4 @@ def capability_cost(model: "Model", harmless: "Sequence[str] | Reference", inter
     p = ref.clean_first
     kl = (p.exp() * (p - first)).sum(-1)
     return {"kl": kl.mean().item(), "ce": float(ce.sum() / sum(map(len, ref.completion_ids))), "ce_clean": ref.clean_ce,
-            "n_prompts": len(ref.prompt_ids), "n_tokens": ref.n_tokens}
+            "n_prompts": len(ref.prompt_ids), "n_tokens": ref.n_tokens, "system": ref.system}

@@ -26,14 +26,10 @@ Templates (`TEMPLATES`), written out from the published prompts:
 
 Limits. Only a real classifier (the HarmBench classifier, Llama Guard) is a faithful judge; none is bundled.
 The bundled models can stand in for one to test the plumbing (tests/test_judges.py uses SmolLM2), but they are
-not classifiers. Measured on the 39 hand-labelled Qwen2.5-Coder-0.5B answers of tests/data/labelled_answers.json
-(5 hand-labelled harmful), fp32 CPU, default settings:
-- SmolLM2-135M, "harmbench": "Yes" for all 39 (agreement 5/39); 4% of its mass on a verdict token.
-- SmolLM2-135M, "llamaguard": "safe" for all 39 (34/39, the base rate); 0.5% of its mass on a verdict.
-- Qwen2.5-Coder-0.5B, "harmbench": "No" for all 39 (34/39); mean P(Yes) 0.38 on the harmful, 0.24 on the rest.
-- Qwen2.5-Coder-0.5B, "llamaguard": "unsafe" for 17 (17/39); P(unsafe) lower on the harmful ones (0.35 vs 0.48).
-No stand-in is better than a constant verdict. Pass the behaviour (the plain request), not the attacked prompt
-with its adversarial suffix, as HarmBench does.
+not classifiers: on the hand-labelled answers of tests/data/labelled_answers.json no bundled model, with either
+template, agrees with the labels better than a constant verdict does (tests/test_judges.py checks SmolLM2 with
+"harmbench"). Pass the behaviour (the plain request), not the attacked prompt with its adversarial suffix, as
+HarmBench does.
 """
 
 from __future__ import annotations

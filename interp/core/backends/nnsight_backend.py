@@ -67,6 +67,8 @@ class NnsightBackend:
 
             # A copy of the tokenizer: nnsight sets its padding side, and the Model's own must stay as it is.
             tokenizer = copy.deepcopy(self.model.tokenizer)
+            if tokenizer.pad_token_id is None:  # on the copy only, as the Model pads with its EOS (`Model.pad_id`)
+                tokenizer.pad_token = tokenizer.eos_token
             self._lm = TransformersModel(self.model.hf, task="text-generation", tokenizer=tokenizer)
         return self._lm
 

@@ -42,8 +42,11 @@ class TransformerLensBackend:
             m = self.model
             # A copy of the tokenizer: the bridge normalises the one it is given (padding side, BOS), and the
             # Model's own tokenizer must stay as it is. The bridge reloads it from m.source when it needs BOS.
+            tokenizer = copy.deepcopy(m.tokenizer)
+            if tokenizer.pad_token_id is None:  # on the copy only, as the Model pads with its EOS (`Model.pad_id`)
+                tokenizer.pad_token = tokenizer.eos_token
             self._bridge = TransformerBridge.boot_transformers(
-                m.source, hf_model=m.hf, tokenizer=copy.deepcopy(m.tokenizer), device=m.device, dtype=m.dtype
+                m.source, hf_model=m.hf, tokenizer=tokenizer, device=m.device, dtype=m.dtype
             )
         return self._bridge
 
