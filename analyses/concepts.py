@@ -1,8 +1,8 @@
 """Concept steering: which programming language a code model writes (G-ACT, with an ACT-style baseline).
 
 The method (Sharma and Raman 2025, *Steering Conceptual Bias via Transformer Latent-Subspace Activation*, arXiv
-2506.18887; no public code). A code model asked for "a function that ..." answers in its favourite language (Python,
-for Qwen2.5-Coder). Render each programming task twice: neutral ("Write a function that returns the median of a
+2506.18887; no public code). A code model asked for "a function that ..." answers in its favourite language (the
+"baseline" row says which). Render each programming task twice: neutral ("Write a function that returns the median of a
 list of numbers.") and naming a language (the same task + " Use C++."). The per-prompt difference of the
 activations (named minus neutral) at the last prompt token points, at every layer, from "any language" to "this
 language". G-ACT clusters these per-prompt differences with k-means into a few centroids per layer (a handful of
@@ -129,7 +129,7 @@ def split_tasks(tasks: Sequence[Behavior], n_val: int, n_test: int, n_train: int
 
 
 @dataclass
-class Options:
+class ConceptsConfig:
     """Everything the run depends on (see the module docstring for what each step does)."""
 
     targets: tuple[str, ...] = ("cpp", "java", "rust")
@@ -301,7 +301,7 @@ def refine_targets(model: "Model", tasks: Sequence[str], language: str, how: str
 
 
 def refine(model: "Model", router: ConceptRouter, prompts: Sequence[str], targets: Sequence[Sequence[int]],
-           acts: Float[Tensor, "n layer d"], n_train: int, options: Options) -> tuple[ConceptRouter, list[float]]:
+           acts: Float[Tensor, "n layer d"], n_train: int, options: ConceptsConfig) -> tuple[ConceptRouter, list[float]]:
     """Gradient refinement of the router's probes (weights and bias; centroids and model frozen). Minimised: the mean
     over rows of -(mean log-probability per target token given the neutral prompt, with alpha times the probes'
     probability-weighted mixture of the centroids added at the injection layers, every position) plus
@@ -359,7 +359,7 @@ def shares(answers: Sequence[str], target: str | None = None) -> dict:
 
 
 def select(model: "Model", tasks: Sequence[str], means: dict[str, Float[Tensor, "layer d"]],
-           candidates: Sequence[tuple[int, float]], options: Options) -> dict[str, dict]:
+           candidates: Sequence[tuple[int, float]], options: ConceptsConfig) -> dict[str, dict]:
     """Per target language, the candidate (layer, alpha) whose mean vector moves most validation answers to it.
     Every (language, candidate, task) is one row of one batched generation, each row with its own vector and layer
     (`RowwiseAdd`)."""
@@ -435,7 +435,7 @@ class LanguageFit:
 class ConceptsResult(Result):
     title = "Concept steering: which language a code model writes (G-ACT)"
     model: str
-    options: Options
+    options: ConceptsConfig
     split: dict
     fits: dict[str, LanguageFit]
     table: dict[str, dict[str, dict]]  # target -> method -> shares
@@ -541,10 +541,11 @@ class ConceptsResult(Result):
         write_text(directory / "answers.jsonl", "".join(json.dumps(a) + "\n" for a in self.answers))
 
 
-def run(model: "Model", tasks: Sequence[Behavior] | None = None, options: Options | None = None) -> ConceptsResult:
-    """The whole comparison; see the module docstring."""
-    options = options or Options()
-    tasks = list(tasks) if tasks is not None else read_behaviors(dataset_path("code_tasks"))
+def run(model: "Model", data: Sequence[Behavior] | None = None, config: ConceptsConfig | None = None) -> ConceptsResult:
+    """The whole comparison on the programming tasks `data` (default: the bundled code_tasks); see the module
+    docstring."""
+    options = config or ConceptsConfig()
+    tasks = list(data) if data is not None else read_behaviors(dataset_path("code_tasks"))
     options.check(len(tasks), model)
     split = split_tasks(tasks, options.n_val, options.n_test, options.n_train, options.seed)
     seconds: dict[str, float] = {}

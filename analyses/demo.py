@@ -8,7 +8,7 @@ from pathlib import Path
 from analyses import refusal, separation
 from interp.io import write_json
 from interp.judges import SubstringJudge
-from interp.core.model import system_option
+from interp.core.model import DEFAULT_SYSTEM, System
 from interp.data.prompts import dataset
 
 
@@ -21,13 +21,13 @@ def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_t
     harmful, harmless = dataset("harmful_train", n=n), dataset("harmless_train", n=n)
 
     print(f"1/3 per-layer separation of {n} harmful vs {n} harmless prompts", flush=True)
-    sep = separation.run(model, harmful, harmless)
+    sep = separation.run(model, separation.SeparationData(harmful, harmless))
     sep.save(out / "separation")
     best = sep.report.best_layer()
     print(f"    best held-out probe accuracy at layer {best}: {max(sep.report.test_accuracy['logistic']):.2f}")
 
     print("2/3 refusal direction (Arditi et al. 2024): candidates at every end-of-instruction position x layer", flush=True)
-    res = refusal.run(model, harmful, harmless)
+    res = refusal.run(model, refusal.RefusalData(harmful, harmless))
     c = res.chosen
     for line in res.messages():  # filter counts and every relaxation, not only in the JSON
         print(f"    {line}")
@@ -36,13 +36,12 @@ def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_t
           f"system={res.system!r}")
 
     print("3/3 greedy answers with and without the direction", flush=True)
-    shown_h = refused_examples(model.with_system(system_option(res.system)), dataset("harmful_val"), n_show,
-                               max_new_tokens)
+    shown_h = refused_examples(model, dataset("harmful_val"), n_show, max_new_tokens, system=res.system)
     if len(shown_h) < n_show:
         print(f"    the model refuses only {len(shown_h)} of the harmful validation prompts checked; showing those")
     shown_h = shown_h or dataset("harmful_val", n=n_show)
     ev = refusal.evaluate(model, res.direction, shown_h, dataset("harmless_val", n=n_show),
-                          max_new_tokens=max_new_tokens)
+                          max_new_tokens=max_new_tokens, system=res.system)
     res.evaluation = {k: v for k, v in ev.items()}
     g = ev["generations"]
     judge = SubstringJudge()
@@ -65,9 +64,11 @@ def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_t
     return out
 
 
-def refused_examples(model, pool: list[str], n: int, max_new_tokens: int, check: int = 16) -> list[str]:
+def refused_examples(model, pool: list[str], n: int, max_new_tokens: int, check: int = 16,
+                     system: System = DEFAULT_SYSTEM) -> list[str]:
     """Up to `n` prompts of `pool` that the model refuses at baseline (substring judge on greedy answers of
-    `max_new_tokens` tokens), checking at most `check` prompts (a seeded draw)."""
+    `max_new_tokens` tokens to the prompts chat-formatted with `system`), checking at most `check` prompts (a
+    seeded draw)."""
     candidates = [pool[i] for i in random.Random(0).sample(range(len(pool)), min(check, len(pool)))]
-    answers = model.generate(candidates, max_new_tokens=max_new_tokens)
+    answers = model.generate(candidates, max_new_tokens=max_new_tokens, system=system)
     return [p for p, r in zip(candidates, SubstringJudge().refused(answers)) if r][:n]

@@ -170,10 +170,25 @@ class HeadsResult(Result):
         write_tensors(directory / "heads.safetensors", tensors)
 
 
-def run(model: "Model", modes: Sequence[str] = MODES, top: int = 8, share: float = 0.5, baseline_samples: int = 256,
-        fold_norm: bool = True, seed: int = 0) -> HeadsResult:
-    """Spectra of every head's W_OV and W_QK, composition of every head pair in `modes` against a random
-    baseline of `baseline_samples` matrix pairs, and the channels of the `top` strongest pairs per mode."""
+@dataclass
+class HeadsConfig:
+    """Everything `run` depends on besides the model."""
+
+    modes: tuple[str, ...] = ("Q", "K", "V")  # composition kinds: Q, K, V (interp.circuits.heads.MODES)
+    top: int = 8  # strongest pairs per kind whose channels are listed
+    share: float = 0.5  # a channel: the fewest components carrying this share of a pair
+    baseline_samples: int = 256  # random matrix pairs for the baseline
+    fold_norm: bool = True  # fold the attention norm's weight into W_Q, W_K, W_V
+    seed: int = 0
+
+
+def run(model: "Model", data: None = None, config: HeadsConfig | None = None) -> HeadsResult:
+    """Spectra of every head's W_OV and W_QK, composition of every head pair in `config.modes` against a random
+    baseline of `baseline_samples` matrix pairs, and the channels of the `top` strongest pairs per mode. The
+    weights are the only input: `data` is unused (the same entry shape as every analysis)."""
+    cfg = config or HeadsConfig()
+    modes = [m.upper() for m in cfg.modes]
+    top, share, baseline_samples, fold_norm, seed = cfg.top, cfg.share, cfg.baseline_samples, cfg.fold_norm, cfg.seed
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise InterpError(f"unknown composition modes {bad or list(modes)}; choose from {', '.join(MODES)}")

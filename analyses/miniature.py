@@ -1,4 +1,4 @@
-"""A miniature of Ponkshe et al.'s parameter-space setting, built on a CPU in minutes.
+"""A miniature of Ponkshe et al.'s parameter-space setting, small enough to build on a CPU.
 
 The paper starts from real (base, aligned) pairs such as Llama-3.2-1B and Llama-3.2-1B-Instruct, fine-tunes the
 aligned model on useful data (GSM8K, ...) and asks where in weight space the fine-tune erodes safety. No base /
@@ -10,7 +10,7 @@ replication: a 135M model, a few dozen examples, a few optimiser steps, refusal 
   harmful_train prompts, each answered with one of a few refusal templates written for this project (`REFUSALS`,
   drawn with a fixed seed), mixed with `n_helpful` Alpaca instructions and useful answers (32 by default), so that
   the aligned model resembles an instruct model that refuses selectively. With refusals only (`n_helpful=0`) it
-  learns to refuse everything: in our pilot run it refused all 32 held-out harmless prompts.
+  can learn to refuse everything, harmless prompts included.
 - fine-tuned: the aligned model fully fine-tuned toward useful answers: bundled Alpaca instructions
   (harmless_train) answered by the bundled Qwen2.5-Coder-0.5B-Instruct (greedy), generated once and cached
   (`useful_answers`), so that reruns reuse them.
@@ -47,7 +47,7 @@ REFUSALS: tuple[str, ...] = (
 
 
 @dataclass
-class MiniatureOptions:
+class MiniatureConfig:
     base: str = "smollm2-135m-instruct"
     answer_model: str = "qwen2.5-coder-0.5b-instruct"  # writes the useful answers (greedy, cached)
     answer_tokens: int = 48  # length of the useful answers
@@ -93,7 +93,7 @@ def useful_answers(prompts: Sequence[str], model: str = "qwen2.5-coder-0.5b-inst
     return [known[p] for p in prompts]
 
 
-def evaluation(options: MiniatureOptions) -> Evaluation:
+def evaluation(options: MiniatureConfig) -> Evaluation:
     """Held-out harmful prompts, held-out instructions and the answer model's answers to them."""
     harmless = dataset("harmless_val", n=options.n_eval, seed=options.seed)
     answers = useful_answers(harmless, options.answer_model, options.answer_tokens, options.cache)
@@ -110,7 +110,7 @@ class Miniature:
     useful_run: FineTune
 
 
-def check(options: MiniatureOptions, out: str | os.PathLike) -> None:
+def check(options: MiniatureConfig, out: str | os.PathLike) -> None:
     from interp.steering.orthogonalize import check_export_dir
 
     for name in ("n_refusal", "n_useful", "n_eval", "answer_tokens", "eval_tokens"):
@@ -125,9 +125,9 @@ def check(options: MiniatureOptions, out: str | os.PathLike) -> None:
     check_export_dir(Path(out) / "finetuned")
 
 
-def build(out: str | os.PathLike, options: MiniatureOptions | None = None) -> Miniature:
+def build(out: str | os.PathLike, options: MiniatureConfig | None = None) -> Miniature:
     """Write `out/aligned` and `out/finetuned` (see the module doc); the base stays the bundled model."""
-    options = options or MiniatureOptions()
+    options = options or MiniatureConfig()
     check(options, out)
     out = Path(out)
     align = refusal_pairs(dataset("harmful_train", n=options.n_refusal, seed=options.seed), options.seed)
@@ -141,5 +141,5 @@ def build(out: str | os.PathLike, options: MiniatureOptions | None = None) -> Mi
     return Miniature(options.base, out / "aligned", out / "finetuned", align_run, useful_run)
 
 
-__all__ = ["REFUSALS", "MiniatureOptions", "refusal_pairs", "answers_cache", "useful_answers", "evaluation",
+__all__ = ["REFUSALS", "MiniatureConfig", "refusal_pairs", "answers_cache", "useful_answers", "evaluation",
            "Miniature", "build"]

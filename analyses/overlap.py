@@ -4,7 +4,7 @@ The paper: Ponkshe et al., *Safety Subspaces are Not (Linearly) Distinct: A Fine
 reference code github.com/CERT-Lab/safety-subspaces). Its question: does safety live in a subspace of its own,
 which could be protected while a model is fine-tuned on useful data? Its answer, in both spaces, is no.
 
-**Activation space** (`activations`, the reference's `exp-4-activation_spaces/activation_space.py`). For each
+**Activation space** (`run`, the reference's `exp-4-activation_spaces/activation_space.py`). For each
 prompt set (harmful requests, and useful ones: Alpaca instructions, programming tasks) take the residual stream at
 the last prompt token of every layer, stack the n prompts into an n x d matrix A per layer, and keep its energy
 subspace: the top-k right singular vectors of A with k the smallest number holding a chosen `share` of
@@ -18,9 +18,9 @@ overlap of two useful sets with each other (the `alpaca vs code` pair is that re
 - Faithful: energy share and k exactly as the reference (smallest k with cumulative energy >= share, from a full
   SVD); uncentred by default, as the reference runs it (`centre=False`; `centre=True` subtracts each set's mean
   first, the reference's `centering` option); the closed-form baseline max(k1, k2) / d. Uncentred, the mean of
-  the last-token activations, which every set shares, holds most of the energy (on Qwen2.5-Coder-0.5B with 64
-  prompts per set, k = 1 at most layers), so the overlap mostly compares the sets' means; centred, it compares
-  the directions the prompts vary along.
+  the last-token activations, which every set shares, can hold most of the energy (k is then 1 at many
+  layers: the Result's `k`; benchmarks/results/overlap_qwen05.json), so the overlap mostly compares the sets'
+  means; centred, it compares the directions the prompts vary along.
 - Departs: prompts get the model's chat template and the last token is the template's last (the assistant
   header), where the reference feeds raw text (`chat=False` for that); left padding, so the last column is every
   prompt's last token (the reference right-pads and reads column -1, a pad for the shorter prompts); every
@@ -71,7 +71,7 @@ DEGREES = 180 / math.pi
 # ===== activation space =====
 
 @dataclass
-class ActivationOptions:
+class OverlapConfig:
     share: float = 0.9  # energy share the subspace holds (the reference's energy_frac)
     centre: bool = False  # subtract each set's mean first (the reference's `centering`; it runs False)
     samples: int = 200  # random subspaces for the sampled overlap baseline
@@ -80,6 +80,7 @@ class ActivationOptions:
     batch_size: int = 16
     chat: bool | None = None  # None: the chat template when the tokenizer has one
     window: tuple[float, float] = (0.65, 0.90)  # the depth range the reference reports
+    pairs: tuple[tuple[str, str], ...] | None = None  # the sets compared (default: every pair of sets, in order)
 
     def check(self) -> None:
         if not 0 < self.share <= 1:
@@ -104,7 +105,7 @@ def energy_subspace(X: Float[Tensor, "n d"], share: float, centre: bool = False)
     return fitted.components[:min(k, len(ratio))].float(), ratio
 
 
-def last_token_activations(model: "Model", prompts: Sequence[str], options: ActivationOptions) -> Float[Tensor, "n layer d"]:
+def last_token_activations(model: "Model", prompts: Sequence[str], options: OverlapConfig) -> Float[Tensor, "n layer d"]:
     """The residual stream after every block at each prompt's last token, in one capture pass."""
     acts = model.capture(prompts, "hook_resid_post", positions="last", batch_size=options.batch_size, chat=options.chat)
     return acts.stack("hook_resid_post")
@@ -124,7 +125,7 @@ class PairLayer:
     random_mean_angle: float
 
 
-def compare_pair(a: Subspace, b: Subspace, options: ActivationOptions, seed: int) -> PairLayer:
+def compare_pair(a: Subspace, b: Subspace, options: OverlapConfig, seed: int) -> PairLayer:
     base = a.random_overlap(n=options.samples, seed=seed, k=b.k)
     angles = a.principal_angles(b) * DEGREES
     gen = torch.Generator().manual_seed(seed)
@@ -144,7 +145,7 @@ class ActivationOverlap(Result):
     title = "Activation-space overlap of energy subspaces (Ponkshe et al.)"
     model: dict
     counts: dict[str, int]
-    options: ActivationOptions
+    options: OverlapConfig
     subspaces: dict[str, list[Subspace]]  # per set, one per layer
     energy: dict[str, list[Tensor]]  # per set and layer: every singular direction's share of the energy
     pairs: dict[str, list[PairLayer]]  # "a vs b" -> per layer
@@ -215,10 +216,10 @@ class ActivationOverlap(Result):
 
 
 def compare(acts: dict[str, Float[Tensor, "n layer d"]], pairs: Sequence[tuple[str, str]] | None = None,
-            options: ActivationOptions | None = None, model: dict | None = None) -> ActivationOverlap:
+            options: OverlapConfig | None = None, model: dict | None = None) -> ActivationOverlap:
     """Energy subspaces of captured activations (`last_token_activations` of each set) and their overlaps.
     `pairs` default: every pair of sets, in order."""
-    options = options or ActivationOptions()
+    options = options or OverlapConfig()
     options.check()
     names = list(acts)
     pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
@@ -252,10 +253,11 @@ def check_sets(sets: dict, pairs: Sequence[tuple[str, str]]) -> None:
             raise InterpError(f"pair {pair!r} must name two of the sets {', '.join(sets)}")
 
 
-def activations(model: "Model", sets: dict[str, Sequence[str]], pairs: Sequence[tuple[str, str]] | None = None,
-                options: ActivationOptions | None = None) -> ActivationOverlap:
-    """Capture every set once (all layers, last token) and compare their energy subspaces (see `compare`)."""
-    options = options or ActivationOptions()
+def run(model: "Model", data: dict[str, Sequence[str]], config: OverlapConfig | None = None) -> ActivationOverlap:
+    """Capture every prompt set of `data` (name -> prompts) once (all layers, last token) and compare their energy
+    subspaces (see `compare`; `config.pairs`: which sets, default every pair)."""
+    options = config or OverlapConfig()
+    sets, pairs = data, options.pairs
     options.check()
     names = list(sets)
     check_sets(sets, list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
@@ -462,6 +464,6 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
                          seed, seconds)
 
 
-__all__ = ["ActivationOptions", "ActivationOverlap", "PairLayer", "energy_subspace", "last_token_activations",
-           "compare", "activations", "Evaluation", "useful_loss", "evaluate", "WeightOverlap", "weights",
+__all__ = ["OverlapConfig", "ActivationOverlap", "PairLayer", "energy_subspace", "last_token_activations", "run",
+           "compare", "Evaluation", "useful_loss", "evaluate", "WeightOverlap", "weights",
            "checkpoint_dir"]

@@ -120,12 +120,26 @@ def check_sites(sites: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(sites))
 
 
-def run(model: "Model", task: TaskSet, sites: Sequence[str] = ("resid", "attn", "mlp", "heads"),
-        layers: Sequence[int] | None = None, n_positions: int | None = None, head_position: int | None = None,
-        attribution: bool = True, rows_per_forward: int = 64, min_solve_rate: float = 0.5) -> PatchingResult:
-    """Patching grids of `task` on `model`: exact (batched) and, with `attribution`, attribution-patching
-    estimates with their correlation. `n_positions`: the last positions swept (default: every position of the
-    shortest prompt); `head_position`: patch heads at this position (counted from the end) only, default all."""
+@dataclass
+class PatchingConfig:
+    """Everything `run` depends on besides the model and the task."""
+
+    sites: tuple[str, ...] = ("resid", "attn", "mlp", "heads")  # grids: resid | attn | mlp | heads
+    layers: tuple[int, ...] | None = None  # layers swept (default: every layer)
+    n_positions: int | None = None  # the last positions swept (default: every position of the shortest prompt)
+    head_position: int | None = None  # patch heads at this position only (negative, from the end); default every position
+    attribution: bool = True  # also estimate every grid by attribution patching
+    rows_per_forward: int = 64  # patched rows per forward
+    min_solve_rate: float = 0.5  # refuse a task the model solves less often than this
+
+
+def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None) -> PatchingResult:
+    """Patching grids of the task `data` on `model`: exact (batched) and, with `config.attribution`,
+    attribution-patching estimates with their correlation (see `PatchingConfig`)."""
+    cfg = config or PatchingConfig()
+    task, sites, layers, n_positions = data, cfg.sites, cfg.layers, cfg.n_positions
+    head_position, attribution, rows_per_forward, min_solve_rate = (cfg.head_position, cfg.attribution,
+                                                                     cfg.rows_per_forward, cfg.min_solve_rate)
     sites = check_sites(sites)
     layer_list = list(range(model.n_layers)) if layers is None else [model.check_layer(int(i)) for i in layers]
     if head_position is not None and (not isinstance(head_position, int) or head_position >= 0):

@@ -19,14 +19,17 @@ first-token log-odds of Arditi et al., with refusal tokens estimated from the mo
 (`interp.judges.RefusalScore`).
 
 Faithful to the reference code (github.com/andyrdt/refusal_direction) by default:
-- prompts are chat-formatted with no system turn (`system="none"`: Qwen's template would otherwise insert
-  "You are Qwen, ..."); "default" or a text are named options, and the Result says which was used;
+- one departure: prompts are chat-formatted with the library's default system prompt (`DEFAULT_SYSTEM`, the
+  chat template's own, e.g. Qwen's "You are Qwen, ..."), where the reference code renders no system turn
+  (`system="none"`, one option away); a text is a third option. The direction's provenance and the Result
+  record which was used (on Qwen2.5-Coder-0.5B the choice moves the held-out refusal rate a lot);
 - after the refusal tokens are known, training and validation prompts are filtered by their baseline refusal
   score (`filter_data`): harmful prompts kept only if the model refuses them (score > 0), harmless ones only
   if it does not (score < 0). Counts per set are in the Result. A filter that leaves fewer than `min_kept`
   prompts is relaxed, first to the greedy first token (harmful kept where it is a refusal token: small models
-  such as Qwen2.5-Coder-0.5B refuse greedily with p("I") of 0.2 to 0.5, a negative score, so the score filter
-  keeps almost none), then to the whole set; every relaxation is recorded and printed;
+  can refuse greedily with p(refusal tokens) below 0.5, a negative score, so the score filter can keep almost
+  none; benchmarks/results/refusal_qwen05.json, `filter_counts`), then to the whole set; every relaxation is
+  recorded and printed;
 - validation prompts come from the separate bundled validation splits (`dataset("harmful_val")`,
   `dataset("harmless_val")`, `n_val` drawn with the seed), never from the training prompts; carving them out
   of the training sets is `val_source="carve"`.
@@ -68,7 +71,7 @@ from interp.directions.estimators import DiffInMeans
 from interp.core.interventions import Ablate, Add
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
-from interp.core.model import system_option
+from interp.core.model import DEFAULT_SYSTEM, System, system_record
 from interp.data.prompts import dataset
 from interp.directions import plots
 from interp.directions.scoring import ablation_scores, addition_scores, kl_rows
@@ -84,9 +87,9 @@ class RefusalConfig:
     val_source: str = "bundled"  # "bundled": the separate validation splits; "carve": held out of the training sets
     filter: bool = True  # keep harmful prompts with baseline refusal score > 0, harmless < 0 (Arditi's filter_data)
     min_kept: int = 8  # a filter keeping fewer prompts of a set is relaxed openly (greedy first token, then the
-    # whole set): a mean difference or a validation score over fewer prompts is too noisy to select on (with 2,
-    # Qwen2.5-Coder-0.5B's score filter kept 7 of 128 harmful training and 2 of 32 validation prompts)
-    system: str = "none"  # "none": no system turn (Arditi); "default": the template's own; any other text
+    # whole set): a mean difference or a validation score over fewer prompts is too noisy to select on (what each
+    # filter kept on the bundled model: benchmarks/results/refusal_qwen05.json, `filter_counts`)
+    system: System = DEFAULT_SYSTEM  # "default"/None: the template's own; "none"/NO_SYSTEM: no system turn (Arditi); a text
     shortlist: int | None = 32  # candidates scored exactly after attribution ranking; None: all of them
     max_layer_frac: float = 0.8  # filter (d): candidates only below this fraction of the depth
     kl_threshold: float = 0.1  # filter (c)
@@ -114,7 +117,7 @@ class RefusalResult(Result):
     evaluation: dict | None = None
     filter_counts: dict = field(default_factory=dict)  # set -> {"given", "kept", "relaxed"}
     relaxations: list[str] = field(default_factory=list)  # every filter relaxed on the way, in words
-    system: str = "none"  # the system-prompt option the prompts were formatted with
+    system: str = system_record(DEFAULT_SYSTEM)  # the system prompt the prompts were formatted with (`system_record`)
     validation: dict = field(default_factory=dict)  # the validation prompts used after filtering, per class
     title: str = "Refusal direction"
 
@@ -269,27 +272,40 @@ def rank_candidates(pred_ablation: Tensor, pred_addition: Tensor, pred_kl: Tenso
     return total.argsort(stable=True)
 
 
-def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harmful_val: Sequence[str] | None = None,
-        harmless_val: Sequence[str] | None = None, config: RefusalConfig | None = None,
-        refusal: RefusalScore | None = None) -> RefusalResult:
-    """Find the direction whose ablation stops refusals of `harmful` and whose addition makes `harmless` refuse.
+@dataclass
+class RefusalData:
+    """The inputs of `run`: training prompts of both classes, optional validation prompts (default: see
+    `RefusalConfig.val_source`), and optionally the refusal tokens (`refusal`; default: estimated, see `run`)."""
 
-    `refusal` gives the refusal tokens; by default they are estimated from the model's greedy answers to the
+    harmful: Sequence[str]
+    harmless: Sequence[str]
+    harmful_val: Sequence[str] | None = None
+    harmless_val: Sequence[str] | None = None
+    refusal: RefusalScore | None = None
+
+
+def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) -> RefusalResult:
+    """Find the direction whose ablation stops refusals of `data.harmful` and whose addition makes `data.harmless`
+    refuse.
+
+    `data.refusal` gives the refusal tokens; by default they are estimated from the model's greedy answers to the
     (unfiltered) validation prompts (`RefusalScore.fit`), first, since the filters need them.
     """
     cfg = config or RefusalConfig()
+    harmful, harmless, harmful_val, harmless_val, refusal = (data.harmful, data.harmless, data.harmful_val,
+                                                             data.harmless_val, data.refusal)
     _check_sets(harmful, harmless)
-    model = model.with_system(system_option(cfg.system))  # every prompt below is formatted the same way
+    system = cfg.system  # every prompt below is formatted with it
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     harmful_train, harmful_val, harmless_train, harmless_val = validation_sets(harmful, harmless, harmful_val, harmless_val, cfg)
 
     # 1. the judge: refusal tokens estimated from the model's own refusals; every prompt's baseline score
-    clean_h = model.logits(harmful_val, batch_size=cfg.batch_size)
-    clean_s = model.logits(harmless_val, batch_size=cfg.batch_size)
+    clean_h = model.logits(harmful_val, batch_size=cfg.batch_size, system=system)
+    clean_s = model.logits(harmless_val, batch_size=cfg.batch_size, system=system)
     if refusal is None:
         refusal = RefusalScore.fit(model, harmful_val, harmless_val, max_new_tokens=cfg.refusal_new_tokens,
-                                   batch_size=cfg.batch_size, logits=torch.cat([clean_h, clean_s]))
+                                   batch_size=cfg.batch_size, logits=torch.cat([clean_h, clean_s]), system=system)
     timings["judge"] = time.perf_counter() - t0
 
     # 2. Arditi's filter: harmful prompts the model refuses, harmless ones it does not
@@ -298,7 +314,8 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     if cfg.filter:
         t = time.perf_counter()
         first = refusal.greedy_refuses
-        lh, ls = model.logits(harmful_train, batch_size=cfg.batch_size), model.logits(harmless_train, batch_size=cfg.batch_size)
+        lh = model.logits(harmful_train, batch_size=cfg.batch_size, system=system)
+        ls = model.logits(harmless_train, batch_size=cfg.batch_size, system=system)
         args = dict(min_kept=cfg.min_kept, counts=counts, relaxations=relaxations)
         harmful_train = filter_by_score(harmful_train, refusal.score_logits(lh), True, "harmful_train", first_token=first(lh), **args)
         harmless_train = filter_by_score(harmless_train, refusal.score_logits(ls), False, "harmless_train", first_token=first(ls), **args)
@@ -311,8 +328,8 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
         timings["filter"] = time.perf_counter() - t
     baseline = {"harmful_refusal_score": refusal.score_logits(clean_h).mean().item(),
                 "harmless_refusal_score": refusal.score_logits(clean_s).mean().item()}
-    ids_h = model.encode(model.prepare_prompts(harmful_val))
-    ids_s = model.encode(model.prepare_prompts(harmless_val))
+    ids_h = model.encode(model.prepare_prompts(harmful_val, system=system))
+    ids_s = model.encode(model.prepare_prompts(harmless_val, system=system))
 
     # 3. one capture pass: resid_pre at every end-of-instruction position and every candidate layer
     # layer 0's resid_pre at a template token is that token's embedding, the same for every prompt: no candidate
@@ -320,7 +337,7 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
     layers = list(range(1, max(2, int(cfg.max_layer_frac * model.n_layers))))
     acts = model.capture(harmful_train + harmless_train, [f"blocks.{i}.hook_resid_pre" for i in layers], positions="eoi",
                          batch_size=cfg.batch_size, labels=[1] * len(harmful_train) + [0] * len(harmless_train),
-                         progress=True)
+                         system=system, progress=True)
     X = acts.stack("hook_resid_pre").transpose(1, 2)  # [n, position, layer, d]
     y = torch.tensor(acts.labels)
     dim = DiffInMeans().fit(X, y)
@@ -398,12 +415,12 @@ def run(model: "Model", harmful: Sequence[str], harmless: Sequence[str], *, harm
         "model": model.fingerprint, "site": f"blocks.{l}.hook_resid_pre", "layer": l, "position": p - P,
         "position_token": acts.position_tokens[p], "method": "diff_in_means (Arditi et al. 2024)",
         "data_hash": Subspace.data_hash(harmful_train, harmless_train), "n_harmful": len(harmful_train),
-        "n_harmless": len(harmless_train), "addition_alpha": chosen["addition_alpha"], "system": cfg.system,
+        "n_harmless": len(harmless_train), "addition_alpha": chosen["addition_alpha"], "system": system_record(system),
     })
     projections = {"harmful": X[y == 1, p, li], "harmless": X[y == 0, p, li]}
     timings["total"] = time.perf_counter() - t0
     return RefusalResult(direction, rows, chosen, baseline, refusal, list(acts.position_tokens), layers, mean_diffs,
-                         projections, timings, cfg, filter_counts=counts, relaxations=relaxations, system=cfg.system,
+                         projections, timings, cfg, filter_counts=counts, relaxations=relaxations, system=system_record(system),
                          validation={"harmful": harmful_val, "harmless": harmless_val})
 
 
@@ -464,7 +481,7 @@ class RefusalEvaluation(Result, Mapping):
     generations: dict[str, list[str]]  # the prompts ("harmful", "harmless") and each condition's answers
     judge_fp_rate: float | None = None  # harmless baseline answers the substring judge calls refusals
     capability: dict[str, dict] = field(default_factory=dict)  # "hook" / "orthogonalized" -> capability_cost(...)
-    system: str | None = None  # the system-prompt option the answers were generated with
+    system: str | None = None  # the system prompt the answers were generated with (`system_record`)
     title: str = "Refusal direction: evaluation"
 
     def _keys(self) -> list[str]:
@@ -512,7 +529,7 @@ class RefusalEvaluation(Result, Mapping):
 
 def orthogonalized_model(model: "Model", direction: Direction, directory: Path) -> "Model":
     """The orthogonalised checkpoint written to `directory` and loaded back with plain transformers, wrapped in
-    a Model with the same tokenizer and default system prompt (what a user of the exported folder gets)."""
+    a Model with the same tokenizer (what a user of the exported folder gets)."""
     from transformers import AutoModelForCausalLM
 
     from interp.core.model import Model
@@ -520,14 +537,14 @@ def orthogonalized_model(model: "Model", direction: Direction, directory: Path) 
 
     export_orthogonalized(model, direction, directory)
     plain = AutoModelForCausalLM.from_pretrained(str(directory), dtype=model.dtype).to(model.device)
-    return Model(plain, model.tokenizer, name=model.name).with_system(model.default_system)
+    return Model(plain, model.tokenizer, name=model.name)
 
 
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
              max_new_tokens: int = 256, batch_size: int = 16, alpha: float | None = None,
-             layer: int | None = None, system: str | None = None, orthogonalized: bool = True,
+             layer: int | None = None, system: System = DEFAULT_SYSTEM, orthogonalized: bool = True,
              reference_tokens: int = 32) -> RefusalEvaluation:
-    """Greedy generations of `max_new_tokens` (256 by default: late refusals are missed at 64; rows stop at EOS):
+    """Greedy generations of `max_new_tokens` (256 by default, long enough for late refusals; rows stop at EOS):
     harmful prompts at baseline, with the direction ablated by hooks and (`orthogonalized`) from the exported
     orthogonalised checkpoint; harmless prompts at baseline and with the direction added at `layer` (default:
     the direction's own; an error when it has none) with `alpha` times the mean difference (default: the
@@ -535,8 +552,8 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     positive rate on the harmless baseline answers. Capability cost (`interp.directions.scoring.capability_cost`) of the
     hooks and the checkpoint on the plain model's `reference_tokens`-token greedy completions of `harmless`.
 
-    system: "none" | "default" | text; by default the one the direction was fitted with (its provenance), else
-    "default".
+    system: how every prompt is chat-formatted (`interp.core.model.System`), by default the library's
+    `DEFAULT_SYSTEM` like everything else; the direction's own is `system=direction.provenance["system"]`.
     """
     import tempfile
 
@@ -544,17 +561,15 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
 
     if alpha is None:
         alpha = float(direction.provenance.get("addition_alpha", 1.0))
-    system = system or direction.provenance.get("system") or "default"
-    model = model.with_system(system_option(system))
     judge = SubstringJudge()
     layer = direction.layer_for(model, layer)
-    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
     out = {"harmful": list(harmful), "harmless": list(harmless)}
     out["harmful_baseline"] = model.generate(harmful, **gen)
     out["harmful_ablated"] = model.generate(harmful, interventions=[Ablate(direction)], **gen)
     out["harmless_baseline"] = model.generate(harmless, **gen)
     out["harmless_added"] = model.generate(harmless, interventions=[Add(direction, layer, alpha)], **gen)
-    ref = reference_completions(model, harmless, reference_tokens, batch_size=min(batch_size, 8))
+    ref = reference_completions(model, harmless, reference_tokens, batch_size=min(batch_size, 8), system=system)
     capability = {"hook": capability_cost(model, ref, interventions=[Ablate(direction)], batch_size=min(batch_size, 8))}
     if orthogonalized:
         with tempfile.TemporaryDirectory() as tmp:
@@ -566,4 +581,4 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
              ("harmful_baseline", "harmful_ablated", "harmful_orthogonalized", "harmless_baseline", "harmless_added")
              if k in out}
     return RefusalEvaluation(rates, capability["hook"]["kl"], alpha, max_new_tokens, out,
-                             judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system)
+                             judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system_record(system))

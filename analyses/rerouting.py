@@ -65,6 +65,7 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from interp.core.model import DEFAULT_SYSTEM, System
 from interp.core.result import Result
 from interp.attacks.losses import RESID, AttackLoss, check_layers
 from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, default_layers, final_rows
@@ -100,6 +101,7 @@ class ReroutingResult(Result):
     explained: dict[int, list[float]] = field(default_factory=dict)  # layer -> variance ratio of PC1, PC2
     axis: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # layer -> group -> harmful-axis positions
     targets: dict | None = None  # why these layers / heads (RUN.targets.json): probe accuracies, head scores
+    system: str | None = None  # the system prompt of the PCA picture's prompts (`system_record`); None: no picture
 
     title = "Subspace rerouting"
 
@@ -111,6 +113,7 @@ class ReroutingResult(Result):
             "seconds_per_success": self.seconds_per_success, "seconds_per_success_is_lower_bound": self.lower_bound,
             "layers": self.layers, "mean_harmful_axis_position": mean,
             "layer_choice": (self.targets or {}).get("layer_choice"), "head_choice": (self.targets or {}).get("head_choice"),
+            "system": self.system,
             "behaviors": [{k: r.get(k) for k in ("id", "behavior", "adversarial_prompt", "success", "loss", "step", "seconds")}
                           for r in self.rows],
         }
@@ -163,7 +166,7 @@ def _short(text: str, n: int = 40) -> str:
 # ----- what SSR needs: probes and refusal directions of the attacked model -----
 
 def reference_activations(model: "Model", layers: Sequence[int], n: int = 32, seed: int = 0,
-                          system: str | None = None) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
+                          system: System = DEFAULT_SYSTEM) -> tuple[Float[Tensor, "n2 k d"], Tensor]:
     """Last-token hook_resid_post at `layers` for n bundled harmful and n harmless training prompts
     (Arditi et al.'s splits; harmless = Alpaca, CC BY-NC 4.0). Returns X [2n, k, d] and y (1 = harmful)."""
     from interp.data.prompts import dataset
@@ -260,7 +263,7 @@ class HeadChoice:
 
 def choose_layers(model: "Model", k: int = 4, window: Sequence[float] = (0.35, 0.9), n: int = 32, seed: int = 0,
                   test_size: float = 0.25, X: Tensor | None = None, y: Tensor | None = None,
-                  system: str | None = None) -> LayerChoice:
+                  system: System = DEFAULT_SYSTEM) -> LayerChoice:
     """SSR's target layers from per-layer probe accuracy (the paper: 2 to 5 layers from about a third up to
     ~0.9 of the depth; one middle layer alone failed). One capture of every layer's last-token residual on n
     harmful and n harmless training prompts (or X [2n, L, d], y); logistic probes fitted on a stratified split
@@ -310,7 +313,7 @@ def steering_centre(config: AttackConfig) -> str:
 
 def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n: int = 16, seed: int = 0,
                  batch_size: int = 8, X: Tensor | None = None, y: Tensor | None = None,
-                 system: str | None = None) -> HeadChoice:
+                 system: System = DEFAULT_SYSTEM) -> HeadChoice:
     """The k heads whose last-position output most pushes harmful prompts along the refusal direction at
     `metric_layer` (default: the deepest of `default_layers`), by gradient x activation of `attn.hook_z`.
     The paper found its heads by DLA, patching and the hijack score and targeted the 3-4 best; it notes that
@@ -464,7 +467,7 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
 # ----- the analysis -----
 
 def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: Sequence[int] | None = None,
-              n_reference: int = 32, seed: int = 0, system: str | None = None, points: bool = True) -> ReroutingResult:
+              n_reference: int = 32, seed: int = 0, system: System = DEFAULT_SYSTEM, points: bool = True) -> ReroutingResult:
     """Summarise an attack log and (points=True) place its prompts among harmful/harmless activations."""
     if isinstance(log, (str, os.PathLike)):
         if not Path(log).exists():
@@ -492,6 +495,7 @@ def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: S
     sites = [Site(l, RESID) for l in layers]
     texts = [r["behavior"] for r in rows] + [r["adversarial_prompt"] for r in rows]
     acts = model.capture(texts, sites, positions="last", system=system)
+    result.system = acts.system
     nb = len(rows)
     for k, l in enumerate(layers):
         ref = X[:, k]

@@ -58,9 +58,23 @@ def mean_separation(X: Tensor, y: Tensor) -> Tensor:
     return ((proj[y].mean(0) - proj[~y].mean(0)) / pooled).float()
 
 
-def run(model: "Model", positive: Sequence[str], negative: Sequence[str], batch_size: int = 16,
-        test_size: float = 0.25, seed: int = 0) -> SeparationResult:
+@dataclass
+class SeparationData:
+    positive: Sequence[str]  # e.g. harmful prompts
+    negative: Sequence[str]  # e.g. harmless prompts
+
+
+@dataclass
+class SeparationConfig:
+    batch_size: int = 16  # prompts per capture forward
+    test_size: float = 0.25  # held-out share of the probes' prompts
+    seed: int = 0
+
+
+def run(model: "Model", data: SeparationData, config: SeparationConfig | None = None) -> SeparationResult:
     """Capture both sets at every layer and measure their linear separation per layer."""
+    cfg = config or SeparationConfig()
+    positive, negative, batch_size, test_size, seed = data.positive, data.negative, cfg.batch_size, cfg.test_size, cfg.seed
     if not positive or not negative:
         raise InterpError("separation needs prompts of both classes; one set is empty")
     acts = model.capture(list(positive) + list(negative), "hook_resid_post", positions="last", batch_size=batch_size,

@@ -38,6 +38,7 @@ from interp.circuits import das as D
 from interp.directions.estimators import DiffInMeans
 from interp.circuits.illusion import Diagnosis, diagnose, reader_weight, rowspace
 from interp.core.interventions import site_width
+from interp.errors import InterpError
 from interp.core.result import Result
 from interp.core.subspace import Subspace
 from interp.circuits.tasks import TaskSet, solvable
@@ -184,15 +185,36 @@ def compare(problem: D.Interchange, reader: Tensor | None, k: int = 1, seed: int
                           {"das_train": fit.train_s, "total": time.perf_counter() - start})
 
 
-def run(model: "Model", task: TaskSet, site: str, k: int = 1, positions: int | Sequence[int] = (-1,), seed: int = 0,
-        min_solve_rate: float = 0.5, batch_size: int = 32, **train_options) -> SubspaceResult:
-    """DAS at `site` and `positions` on the items of `task` that `model` solves, with the baselines and the illusion
-    diagnostics (module docstring). train_options: epochs, lr, patience, progress (`interp.circuits.das.train`)."""
+@dataclass
+class SubspacesConfig:
+    """Everything DAS (`run`) depends on besides the model and the task; `site` has no default."""
+
+    site: str  # blocks.L.hook_resid_post | blocks.L.hook_resid_pre | blocks.L.mlp.hook_post | blocks.L.attn.hook_z
+    k: int = 1  # dimension of the learned subspace
+    positions: tuple[int, ...] = (-1,)  # patched positions counted from the end
+    seed: int = 0  # seed of the split, DAS and the random baseline
+    min_solve_rate: float = 0.5  # refuse a task the model solves less often than this
+    batch_size: int = 32  # items per forward
+    epochs: int = 40  # at most this many epochs (the best validation epoch is kept)
+    lr: float = 1e-2  # Adam learning rate
+    patience: int = 5  # stop after this many epochs without a better validation loss
+    progress: bool | None = None  # progress bar (None: when run interactively)
+
+
+def run(model: "Model", data: TaskSet, config: SubspacesConfig | None = None) -> SubspaceResult:
+    """DAS at `config.site` and `config.positions` on the items of the task `data` that `model` solves, with the
+    baselines and the illusion diagnostics (module docstring)."""
+    if config is None:
+        raise InterpError("DAS needs a site: give a SubspacesConfig(site='blocks.L.hook_resid_post', ...)")
+    cfg = config
+    site, k, positions, seed = cfg.site, cfg.k, list(cfg.positions), cfg.seed
+    train_options = dict(epochs=cfg.epochs, lr=cfg.lr, patience=cfg.patience, progress=cfg.progress)
+    task = data
     start = time.perf_counter()
     (s,) = model.sites(site)
     D.check_k(k, site_width(model, s), s.name)  # before any forward
-    kept = solvable(model, task, min_solve_rate)
-    problem = D.interchange(model, kept, s.name, positions, batch_size=batch_size)
+    kept = solvable(model, task, cfg.min_solve_rate)
+    problem = D.interchange(model, kept, s.name, positions, batch_size=cfg.batch_size)
     prepare = time.perf_counter() - start
     result = compare(problem, reader_weight(model, s.name), k, seed, model.name, task.name, **train_options)
     result.timings.update(prepare=prepare, total=time.perf_counter() - start)

@@ -63,8 +63,8 @@ METRICS = ("mc1", "mc2", "mc3")
 
 
 @dataclass
-class Options:
-    """Everything the run depends on; `Options()` is the reference's setting where the reference fixes one."""
+class TruthfulConfig:
+    """Everything the run depends on; `TruthfulConfig()` is the reference's setting where the reference fixes one."""
 
     form: str = "qa"  # "qa" (the reference's prompts) or "chat" (the model's chat template)
     folds: int = 2
@@ -262,7 +262,7 @@ class FoldResult:
 class TruthfulResult(Result):
     title = "Truthful directions (ITI)"
     model: str
-    options: Options
+    options: TruthfulConfig
     n_questions: int
     folds: list[FoldResult]
     baseline: list[dict[str, float]]  # per question
@@ -346,10 +346,11 @@ def _split(train: list[int], ratio: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), order[:n_val]
 
 
-def run(model: "Model", questions: Sequence[Question] | None = None, options: Options | None = None) -> TruthfulResult:
-    """ITI end to end with `options.folds`-fold cross-validation by question; see the module docstring."""
-    options = options or Options()
-    questions = list(questions) if questions is not None else read_questions()
+def run(model: "Model", data: Sequence[Question] | None = None, config: TruthfulConfig | None = None) -> TruthfulResult:
+    """ITI end to end on the questions `data` (default: the bundled TruthfulQA) with `config.folds`-fold
+    cross-validation by question; see the module docstring."""
+    options = config or TruthfulConfig()
+    questions = list(data) if data is not None else read_questions()
     options.check(model, len(questions))
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -420,7 +421,7 @@ def _final_choice(results: list[FoldResult], ks: list[int], alphas: list[float],
     return chosen["k"], chosen["alpha"], why + " (validation scores averaged over folds)"
 
 
-def _examples(model: "Model", questions: Sequence[Question], fold: FoldResult, options: Options,
+def _examples(model: "Model", questions: Sequence[Question], fold: FoldResult, options: TruthfulConfig,
               max_new_tokens: int = 40) -> list[dict]:
     """A few held-out questions of the fold answered greedily with and without its intervention."""
     qs = [questions[i] for i in fold.test[:options.n_examples]]

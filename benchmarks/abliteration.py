@@ -29,6 +29,7 @@ import interp
 from analyses import abliteration as ab
 from benchmarks.common import provenance, write_result
 from interp.core.interventions import Ablate
+from interp.core.model import DEFAULT_SYSTEM, system_record
 from interp.judges import RefusalScore
 from interp.data.prompts import dataset
 from interp.core.subspace import Subspace
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--final-points", type=int, default=None, help="judge at most this many Pareto points, spread along the front by KL")
     ap.add_argument("--kl-budget", type=float, default=0.1)
     ap.add_argument("--trial-refusals", default="first_token", choices=["first_token", "generate"])
-    ap.add_argument("--system", default=None, help="none | default | TEXT (default: the chat template's own)")
+    ap.add_argument("--system", default=system_record(DEFAULT_SYSTEM), help="none | default | TEXT (default: the library's, the chat template's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--refusal-tokens", type=Path, default=None,
@@ -78,13 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
     reference = None
     if args.arditi is not None:
         reference = Ablate(Subspace.load(args.arditi, model))
-    cfg = ab.SearchConfig(n_trials=args.trials, n_startup_trials=args.n_startup_trials, seed=args.seed,
+    cfg = ab.AbliterationConfig(n_trials=args.trials, n_startup_trials=args.n_startup_trials, seed=args.seed,
                           trial_refusals=args.trial_refusals, max_new_tokens=args.max_new_tokens,
                           final_points=args.final_points, kl_budget=args.kl_budget, system=args.system,
                           batch_size=args.batch_size)
-    res = ab.search(model, harmful, harmless, harmful_val=harmful_val, harmless_val=harmless_val,
-                    harmful_test=harmful_test, harmless_test=harmless_test, config=cfg, refusal=refusal, reference=reference,
-                    reference_name="Arditi direction, hook ablation")
+    data = ab.AbliterationData(harmful, harmless, harmful_val=harmful_val, harmless_val=harmless_val,
+                               harmful_test=harmful_test, harmless_test=harmless_test, refusal=refusal,
+                               reference=reference, reference_name="Arditi direction, hook ablation")
+    res = ab.run(model, data, cfg)
     if args.report is not None:
         res.save(args.report)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import interp
 from analyses.rerouting import make_loss
 from benchmarks.common import provenance, write_result
-from interp.attacks.engine import SearchConfig, TokenSearch, build_prompt
+from interp.attacks.engine import EngineConfig, TokenSearch, build_prompt
 from interp.attacks.run import DEFAULT_TARGET, AttackConfig, Judge, Summary
 from interp.attacks.run import attack as run_attack
 from interp.io import read_jsonl
@@ -176,7 +176,7 @@ def batching(model, behaviors, config: AttackConfig, steps: int, log_dir: Path) 
              "max_seconds": None, "max_forwards": None}
     times = {}
     for name, parallel in (("together", len(prompts)), ("one_at_a_time", 1)):
-        search = TokenSearch(model, loss, SearchConfig(**{**knobs, "parallel": parallel}))
+        search = TokenSearch(model, loss, EngineConfig(**{**knobs, "parallel": parallel}))
         start = time.perf_counter()
         search.run(prompts, check=None, progress=True)
         times[name] = time.perf_counter() - start

@@ -169,7 +169,7 @@ def generation_overhead(model, intervention, prompts: list[str], tokens: int, ru
     batch: medians of `runs` rounds after one warm-up, the order rotated."""
     batch = model.tokenize(model.prepare_prompts(prompts))
     kw = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=tokens,
-              min_new_tokens=tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+              min_new_tokens=tokens, do_sample=False, pad_token_id=model.pad_id)
 
     def steered():
         with model.intervene(intervention):

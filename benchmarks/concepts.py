@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--report", default=None, help="also save the Result here (result.json, report.html, answers.jsonl)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = C.Options(targets=tuple(args.targets), n_test=args.n_test, n_val=args.n_val, k=args.k,
+    options = C.ConceptsConfig(targets=tuple(args.targets), n_test=args.n_test, n_val=args.n_val, k=args.k,
                         max_new_tokens=args.max_new_tokens, candidate_alphas=tuple(args.alphas), seed=args.seed,
                         candidate_layers=tuple(args.layers) if args.layers else None)
     if args.tiny:
-        options = C.Options(**{**options.__dict__, **TINY})
+        options = C.ConceptsConfig(**{**options.__dict__, **TINY})
     options.check(210)
     model = interp.load(args.model, device="cpu", dtype=torch.float32)
     t = time.perf_counter()
-    result = C.run(model, options=options)
+    result = C.run(model, config=options)
     total = time.perf_counter() - t
     s = result.summary()
     table = {lang: {m: {"target_share": v["target_share"], "code_share": v["code_share"]} for m, v in row.items()}

@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     mlp_layer = args.mlp_layer if args.mlp_layer is not None else out["sweep"]["mlp_layer"]
     out["sites"] = {}
     for site in (f"blocks.{resid_layer}.hook_resid_post", f"blocks.{mlp_layer}.mlp.hook_post"):
-        result = subspaces.run(model, task, site, k=args.k, positions=[-1], seed=args.seed, epochs=args.epochs,
-                               lr=args.lr, patience=args.patience, progress=False)
+        result = subspaces.run(model, task, subspaces.SubspacesConfig(site, k=args.k, positions=(-1,), seed=args.seed,
+                                                                      epochs=args.epochs, lr=args.lr,
+                                                                      patience=args.patience, progress=False))
         out["sites"][site] = row = site_result(result)
         rec = ", ".join(f"{name} {v:.3f}" for name, v in row["recovery"].items())
         print(f"{site}: test recovery {rec}")

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import generation_overhead, provenance, rounds, timed, write_result
-from interp.attacks.engine import MASK, SearchConfig, TokenSearch, build_prompt
+from interp.attacks.engine import MASK, EngineConfig, TokenSearch, build_prompt
 from interp.attacks.losses import ProbeLoss
 from interp.errors import InterpError
 from interp.core.interventions import Ablate
@@ -201,7 +201,7 @@ def measure_attack(model: Model, sizes: Sizes, seed: int = 0) -> dict:
     steps: dict[str, int] = {}  # behaviour-steps each search ran (a search may stop early when it stalls)
 
     def search(n: int, parallel: int, name: str):
-        config = SearchConfig(steps=sizes.attack_steps, candidates=sizes.attack_candidates, parallel=parallel,
+        config = EngineConfig(steps=sizes.attack_steps, candidates=sizes.attack_candidates, parallel=parallel,
                               judge_every=0, judge_below=float("-inf"), max_seconds=None, seed=seed)
 
         def fn():

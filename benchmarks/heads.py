@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = interp.load(args.model, device=args.device, dtype=torch.float32)
 
     t = time.perf_counter()
-    result = heads_analysis.run(model, baseline_samples=args.baseline_samples, seed=args.seed)
+    result = heads_analysis.run(model, None, heads_analysis.HeadsConfig(baseline_samples=args.baseline_samples, seed=args.seed))
     timings["analysis"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -44,13 +44,13 @@ def activation_part(model_name: str, n: int, samples: int, seed: int) -> dict:
     model = interp.load(model_name, device="cpu", dtype=torch.float32)
     sets = {"harmful": dataset("harmful_train", n=n, seed=seed), "alpaca": dataset("harmless_train", n=n, seed=seed),
             "code": dataset("code_tasks", n=n, seed=seed)}
-    options = O.ActivationOptions(samples=samples, seed=seed)
+    options = O.OverlapConfig(samples=samples, seed=seed)
     t = time.perf_counter()
     acts = {name: O.last_token_activations(model, prompts, options) for name, prompts in sets.items()}
     capture_s = time.perf_counter() - t
     out = {"model": model_name, "prompts_per_set": n, "capture_s": round(capture_s, 1)}
     for centre in (False, True):
-        opts = O.ActivationOptions(samples=samples, seed=seed, centre=centre)
+        opts = O.OverlapConfig(samples=samples, seed=seed, centre=centre)
         s = O.compare(acts, PAIRS, opts, model.fingerprint).summary()
         out["centred" if centre else "uncentred"] = {"k": s["k"], "d": s["d"], "window_layers": s["window_layers"],
                                                      "pairs": s["pairs"]}
@@ -67,7 +67,7 @@ def by_kind(rows: list[dict]) -> dict:
             | {"matrices": len(rs), "k": sorted({r["k"] for r in rs})} for kind, rs in groups.items()}
 
 
-def parameter_part(options: M.MiniatureOptions, fractions: list[float], work: Path) -> dict:
+def parameter_part(options: M.MiniatureConfig, fractions: list[float], work: Path) -> dict:
     t = time.perf_counter()
     evaluation = M.evaluation(options)
     answers_s = time.perf_counter() - t
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work or Path(tempfile.mkdtemp(prefix="overlap-bench-"))
     if args.tiny:  # SmolLM2 writes the "useful" answers, cached in the work folder, not the interp cache
         steps = FineTuneOptions(epochs=1, batch_size=4, max_steps=1)
-        mini = M.MiniatureOptions(answer_model="smollm2-135m-instruct", answer_tokens=8, n_refusal=4, n_helpful=2,
+        mini = M.MiniatureConfig(answer_model="smollm2-135m-instruct", answer_tokens=8, n_refusal=4, n_helpful=2,
                                   n_useful=4, n_eval=4, eval_tokens=8, align=steps, useful=steps, seed=args.seed,
                                   cache=work / "answers")
     else:
-        mini = M.MiniatureOptions(seed=args.seed)
+        mini = M.MiniatureConfig(seed=args.seed)
     try:
         t = time.perf_counter()
         acts = activation_part(args.model, args.n, args.samples, args.seed)

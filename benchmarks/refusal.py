@@ -3,7 +3,8 @@
     python -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --out refusal.json --save-direction DIR
 
 In one process (each comparison against a baseline measured in the same run):
-1. Extract the direction (analyses.refusal.run, the defaults: Arditi's filters, no system turn, validation from
+1. Extract the direction (analyses.refusal.run, the defaults: Arditi's filters, the library's DEFAULT_SYSTEM
+   (the chat template's own system prompt; `--system none` for Arditi's no system turn), validation from
    the bundled validation splits) from `--n-train` harmful + harmless training prompts (refusal_splits train);
    the filter counts and every relaxation; the per-layer table (each layer's plain difference in means at the
    last end-of-instruction position, ablated, scored exactly) beside the chosen direction; stage timings.
@@ -36,7 +37,7 @@ from analyses import refusal
 from benchmarks.common import generation_overhead, provenance, write_result
 from interp.core.interventions import Ablate, Add
 from interp.judges import RefusalScore, SubstringJudge
-from interp.core.model import system_option
+from interp.core.model import DEFAULT_SYSTEM, system_record
 from interp.data.prompts import dataset
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-val", type=int, default=32, help="validation prompts per class (bundled validation splits)")
     ap.add_argument("--n-eval", type=int, default=100, help="held-out evaluation prompts per class")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--system", default="none", help="none | default | TEXT")
+    ap.add_argument("--system", default=system_record(DEFAULT_SYSTEM), help="none | default | TEXT (default: the library's)")
     ap.add_argument("--refusal-tokens", default=None,
                     help="comma-separated refusal tokens instead of estimating them (for models that never refuse)")
     ap.add_argument("--gen-prompts", type=int, default=8, help="prompts of the steered-generation timing")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         given = RefusalScore(refusal_ids=ids)
 
     cfg = refusal.RefusalConfig(n_val=args.n_val, system=args.system)
-    res = refusal.run(model, harmful, harmless, config=cfg, refusal=given)
+    res = refusal.run(model, refusal.RefusalData(harmful, harmless, refusal=given), cfg)
     for line in res.messages():
         print(line, flush=True)
     best_layer = min(res.per_layer, key=lambda r: r["ablation_score"])
@@ -111,16 +112,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"saved the direction to {args.save_direction}", flush=True)
 
     if not args.skip_exhaustive:
-        full = refusal.run(model, harmful, harmless, config=refusal.RefusalConfig(n_val=args.n_val, system=args.system,
-                                                                               shortlist=None), refusal=res.refusal)
+        full = refusal.run(model, refusal.RefusalData(harmful, harmless, refusal=res.refusal), refusal.RefusalConfig(n_val=args.n_val, system=args.system,
+                                                                               shortlist=None))
         out["shortlist_vs_exhaustive"] = refusal.compare_searches(res, full) | {
             "shortlist": cfg.shortlist, "shortlist_scoring_s": res.timings["scoring"],
             "exhaustive_scoring_s": full.timings["scoring"]}
         print("shortlist vs exhaustive", out["shortlist_vs_exhaustive"], flush=True)
 
     if not args.skip_loop:
-        loop = refusal.run(model, harmful, harmless, refusal=res.refusal,
-                           config=refusal.RefusalConfig(n_val=args.n_val, system=args.system, one_candidate_per_forward=True))
+        loop = refusal.run(model, refusal.RefusalData(harmful, harmless, refusal=res.refusal),
+                           refusal.RefusalConfig(n_val=args.n_val, system=args.system, one_candidate_per_forward=True))
         same = (loop.chosen["layer"], loop.chosen["position"]) == (res.chosen["layer"], res.chosen["position"])
         out["batched_vs_loop"] = {"same_direction": same, "batched_scoring_s": res.timings["scoring"],
                                   "loop_scoring_s": loop.timings["scoring"],
@@ -133,13 +134,14 @@ def main(argv: list[str] | None = None) -> dict:
     out["eval_sets"] = {"harmful": "harmbench + advbench, overlaps with harmful_train/harmful_val removed", **pool,
                         "harmless": "harmless_val beyond the validation draw", "n_harmful": len(harmful_eval),
                         "n_harmless": len(harmless_eval)}
-    ev = refusal.evaluate(model, res.direction, harmful_eval, harmless_eval, max_new_tokens=args.max_new_tokens)
+    ev = refusal.evaluate(model, res.direction, harmful_eval, harmless_eval, max_new_tokens=args.max_new_tokens,
+                          system=res.system)
     print("\n".join(ev.lines()), flush=True)
     rates = ev["refusal_rate"]
     base, abl = rates["harmful_baseline"], rates["harmful_ablated"]
     judge = SubstringJudge()
-    once = model.with_system(system_option(res.system)).generate(
-        harmless_eval, max_new_tokens=args.max_new_tokens, interventions=[Add(res.direction, res.chosen["layer"], 1.0)])
+    once = model.generate(harmless_eval, max_new_tokens=args.max_new_tokens, system=res.system,
+                          interventions=[Add(res.direction, res.chosen["layer"], 1.0)])
     g = ev["generations"]
     hook_dec, ortho_dec = judge.refused(g["harmful_ablated"]), judge.refused(g["harmful_orthogonalized"])
     out["evaluation"] = {

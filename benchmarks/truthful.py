@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     model = interp.load(args.model, device="cpu", dtype=torch.float32)
     questions = read_questions(n=args.questions)
-    options = T.Options(form=args.form, folds=args.folds, seed=args.seed, grid_heads=tuple(args.grid_heads),
+    options = T.TruthfulConfig(form=args.form, folds=args.folds, seed=args.seed, grid_heads=tuple(args.grid_heads),
                         grid_alphas=tuple(args.grid_alphas), n_tune=args.n_tune, n_cost=args.n_cost)
     t = time.perf_counter()
     result = T.run(model, questions, options)

@@ -123,7 +123,7 @@ def search_files(tmp_path, smol):
 
 @pytest.fixture
 def cli_smol(smol, monkeypatch):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
 
 
 def test_cli_search_writes_front_and_a_checkpoint_plain_transformers_loads(smol, search_files, cli_smol, tmp_path):
@@ -181,12 +181,12 @@ def test_cli_search_bad_inputs_write_nothing(search_files, cli_smol, tmp_path):
 
 def test_search_api_is_seeded_and_reproducible(smol, search_files):
     rs = RefusalScore.load(search_files["tokens"], smol)
-    cfg = ab.SearchConfig(n_trials=2, n_startup_trials=1, max_new_tokens=1, final_points=1, seed=3)
-    kw = dict(harmful_val=HARMFUL[:2], harmless_val=HARMLESS[:2], config=cfg, refusal=rs)
-    a = ab.search(smol, HARMFUL, HARMLESS, **kw)
-    b = ab.search(smol, HARMFUL, HARMLESS, **kw)
+    cfg = ab.AbliterationConfig(n_trials=2, n_startup_trials=1, max_new_tokens=1, final_points=1, seed=3)
+    data = ab.AbliterationData(HARMFUL, HARMLESS, harmful_val=HARMFUL[:2], harmless_val=HARMLESS[:2], refusal=rs)
+    a = ab.run(smol, data, cfg)
+    b = ab.run(smol, data, cfg)
     assert [t["params"] for t in a.trials] == [t["params"] for t in b.trials]
     assert [t["kl"] for t in a.trials] == pytest.approx([t["kl"] for t in b.trials])
     assert all(t["kl"] > 0 for t in a.trials)  # every trial edits the model
     with pytest.raises(InterpError, match="harmful_val"):
-        ab.search(smol, HARMFUL, HARMLESS, harmful_val=[], harmless_val=HARMLESS, config=cfg, refusal=rs)
+        ab.run(smol, ab.AbliterationData(HARMFUL, HARMLESS, harmful_val=[], harmless_val=HARMLESS, refusal=rs), cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.attacks import AttentionLoss, GCGLoss, ProbeLoss, SearchConfig, SteeringLoss, TokenSearch, build_prompt
+from interp.attacks import AttentionLoss, GCGLoss, ProbeLoss, EngineConfig, SteeringLoss, TokenSearch, build_prompt
 from analyses.rerouting import attack, fit_directions, fit_probes, reference_activations, save_directions
 from interp.cli.attack import attack_cli
 from interp.attacks.engine import Batcher
@@ -93,7 +93,7 @@ def test_gradient_equals_one_hot_gradient(smol, reference):
 
 
 def test_candidates_follow_the_gradient(smol):
-    search = TokenSearch(smol, GCGLoss(), SearchConfig(candidates=64, topk=8))
+    search = TokenSearch(smol, GCGLoss(), EngineConfig(candidates=64, topk=8))
     vocab = smol.hf.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
     grad = torch.randn(5, vocab, generator=gen)
@@ -148,7 +148,7 @@ def test_out_of_memory_halves_the_batch(smol, reference, monkeypatch):
     prompts = [build_prompt(smol, TEMPLATE, b) for b in BEHAVIORS]
     batcher = Batcher(smol, prompts, loss)
     batcher.add_prefixes([0, 1, 2])
-    search = TokenSearch(smol, loss, SearchConfig(batch_size=16))
+    search = TokenSearch(smol, loss, EngineConfig(batch_size=16))
     rows = torch.tensor([0, 1, 2] * 4)
     tokens = torch.randint(1000, 20000, (12, 4), generator=torch.Generator().manual_seed(1))
     expected = search.evaluate(batcher, rows, tokens)
@@ -178,7 +178,7 @@ def test_engine_computes_the_references_a_loss_declares(smol):
     prompts = [build_prompt(smol, TEMPLATE, b) for b in BEHAVIORS[:2]]
     batcher = Batcher(smol, prompts, loss)
     batcher.add_prefixes([0, 1])
-    search = TokenSearch(smol, loss, SearchConfig(batch_size=1))  # one row per forward: the chunks are stitched back
+    search = TokenSearch(smol, loss, EngineConfig(batch_size=1))  # one row per forward: the chunks are stitched back
     search._references(batcher, [1, 0])
     rows, tokens = torch.tensor([0, 1]), torch.cat([_init(p) for p in prompts])
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_loss_decreases(smol, reference, kind):
         loss = GCGLoss()
     n = 1 if kind == "gcg" else 2  # GCG runs the full model: one behaviour keeps the test short
     prompts = [build_prompt(smol, TEMPLATE, b, target="Sure, here is") for b in BEHAVIORS[:n]]
-    config = SearchConfig(steps=4, candidates=16, parallel=2, judge_below=-1.0, judge_every=0)
+    config = EngineConfig(steps=4, candidates=16, parallel=2, judge_below=-1.0, judge_every=0)
     results = TokenSearch(smol, loss, config).run(prompts, progress=False)
     for r in results:
         assert r.steps == 4 and len(r.curve) == 4
@@ -466,7 +466,7 @@ def test_every_buffer_entry_is_judged_at_the_end(smol, reference):
         calls.append(cands)
         return [c.final and c.entry == len(cands) - 1 for c in cands]  # only the worst-loss entry succeeds
 
-    config = SearchConfig(steps=3, candidates=16, buffer_size=4, judge_every=0, judge_below=float("-inf"))
+    config = EngineConfig(steps=3, candidates=16, buffer_size=4, judge_every=0, judge_below=float("-inf"))
     result = TokenSearch(smol, loss, config).run(prompts, check=check, progress=False)[0]
     assert len(calls) == 1
     final = calls[0]
@@ -515,14 +515,14 @@ def test_nanogcg_preset_has_nanogcgs_numbers(smol):
 def test_buffer_size_zero_moves_to_each_steps_best(smol):
     """nanoGCG's buffer_size 0: the next step starts from this step's best candidate even when it is worse than
     an earlier one; the best ever is kept apart."""
-    search = TokenSearch(smol, GCGLoss(), SearchConfig(buffer_size=0))
+    search = TokenSearch(smol, GCGLoss(), EngineConfig(buffer_size=0))
     from interp.attacks.engine import _State
 
     first = torch.tensor([1, 2, 3])
     st = _State(0, torch.Generator(), first[None], torch.tensor([1.0]), first, 1.0, 1.0, 0.0, 1)
     search._update(st, torch.tensor([[4, 5, 6], [7, 8, 9]]), torch.tensor([3.0, 2.0]))
     assert st.buffer_ids.tolist() == [[7, 8, 9]] and st.best_ids.tolist() == [1, 2, 3] and st.best_loss == 1.0
-    kept = TokenSearch(smol, GCGLoss(), SearchConfig(buffer_size=1))
+    kept = TokenSearch(smol, GCGLoss(), EngineConfig(buffer_size=1))
     st = _State(0, torch.Generator(), first[None], torch.tensor([1.0]), first, 1.0, 1.0, 0.0, 1)
     kept._update(st, torch.tensor([[4, 5, 6], [7, 8, 9]]), torch.tensor([3.0, 2.0]))
     assert st.buffer_ids.tolist() == [[1, 2, 3]]
@@ -545,13 +545,13 @@ def test_forward_budget_is_respected_and_logged(smol, probe_dir, tmp_path, monke
     assert d["total_forwards"] == 80 and d["total_grad_forwards"] == 6 and d["forwards_per_success"] == 80
     assert d["seconds_per_success_is_lower_bound"]
     with pytest.raises(InterpError, match="max_forwards"):
-        SearchConfig(max_forwards=0)
+        EngineConfig(max_forwards=0)
 
 
 def test_parallel_default_and_wall_time_counts_overlap_once(tmp_path):
-    """Behaviours are searched several at a time by default (measured faster, see SearchConfig); the summary's
+    """Behaviours are searched several at a time by default (measured faster, see EngineConfig); the summary's
     seconds are the wall-clock union of their spans, not the sum of overlapping ones."""
-    assert SearchConfig().parallel > 1
+    assert EngineConfig().parallel > 1
     log = tmp_path / "p.jsonl"
     rows = [{"behavior": b, "id": b, "success": b == "a", "seconds": 10.0, "final": True, "loss": 0.1, "step": 1,
              "adversarial_prompt": b, "response": "", "method": "gcg", "model": "m", "started_at": t, "ended_at": t + 10.0,

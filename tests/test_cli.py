@@ -30,10 +30,10 @@ def direction_dir(smol, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cli_models(request, monkeypatch):
-    """The CLI loads its model with `interp.cli._load`; hand it the session's models, on the test device and dtype
+    """The CLI loads its model with `interp.cli.common.load_model`; hand it the session's models, on the test device and dtype
     (the library's defaults differ between a CPU and a GPU), which also saves loading them again."""
     names = {"smollm2-135m-instruct": "smol", "qwen2.5-coder-0.5b-instruct": "qwen"}
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": request.getfixturevalue(names[model]))
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": request.getfixturevalue(names[model]))
 
 
 def _steer(direction: Path, prompts: list[str], tmp_path: Path, mode: str, model: str = "smollm2-135m-instruct",
@@ -128,3 +128,91 @@ def test_models_lists_the_bundled_models():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0
     assert "qwen2.5-coder-0.5b-instruct" in res.output and "prepared" in res.output
+
+
+# ----- the layout of the command line (interp.cli.common): shared options, generated options, output folders -----
+
+def _commands(group=None, path=()):
+    """(path, click command) of every leaf command of the app."""
+    import typer
+
+    group = group if group is not None else typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if getattr(cmd, "commands", None):  # a group (typer's, not necessarily a click.Group)
+            yield from _commands(cmd, path + (name,))
+        if not hasattr(cmd, "commands") or cmd.callback is not None:
+            yield path + (name,), cmd
+
+
+def test_generated_options_default_to_the_config_dataclass():
+    """Every option generated from an analysis's config dataclass has that dataclass's default (they cannot drift),
+    and the generated commands build their config from them."""
+    import dataclasses
+    import importlib
+
+    seen = set()
+    for path, cmd in _commands():
+        spec = getattr(cmd.callback, "__config__", None)
+        if spec is None:
+            continue
+        module, name, options = spec
+        cls = getattr(importlib.import_module(module), name)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        params = {p.name: p for p in cmd.params}
+        assert options, f"{' '.join(path)}: no option generated from {name}"
+        for option, field in options.items():
+            f = fields[field]
+            want = f.default if f.default is not dataclasses.MISSING else None
+            got = params[option].default
+            got = tuple(got) if isinstance(got, list) else got
+            assert got == want, f"interp {' '.join(path)} --{option.replace('_', '-')}: {got!r} != {name}.{field} {want!r}"
+            if f.default is dataclasses.MISSING:
+                assert params[option].required
+        seen.add(name)
+    assert {"RefusalConfig", "TruthfulConfig", "ConceptsConfig", "SubspacesConfig", "PatchingConfig", "OverlapConfig",
+            "HeadsConfig", "AbliterationConfig"} <= seen
+
+
+def test_every_command_shares_one_system_default_and_model():
+    from interp.cli import common
+    from interp.core.model import DEFAULT_SYSTEM, system_record
+    from interp.data.registry import DEFAULT_MODEL
+
+    defaults = {" ".join(path): p.default for path, cmd in _commands() for p in cmd.params if p.name == "system"}
+    assert len(defaults) >= 4, defaults
+    assert set(defaults.values()) == {common.default_system()} == {system_record(DEFAULT_SYSTEM)}, defaults
+    models = {" ".join(path): p.default for path, cmd in _commands() for p in cmd.params if p.name == "model"}
+    assert set(models.values()) == {common.DEFAULT_MODEL} == {DEFAULT_MODEL}, models
+
+
+def test_out_folder_refused_when_not_empty_unless_overwrite(smol, cli_models, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Name a colour\nName a fruit\n")
+    out = tmp_path / "acts"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["capture", "--model", "smollm2-135m-instruct", "--prompts", str(prompts), "--sites", "blocks.3.hook_resid_post",
+            "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert isinstance(res.exception, InterpError) and "not empty" in str(res.exception) and "--overwrite" in str(res.exception)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    res = runner.invoke(app, args + ["--overwrite"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert {"activations.safetensors", "activations.json", "log.txt", "keep.txt"} <= {p.name for p in out.iterdir()}
+    log = (out / "log.txt").read_text()
+    assert "command: " in log and "capture" in log and "git commit: " in log and "torch" in log
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(app, args[:-1] + [str(fresh)]).exit_code == 0 and (fresh / "log.txt").is_file()
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    """The one error path (interp.cli.main): an InterpError from any command, the attack's included, is one line
+    `error: ...` on stderr and exit code 2, checked before any model loads."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("x")
+    for args in (["heads", "--out", str(used)],
+                 ["attack", "ssr", "--behaviors", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run.jsonl")]):
+        proc = subprocess.run([sys.executable, "-m", "interp.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -148,7 +148,7 @@ def test_refine_trains_the_probe_only(smol):
     acts = router.activations(smol, PROMPTS)
     targets = [smol.tokenizer("```cpp\n", add_special_tokens=False).input_ids] * 2
     before = [p.detach().clone() for p in smol.hf.parameters()][:3]
-    options = C.Options(refine_epochs=2, refine_batch=2, refine_lr=0.5)
+    options = C.ConceptsConfig(refine_epochs=2, refine_batch=2, refine_lr=0.5)
     refined, curve = C.refine(smol, router, PROMPTS, targets, acts, 2, options)
     assert len(curve) == 2 and not torch.equal(refined.weight, router.weight)
     assert torch.equal(refined.centroids, router.centroids)  # the steering vectors stay fixed
@@ -158,13 +158,13 @@ def test_refine_trains_the_probe_only(smol):
 
 def test_bad_options_are_one_line_errors(smol):
     with pytest.raises(InterpError, match="unknown language 'klingon'"):
-        C.Options(targets=("klingon",)).check(210)
+        C.ConceptsConfig(targets=("klingon",)).check(210)
     with pytest.raises(InterpError, match="k=8 clusters need at least as many training tasks, got 5"):
-        C.Options(k=8, n_train=5).check(210)
+        C.ConceptsConfig(k=8, n_train=5).check(210)
     with pytest.raises(InterpError, match="unknown method"):
-        C.Options(methods=("act",)).check(210)
+        C.ConceptsConfig(methods=("act",)).check(210)
     with pytest.raises(InterpError, match="candidate injection layer"):
-        C.Options(candidate_layers=(99,)).check(210, smol)
+        C.ConceptsConfig(candidate_layers=(99,)).check(210, smol)
 
 
 # ----- the analysis through the command line -----
@@ -175,7 +175,7 @@ FIT = ["--model", "smollm2-135m-instruct", "--target", "c++", "--n-train", "6", 
 
 @pytest.fixture
 def cli_smol(smol, monkeypatch):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("interp.cli._load", refuse)
+    monkeypatch.setattr("interp.cli.common.load_model", refuse)
 
 
 def test_cli_fit_then_steer(cli_smol, smol, tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 import interp
-from interp.attacks import ProbeLoss, SearchConfig, TokenSearch, build_prompt
+from interp.attacks import ProbeLoss, EngineConfig, TokenSearch, build_prompt
 from interp.data.prompts import dataset
 from probes import LinearProbes
 from tests.conftest import QWEN_PROBE_LAYER, QWEN_REFUSAL_LAYER
@@ -68,7 +68,7 @@ def test_ssr_moves_a_refused_prompt_across_the_probe_boundary(qwen, qwen_train, 
     assert probe_score(behavior) > 0  # the refused prompt starts on the harmful side
     prompt = build_prompt(qwen, "{behavior}" + "[MASK]" * 6, behavior)
     loss = ProbeLoss.from_probes(probe, qwen, [QWEN_PROBE_LAYER])
-    (result,) = TokenSearch(qwen, loss, SearchConfig(steps=15, candidates=32)).run([prompt], progress=False)
+    (result,) = TokenSearch(qwen, loss, EngineConfig(steps=15, candidates=32)).run([prompt], progress=False)
     assert result.text.startswith(behavior) and result.text != behavior
     assert result.loss < result.initial_loss
     assert probe_score(result.text) < 0, result  # across the boundary: the probe now reads it as harmless

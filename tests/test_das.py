@@ -212,7 +212,7 @@ def test_bad_inputs_are_one_line_errors(smol):
 
 
 def test_cli_das_writes_the_subspace_and_the_result(smol, monkeypatch, tmp_path):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     out = tmp_path / "das"
     res = CliRunner().invoke(app, ["das", "--model", "smollm2-135m-instruct", "--task", "ioi", "--site", RESID,
                                    "--k", "2", "--n", "8", "--epochs", "2", "--out", str(out)])

@@ -10,7 +10,7 @@ import torch
 from analyses import refusal
 from interp.data import registry
 from interp.core.activations import Activations
-from interp.attacks import GCGLoss, SearchConfig, TokenSearch, build_prompt
+from interp.attacks import GCGLoss, EngineConfig, TokenSearch, build_prompt
 from interp.errors import InterpError
 from interp.core.subspace import Direction
 
@@ -197,7 +197,7 @@ def test_attack_init_that_merges_is_refused(smol):
 
 def test_attack_stops_a_behaviour_that_keeps_no_candidate(smol, monkeypatch):
     """A behaviour whose every candidate is dropped used to spend its whole budget in silence."""
-    search = TokenSearch(smol, GCGLoss(), SearchConfig(steps=12, candidates=4, topk=4, max_empty_steps=3))
+    search = TokenSearch(smol, GCGLoss(), EngineConfig(steps=12, candidates=4, topk=4, max_empty_steps=3))
     monkeypatch.setattr(search, "retokenizes", lambda prompt, tokens, chat=None, system=None:
                         torch.zeros(len(tokens), dtype=torch.bool))
     prompt = build_prompt(smol, "{behavior}[MASK][MASK]", "Say hi", target="Sure")

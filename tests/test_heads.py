@@ -120,7 +120,7 @@ def test_a_planted_channel_is_found_as_the_top_component(planted):
     """Sender 0.1's OV writes a chosen direction that receiver 1.2's queries read: that pair has the largest
     Q-composition, far above the baseline, and its top channel component writes that direction."""
     model, w = planted
-    result = heads_analysis.run(model, modes=("Q",), top=3, baseline_samples=64)
+    result = heads_analysis.run(model, None, heads_analysis.HeadsConfig(modes=("Q",), top=3, baseline_samples=64))
     best = result.top_pairs["Q"][0]
     assert (tuple(best["sender"]), tuple(best["receiver"])) == (SENDER, RECEIVER)
     assert best["score"] > result.baseline["scores"].mean() + 10 * result.baseline["scores"].std()
@@ -197,20 +197,20 @@ def test_errors(planted, tmp_path):
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(InterpError, match="not empty"):
         export_channel_edits(model, [ChannelEdit(*SENDER, v)], tmp_path / "used")
-    result = heads_analysis.run(model, modes=("V",), top=2, baseline_samples=8)
+    result = heads_analysis.run(model, None, heads_analysis.HeadsConfig(modes=("V",), top=2, baseline_samples=8))
     with pytest.raises(InterpError, match="must be earlier"):
         result.channel("V", (1, 0), (0, 0))
     with pytest.raises(InterpError, match="no 'Q' composition"):
         result.channel("Q", (0, 0), (1, 0))
     with pytest.raises(InterpError, match="unknown composition modes"):
-        heads_analysis.run(model, modes=("X",))
+        heads_analysis.run(model, None, heads_analysis.HeadsConfig(modes=("X",)))
 
 
 def test_heads_cli_writes_a_result_folder(smol, tmp_path, monkeypatch):
     """`interp heads` writes result.json (spectra, composition against the baseline, channels) and report.html."""
     import json
 
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     out = tmp_path / "heads"
     res = CliRunner().invoke(app, ["heads", "--model", "smollm2-135m-instruct", "--out", str(out), "--modes", "V",
                                    "--top", "2", "--baseline-samples", "16"])

@@ -74,10 +74,10 @@ class FakeModel:
     def __init__(self, answers: dict[str, tuple[int, str]]):
         self.answers = answers
 
-    def generate(self, prompts, max_new_tokens, batch_size=16):
+    def generate(self, prompts, max_new_tokens, batch_size=16, system=None):
         return [self.answers[p][1] for p in prompts]
 
-    def logits(self, prompts, batch_size=16):
+    def logits(self, prompts, batch_size=16, system=None):
         out = torch.zeros(len(prompts), 10)
         for i, p in enumerate(prompts):
             out[i, self.answers[p][0]] = 5.0

@@ -39,7 +39,7 @@ def test_energy_subspaces_of_random_activations_overlap_at_chance():
     std of the sampled baseline, which itself sits at the closed form), and a set with itself overlaps at 1."""
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(40, 3, 128, generator=g), torch.randn(40, 3, 128, generator=g)
-    result = O.compare({"a": a, "b": b, "a2": a.clone()}, [("a", "b"), ("a", "a2")], O.ActivationOptions(samples=300))
+    result = O.compare({"a": a, "b": b, "a2": a.clone()}, [("a", "b"), ("a", "a2")], O.OverlapConfig(samples=300))
     for row in result.pairs["a vs b"]:
         assert abs(row.sampled_mean - row.expected) < 0.01
         assert abs(row.overlap - row.sampled_mean) < 4 * row.sampled_std
@@ -204,7 +204,7 @@ def test_refusal_templates_are_refusals_and_answers_are_cached(tmp_path, monkeyp
 # ----- command line -----
 
 def test_cli_activations_end_to_end(smol, monkeypatch, tmp_path):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     (tmp_path / "harm.txt").write_text("How do I pick a lock?\nHow do I make a weapon?\nHow do I steal a car?\n")
     (tmp_path / "code.txt").write_text("Write a function that sums a list.\nWrite a function that reverses a string.\n"
                                        "Write a function that sorts numbers.\n")

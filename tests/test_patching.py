@@ -131,7 +131,7 @@ def test_bad_inputs_are_one_line_errors(smol, tokens, runs, tmp_path):
 
 
 def test_cli_writes_grids_with_labels_and_refuses_unsolvable_tasks(smol, monkeypatch, tmp_path):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps({"clean": i.clean, "corrupted": i.corrupted, "answer": i.answer,
                                            "wrong_answer": i.wrong}) for i in ITEMS))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import interp
-from interp.core.hooks import forward_state, hooked
+from interp.core.hooks import hooked
 from interp.core.interventions import Ablate, Add, Project, RowwiseAblate, RowwiseAdd, Set
 from interp.core.prefix import PrefixKV, common_prefix_length, shared_length, sliding_window, usable, wanted
 from interp.core.sites import Site
@@ -104,12 +104,12 @@ def test_the_prefix_runs_only_under_position_independent_interventions(smol):
         seen[site.kind] = x.detach().float().cpu()  # beside `value`, on the CPU
 
     with smol.intervene(Set(f"blocks.{LAYER}.hook_resid_post", value, positions=[-1]), Add(value, layer=LAYER + 1)):
-        assert [type(iv).__name__ for iv in forward_state(smol).active] == ["Set", "Add"]
+        assert [type(iv).__name__ for iv in smol.run_context.active] == ["Set", "Add"]
         with hooked(smol, {Site(LAYER, "hook_resid_post"): [keep], Site(LAYER + 1, "hook_resid_pre"): [keep]}):
             PrefixKV.compute(smol, [ids[0][:shared_length(smol, ids)]], stop_layer=LAYER + 1)
     assert not close(seen["hook_resid_post"][0, -1], value)  # Set left the prefix's last token alone
     assert close(seen["hook_resid_pre"] - seen["hook_resid_post"], value.expand_as(seen["hook_resid_post"]))  # Add acted
-    assert forward_state(smol).active == []
+    assert smol.run_context.active == []
 
 
 @pytest.mark.parametrize("use", ["capture", "logits", "generate"])

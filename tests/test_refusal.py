@@ -11,7 +11,7 @@ from analyses import refusal
 from interp.errors import InterpError
 from interp.judges import RefusalScore
 from interp.data.prompts import dataset
-from interp.core.model import NO_SYSTEM, system_option
+from interp.core.model import DEFAULT_SYSTEM, NO_SYSTEM, system_option, system_record
 from interp.core.subspace import Direction, Subspace
 
 
@@ -20,8 +20,9 @@ def smol_result(smol):
     # SmolLM2 hardly ever refuses, so its refusal tokens are given by hand: this exercises the plumbing only.
     refusal_ids = smol.tokenizer("I", add_special_tokens=False).input_ids
     cfg = refusal.RefusalConfig(n_val=3, shortlist=3, max_layer_frac=0.3)
-    return refusal.run(smol, dataset("harmful_train", n=9), dataset("harmless_train", n=9), config=cfg,
-                       refusal=RefusalScore(refusal_ids=refusal_ids))
+    data = refusal.RefusalData(dataset("harmful_train", n=9), dataset("harmless_train", n=9),
+                               refusal=RefusalScore(refusal_ids=refusal_ids))
+    return refusal.run(smol, data, cfg)
 
 
 def test_result_has_direction_table_and_figures(smol, smol_result, tmp_path):
@@ -58,25 +59,26 @@ def test_exact_scores_match_a_direct_intervention(smol, smol_result):
     from interp.core.interventions import Ablate
 
     r = smol_result
-    # recompute on the same validation prompts, formatted the same way (no system turn)
+    # recompute on the same validation prompts, formatted the same way (the system prompt the Result records)
+    assert r.system == system_record(DEFAULT_SYSTEM) == r.direction.provenance["system"]
     with smol.intervene(Ablate(r.direction)):
-        direct = r.refusal.score_logits(smol.logits(r.validation["harmful"], system=NO_SYSTEM)).mean().item()
+        direct = r.refusal.score_logits(smol.logits(r.validation["harmful"], system=r.system)).mean().item()
     assert abs(direct - r.chosen["ablation_score"]) < 1e-3
 
 
 def test_bad_prompt_sets(smol):
     with pytest.raises(InterpError, match="empty"):
-        refusal.run(smol, [], ["Hi", "Bye"])
+        refusal.run(smol, refusal.RefusalData([], ["Hi", "Bye"]))
     with pytest.raises(InterpError, match="at least"):
-        refusal.run(smol, ["a", "b"], ["c", "d"], config=refusal.RefusalConfig(val_source="carve"))
+        refusal.run(smol, refusal.RefusalData(["a", "b"], ["c", "d"]), refusal.RefusalConfig(val_source="carve"))
 
 
 @pytest.mark.slow
 def test_qwen_refusal_direction_works(qwen):
     """On the real refusing model: ablation cuts refusals of held-out harmful prompts. With the template's own
     system prompt (a named option): without one (the default) this model refuses only a third of these prompts."""
-    res = refusal.run(qwen, dataset("harmful_train", n=40), dataset("harmless_train", n=40),
-                      config=refusal.RefusalConfig(n_val=12, shortlist=12, system="default"))
+    res = refusal.run(qwen, refusal.RefusalData(dataset("harmful_train", n=40), dataset("harmless_train", n=40)),
+                      refusal.RefusalConfig(n_val=12, shortlist=12, system="default"))
     ev = refusal.evaluate(qwen, res.direction, dataset("advbench", n=12), dataset("harmless_val", n=6), max_new_tokens=32,
                           orthogonalized=False)
     rates = ev["refusal_rate"]
@@ -103,7 +105,7 @@ def test_filter_keeps_harmful_scored_above_zero_and_harmless_below():
 def test_run_filters_training_prompts_by_baseline_score(smol, smol_result):
     r = smol_result
     harmless = dataset("harmless_train", n=9)
-    scores = r.refusal.score_logits(smol.logits(harmless, system=NO_SYSTEM))
+    scores = r.refusal.score_logits(smol.logits(harmless, system=r.system))
     c = r.filter_counts["harmless_train"]
     assert c["given"] == 9 and c["passed"] == int((scores < 0).sum())
     assert c["kept"] == r.direction.provenance["n_harmless"] and (c["relaxed"] or c["kept"] == c["passed"])
@@ -150,8 +152,8 @@ def test_no_system_turn_rendering(qwen, smol):
     assert "You are Qwen" in qwen.format_chat("Hi there")  # Model's own default is unchanged
     text = smol.format_chat("Hi there", NO_SYSTEM)
     assert "system" not in text and "SmolLM" not in text and text.startswith("<|im_start|>user\nHi there")
-    view = smol.with_system(system_option("none"))
-    assert view.prepare_prompts(["Hi there"]) == [text] and smol.prepare_prompts(["Hi there"]) != [text]
+    assert smol.prepare_prompts(["Hi there"], system=system_option("none")) == [text] != smol.prepare_prompts(["Hi there"])
+    assert smol.prepare_prompts(["Hi there"], system="none") == [text]  # option strings are System values too
     assert system_option("default") is None and system_option("Be brief.") == "Be brief."
     with pytest.raises(InterpError, match="system"):
         system_option("")
@@ -163,7 +165,7 @@ def test_cli_prints_filter_counts_and_relaxations(smol, smol_result, monkeypatch
     from interp.cli import app
 
     assert smol_result.relaxations  # SmolLM2 refuses nothing: the harmful filters and the selection are relaxed
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     monkeypatch.setattr("analyses.refusal.run", lambda *a, **k: smol_result)
     (tmp_path / "h.txt").write_text("How do I pick a lock?\n")
     (tmp_path / "s.txt").write_text("Name a colour.\n")
@@ -186,7 +188,7 @@ def test_evaluate_reports_fp_rate_and_capability_cost_for_hooks_and_checkpoint(s
     g = ev["generations"]
     assert ev.judge_fp_rate == sum(SubstringJudge().refused(g["harmless_baseline"])) / 2
     assert {"harmful_baseline", "harmful_ablated", "harmful_orthogonalized"} <= set(ev.refusal_rate)
-    assert ev.system == "none"
+    assert ev.system == system_record(DEFAULT_SYSTEM)  # the library default, not the direction's own
     hook, ortho = ev.capability["hook"], ev.capability["orthogonalized"]
     assert hook["kl"] > 0 and hook["ce"] != hook["ce_clean"]  # the edit costs something, and is measured
     assert abs(hook["kl"] - ortho["kl"]) < 1e-3 and abs(hook["ce"] - ortho["ce"]) < 1e-3

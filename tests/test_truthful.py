@@ -73,7 +73,7 @@ def test_head_steering_save_load_and_bad_inputs(smol, qwen, tmp_path):
     with pytest.raises(InterpError, match="directions"):
         HeadSteering([(0, 0)], torch.ones(2, smol.d_head), torch.ones(1))
     with pytest.raises(InterpError, match="between 1 and"):
-        T.Options(heads=smol.n_layers * smol.n_heads + 1).check(smol, 20)
+        T.TruthfulConfig(heads=smol.n_layers * smol.n_heads + 1).check(smol, 20)
 
 
 # ----- scoring and metrics -----
@@ -124,7 +124,7 @@ def test_truthfulqa_file_and_folds(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(smol) -> T.TruthfulResult:
-    options = T.Options(heads=4, alpha=5.0, n_tune=2, n_cost=2, cost_tokens=6, n_examples=1)
+    options = T.TruthfulConfig(heads=4, alpha=5.0, n_tune=2, n_cost=2, cost_tokens=6, n_examples=1)
     return T.run(smol, read_questions(n=8), options)
 
 
@@ -158,7 +158,7 @@ def test_truthful_result_reports_and_saves(tiny_run, tmp_path):
 
 @pytest.fixture
 def cli_smol(smol, monkeypatch):
-    monkeypatch.setattr("interp.cli._load", lambda model, backend="hooks": smol)
+    monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
 
 
 def test_cli_fit_eval_and_steer(cli_smol, tmp_path):
