@@ -1,4 +1,12 @@
-"""Shared fixtures: the real bundled models, loaded once per test session, on an explicit device and dtype.
+"""Shared fixtures: the real bundled models, loaded once per test session, on an explicit device and dtype; and
+the test tiers.
+
+Tiers (markers given here at collection, so no test file has to remember them):
+- unit: mechanics on tiny random models built in the test (`tests/tiny.py`), with the bundled tokenizer only;
+  no bundled weights are loaded (the tier fails a test that loads them);
+- integration: tests on the bundled models (the `smol` and `qwen` fixtures, or a load of a bundled name);
+- acceptance: long end-to-end runs (marked `slow`) and the notebooks; `make test-slow` runs them.
+`make test` runs the unit and integration tiers; `pytest -m unit` the unit tier alone.
 
 Tests never rely on the library's defaults (fp32 on a CPU, bf16 on a GPU): the device is `INTERP_TEST_DEVICE`
 (e.g. "cpu", "cuda", "cuda:1"), else cuda where available, else the CPU; the dtype is `INTERP_TEST_DTYPE`,
@@ -49,6 +57,17 @@ def tol(dtype: torch.dtype) -> float:
 def load(name: str, **kwargs) -> interp.Model:
     """A bundled model on the test device and dtype (a test's own loads go through here too)."""
     return interp.load(name, dtype=DTYPE, device=DEVICE, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled SmolLM2 tokenizer alone (vocabulary and chat template, no weights): the unit tier's tiny models
+    speak it."""
+    from transformers import AutoTokenizer
+
+    from interp.data.registry import prepare
+
+    return AutoTokenizer.from_pretrained(prepare("smollm2-135m-instruct", progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +139,46 @@ def no_hook_left_behind(request):
         if name in request.fixturenames:
             model = request.getfixturevalue(name)
             assert registered_hooks(model) == 0, f"{request.node.name} left hooks registered on {name}"
+
+
+# ----- tiers -----
+
+BUNDLED_FIXTURES = {"smol", "qwen"}
+ACCEPTANCE_FILES = {"test_notebooks.py"}
+
+
+def tier(item: pytest.Item) -> str:
+    """unit, integration or acceptance (see the module docstring). A test is integration when it asks for a
+    bundled model: a fixture named smol* or qwen*, a parameter "smol"/"qwen" it resolves by name, or the marker."""
+    if item.get_closest_marker("slow") or item.path.name in ACCEPTANCE_FILES or "notebook" in item.name:
+        return "acceptance"
+    if item.get_closest_marker("unit"):
+        return "unit"
+    fixtures = set(getattr(item, "fixturenames", ()))
+    params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
+    if any(f.startswith(tuple(BUNDLED_FIXTURES)) for f in fixtures) or BUNDLED_FIXTURES & params \
+            or item.get_closest_marker("integration"):
+        return "integration"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by these markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier(item)))
+
+
+@pytest.fixture(autouse=True)
+def unit_tier_loads_no_bundled_weights(request, monkeypatch):
+    """A unit-tier test that loads a bundled model fails: request `smol`/`qwen` (integration) or use tests.tiny."""
+    if tier(request.node) != "unit":
+        yield
+        return
+    import interp.core.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.name} is in the unit tier but loads a bundled model; use the smol or "
+                             f"qwen fixture (integration tier) or a tiny model from tests/tiny.py")
+
+    monkeypatch.setattr(loading, "prepare", refuse)  # every load of a bundled name goes through it
+    yield

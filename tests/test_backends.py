@@ -131,6 +131,7 @@ def test_attention_pattern_agrees_with_hooks_backend(request, smol, backend):
 
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+@pytest.mark.integration  # boots SmolLM2 on each backend
 def test_forward_stops_after_deepest_layer(request, backend):
     model = _model(request, "smol", backend)
     calls = []  # pre-hooks: nnsight stops from inside its own output hook, before later output hooks would run

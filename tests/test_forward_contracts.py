@@ -14,20 +14,14 @@ from interp.core.interventions import Add, Set
 from interp.core.prefix import UNKNOWN, rule
 from interp.directions.scoring import reference_completions
 from tests.conftest import DEVICE, registered_hooks
+from tests.tiny import tiny_model
 
 PROMPTS = ["Write a haiku about rain.", "Write a haiku about snow."]
 
 
 @pytest.fixture(scope="module")
-def tiny(smol) -> interp.Model:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(vocab_size=smol.hf.config.vocab_size, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=smol.tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(DEVICE)
-    return interp.Model(hf, smol.tokenizer, "tiny-llama")
+def tiny(tokenizer) -> interp.Model:
+    return tiny_model("llama", tokenizer, DEVICE)
 
 
 def test_set_with_one_value_per_position_under_the_prefix_cache(tiny):
@@ -99,6 +93,7 @@ def test_capability_cost_scores_the_generated_ids(tiny):
         assert str(g) == tiny.tokenizer.decode(list(g.ids), skip_special_tokens=True).strip()
 
 
+@pytest.mark.integration  # loads the bundled SmolLM2
 def test_loading_leaves_hf_progress_bars_as_they_were():
     """`interp.load` silences transformers' progress bars for the load only, not for the whole process."""
     from transformers.utils import logging as hf_logging
