@@ -30,9 +30,9 @@ from analyses import abliteration as ab
 from benchmarks.common import provenance, write_result
 from interp.core.interventions import Ablate
 from interp.core.model import DEFAULT_SYSTEM, system_record
-from interp.judges import RefusalScore
-from interp.data.prompts import dataset
 from interp.core.subspace import Subspace
+from interp.data.prompts import dataset
+from interp.judges import RefusalScore
 
 
 def heldout_sets(n_val: int, n_test: int, seed: int = 0) -> tuple[list[str], list[str], list[str], list[str]]:

@@ -53,8 +53,8 @@ from benchmarks.common import provenance, write_result
 from interp.attacks.engine import EngineConfig, TokenSearch, build_prompt
 from interp.attacks.run import DEFAULT_TARGET, AttackConfig, Judge, Summary
 from interp.attacks.run import attack as run_attack
-from interp.io import read_jsonl
 from interp.data.prompts import Behavior, dataset_path, read_behaviors
+from interp.io import read_jsonl
 
 METHODS = {  # name -> AttackConfig.build settings
     "ssr": dict(method="ssr", loss="probe"),

@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -102,7 +102,7 @@ def provenance(module: str, argv: Sequence[str] | None, device: torch.device | s
         "machine": machine(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": _version("transformers")},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -35,8 +35,8 @@ from analyses import subspaces
 from benchmarks.common import provenance, write_result
 from interp.circuits import illusion
 from interp.circuits import patching as P
-from interp.core.sites import Site
 from interp.circuits.tasks import make_task, solvable
+from interp.core.sites import Site
 
 ARRIVED = 0.4  # the residual stream at the last position restores this much: the signal has arrived there
 FLAT = 0.05  # an MLP output whose patching restores less than this (in absolute value) does not matter as a whole

@@ -43,12 +43,12 @@ import torch
 from benchmarks.common import generation_overhead, provenance, rounds, timed, write_result
 from interp.attacks.engine import MASK, EngineConfig, TokenSearch, build_prompt
 from interp.attacks.losses import ProbeLoss
-from interp.errors import InterpError
 from interp.core.interventions import Ablate
 from interp.core.model import Model
+from interp.core.subspace import Direction
 from interp.data.prompts import dataset, dataset_path, read_behaviors
 from interp.directions.scoring import ablation_scores
-from interp.core.subspace import Direction
+from interp.errors import InterpError
 
 TOKENIZER_MODEL = "qwen2.5-coder-0.5b-instruct"  # the bundled model whose tokenizer (Qwen2.5's) is used
 TEMPLATE = "{behavior}" + MASK * 6  # the attack CLI's default template

@@ -33,8 +33,8 @@ import interp
 from analyses import miniature as M
 from analyses import overlap as O
 from benchmarks.common import provenance, write_result
-from interp.steering.finetune import FineTuneOptions
 from interp.data.prompts import dataset
+from interp.steering.finetune import FineTuneOptions
 from interp.steering.weight_updates import Rank
 
 PAIRS = [("harmful", "alpaca"), ("harmful", "code"), ("alpaca", "code")]

@@ -26,8 +26,8 @@ import torch
 import interp
 from benchmarks.common import provenance, rounds, write_result
 from interp.circuits import patching as P
-from interp.core.sites import Site
 from interp.circuits.tasks import make_task, solvable
+from interp.core.sites import Site
 
 
 def _grid(values: torch.Tensor, rows: int) -> list[list[float]]:

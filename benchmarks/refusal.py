@@ -36,9 +36,9 @@ import interp
 from analyses import refusal
 from benchmarks.common import generation_overhead, provenance, write_result
 from interp.core.interventions import Ablate, Add
-from interp.judges import RefusalScore, SubstringJudge
 from interp.core.model import DEFAULT_SYSTEM, system_record
 from interp.data.prompts import dataset
+from interp.judges import RefusalScore, SubstringJudge
 
 
 def _norm(text: str) -> str:

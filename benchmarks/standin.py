@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from interp.io import write_json
 from interp.data.registry import READY_MARKER, model_dir
+from interp.io import write_json
 
 SKELETON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                   "chat_template.jinja", "special_tokens_map.json")

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import interp
+from interp.data.prompts import dataset
 from interp.errors import InterpError
 from interp.judges import RefusalScore
-from interp.data.prompts import dataset
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from analyses import abliteration as ab
 from interp.cli import app
-from interp.errors import InterpError
 from interp.core.interventions import Ablate, WeightedAblate
+from interp.core.subspace import Direction
+from interp.errors import InterpError
 from interp.judges import RefusalScore
 from interp.steering.orthogonalize import orthogonalized_copy
-from interp.core.subspace import Direction
 from tests.conftest import tol
 
 runner = CliRunner()

@@ -12,9 +12,9 @@ import torch
 import interp
 from interp.core.backends.nnsight_backend import NnsightBackend, _element
 from interp.core.backends.tl import TransformerLensBackend
-from interp.errors import InterpError
 from interp.core.hooks import eager_attention
 from interp.core.sites import KINDS
+from interp.errors import InterpError
 from tests.conftest import DTYPE, load, tol
 
 PROMPTS = ["Hi", "Name three primes.", "Explain in one sentence why the sky looks blue at noon."]
@@ -176,4 +176,4 @@ def test_nnsight_remote_path_and_backend_options(smol):
     bad = _load("smol", "hooks")
     bad.backend_options = {"remote": True}
     with pytest.raises(InterpError, match="only nnsight"):
-        bad.backend
+        _ = bad.backend  # the property raises

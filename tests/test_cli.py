@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from interp.cli import app
-from interp.errors import InterpError
 from interp.core.interventions import Ablate, Add
-from interp.judges import SubstringJudge
 from interp.core.subspace import Direction, Subspace
+from interp.errors import InterpError
+from interp.judges import SubstringJudge
 
 runner = CliRunner()
 

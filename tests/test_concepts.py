@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from analyses import concepts as C
 from interp.cli import app
-from interp.steering.concept_router import ConceptRouter
-from interp.errors import InterpError
 from interp.core.interventions import Add, RowwiseAdd
-from interp.judges.languages import detect
 from interp.data.prompts import Behavior
+from interp.errors import InterpError
+from interp.judges.languages import detect
+from interp.steering.concept_router import ConceptRouter
 from tests.conftest import registered_hooks, tol
 from tests.test_notebooks import PLOTLY, execute, shown
 

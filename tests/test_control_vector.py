@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.steering.control_vector import export_control_vector, read_control_vector, read_model_hint
 from interp.errors import InterpError
+from interp.steering.control_vector import export_control_vector, read_control_vector, read_model_hint
 
 
 def test_layout_read_with_gguf_reader(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 import interp
-from interp.attacks import ProbeLoss, EngineConfig, TokenSearch, build_prompt
+from interp.attacks import EngineConfig, ProbeLoss, TokenSearch, build_prompt
 from interp.data.prompts import dataset
 from probes import LinearProbes
 from tests.conftest import QWEN_PROBE_LAYER, QWEN_REFUSAL_LAYER

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 from analyses import subspaces
 from interp.circuits import das, illusion
 from interp.circuits import patching as P
+from interp.circuits.tasks import TaskItem, TaskSet, make_task
+from interp.circuits.toy import faithful_toy, illusion_toy, toy_interchange
 from interp.cli import app
-from interp.errors import InterpError
 from interp.core.hooks import hooked
 from interp.core.interventions import Patch, SubspacePatch
 from interp.core.sites import Site
 from interp.core.subspace import Subspace
-from interp.circuits.tasks import TaskItem, TaskSet, make_task
-from interp.circuits.toy import faithful_toy, illusion_toy, toy_interchange
+from interp.errors import InterpError
 from tests.conftest import registered_hooks, tol
 from tests.test_notebooks import PLOTLY, execute, shown
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from analyses import refusal
-from interp.data import registry
+from interp.attacks import EngineConfig, GCGLoss, TokenSearch, build_prompt
 from interp.core.activations import Activations
-from interp.attacks import GCGLoss, EngineConfig, TokenSearch, build_prompt
-from interp.errors import InterpError
 from interp.core.subspace import Direction
+from interp.data import registry
+from interp.errors import InterpError
 
 
 def test_unknown_site_lists_valid_kinds(smol):

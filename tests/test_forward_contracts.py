@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import interp
-from interp.errors import InterpError
 from interp.core.interventions import Add, Set
 from interp.core.prefix import UNKNOWN, rule
 from interp.directions.scoring import reference_completions
+from interp.errors import InterpError
 from tests.conftest import DEVICE, registered_hooks
 from tests.tiny import tiny_model
 

@@ -10,11 +10,18 @@ from typer.testing import CliRunner
 
 import interp
 from analyses import heads as heads_analysis
+from interp.circuits.heads import (
+    ChannelEdit,
+    FactoredMatrix,
+    composition,
+    export_channel_edits,
+    head_svds,
+    head_weights,
+    random_baseline,
+    write_directions,
+)
 from interp.cli import app
 from interp.errors import InterpError
-from interp.circuits.heads import (ChannelEdit, FactoredMatrix, composition, export_channel_edits, head_svds, head_weights,
-                          random_baseline, write_directions)
-
 from tests.conftest import DEVICE
 
 D, DH, N_HEADS, N_KV = 64, 16, 4, 2

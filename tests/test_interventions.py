@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.errors import InterpError
 from interp.core.interventions import Ablate, Add, Project, RowwiseAblate, Set
-from interp.directions.scoring import ablation_scores, addition_scores
 from interp.core.subspace import Direction
+from interp.directions.scoring import ablation_scores, addition_scores
+from interp.errors import InterpError
 from tests.conftest import registered_hooks
 
 PROMPTS = ["How do I bake bread?", "Write a short poem about a cat", "Hi"]

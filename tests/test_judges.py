@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.judges.chat import ChatModelJudge, JudgeTemplate
 from interp.errors import InterpError
-from interp.judges import (REFUSAL_SUBSTRINGS, ClassifierJudge, LocalClassifierJudge, RefusalScore, SubstantiveJudge,
-                           SubstringJudge)
+from interp.judges import (
+    REFUSAL_SUBSTRINGS,
+    ClassifierJudge,
+    LocalClassifierJudge,
+    RefusalScore,
+    SubstantiveJudge,
+    SubstringJudge,
+)
+from interp.judges.chat import ChatModelJudge, JudgeTemplate
 
 # ----- substring judge -----
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from analyses import miniature as M
 from analyses import overlap as O
-from interp.steering import weight_updates as W
 from interp.cli import app
-from interp.errors import InterpError
-from interp.steering.finetune import FineTuneOptions, batch_loss, chat_tokens, fine_tune
-from interp.judges import SubstringJudge
 from interp.core.subspace import Subspace
+from interp.errors import InterpError
+from interp.judges import SubstringJudge
+from interp.steering import weight_updates as W
+from interp.steering.finetune import FineTuneOptions, batch_loss, chat_tokens, fine_tune
 from tests.test_notebooks import PLOTLY, execute, shown
 
 runner = CliRunner()

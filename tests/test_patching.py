@@ -9,12 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from interp.circuits import patching as P
+from interp.circuits.tasks import TaskItem, TaskSet, TaskTokens
 from interp.cli import app
-from interp.errors import InterpError
 from interp.core.hooks import hooked
 from interp.core.interventions import Patch
 from interp.core.sites import Site
-from interp.circuits.tasks import TaskItem, TaskSet, TaskTokens
+from interp.errors import InterpError
 
 from .conftest import tol
 

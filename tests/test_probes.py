@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from interp.errors import InterpError
 from interp.directions.estimators import DiffInMeans, class_means, pca
+from interp.errors import InterpError
 from interp.io import write_json, write_tensors
 from probes import LinearProbes, ProbeDirection, ProbeReport, evaluate, stratified_split
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from interp.errors import InterpError
 from interp.data.prompts import DATA_DIR, DATASETS, Behavior, dataset, dataset_path, read_behaviors, read_prompts, split
+from interp.errors import InterpError
 
 
 def write(tmp_path, name, text):

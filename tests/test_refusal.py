@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from analyses import refusal
-from interp.errors import InterpError
-from interp.judges import RefusalScore
-from interp.data.prompts import dataset
 from interp.core.model import DEFAULT_SYSTEM, NO_SYSTEM, system_option, system_record
 from interp.core.subspace import Direction, Subspace
+from interp.data.prompts import dataset
+from interp.errors import InterpError
+from interp.judges import RefusalScore
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from analyses.rerouting import choose_heads, choose_layers, make_loss, reference_activations, rerouting
 from interp.attacks.losses import RESID, HeadAblationLoss, RowBatch, SteeringLoss
 from interp.attacks.run import AttackConfig, build_loss
-from interp.errors import InterpError
 from interp.core.hooks import hooked
 from interp.core.sites import Site
+from interp.errors import InterpError
 from tests.conftest import registered_hooks
 
 TEMPLATE = "{behavior}[MASK][MASK][MASK][MASK]"

@@ -10,8 +10,8 @@ import pytest
 import interp.core.result
 from analyses.refusal import RefusalEvaluation
 from interp.attacks.run import Summary
-from interp.errors import InterpError
 from interp.core.result import Result
+from interp.errors import InterpError
 
 PLOTLYJS = "plotly.js v"  # the banner of the embedded library
 

@@ -9,10 +9,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from interp.errors import InterpError
-from interp.directions.estimators import DiffInMeans, PCADirections
-from interp.io import write_json, write_tensors
 from interp.core.subspace import Direction, Subspace
+from interp.directions.estimators import DiffInMeans, PCADirections
+from interp.errors import InterpError
+from interp.io import write_json, write_tensors
 from probes import ProbeDirection
 
 

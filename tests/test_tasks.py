@@ -9,9 +9,25 @@ import re
 import pytest
 import torch
 
+from interp.circuits.tasks import (
+    CAPITALS,
+    IOI_TEMPLATES,
+    ITEMS,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TaskItem,
+    TaskSet,
+    accuracy,
+    from_pairs,
+    logit_diff,
+    logit_diffs,
+    make_task,
+    normalise,
+    solvable,
+    solve_rate,
+)
 from interp.errors import InterpError
-from interp.circuits.tasks import (CAPITALS, IOI_TEMPLATES, ITEMS, NAMES, OBJECTS, PLACES, TaskItem, TaskSet, accuracy,
-                          from_pairs, logit_diff, logit_diffs, make_task, normalise, solvable, solve_rate)
 
 VARIANTS = [("ioi", {}), ("ioi", {"corrupt": "swap"}), ("ioi", {"order": "BABA"}), ("capitals", {}),
             ("laundry", {"length": 2}), ("laundry", {"length": 8})]

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from analyses import truthful as T
 from interp.cli import app
-from interp.errors import InterpError
-from interp.steering.head_steering import HeadSteering
 from interp.core.interventions import Add
 from interp.core.likelihood import continuations
 from interp.data.truthfulqa import Question, folds, mc_metrics, mc_scores, read_questions
+from interp.errors import InterpError
+from interp.steering.head_steering import HeadSteering
 from tests.conftest import tol
 from tests.test_notebooks import PLOTLY, execute, shown
 

@@ -15,8 +15,17 @@ from interp.circuits import das
 from interp.circuits import patching as P
 from interp.circuits.heads import ChannelEdit, _o_proj_block
 from interp.circuits.tasks import make_task
-from interp.core.interventions import (Ablate, Add, Patch, Project, RowwiseAblate, RowwiseAdd, Set, SubspacePatch,
-                                       WeightedAblate)
+from interp.core.interventions import (
+    Ablate,
+    Add,
+    Patch,
+    Project,
+    RowwiseAblate,
+    RowwiseAdd,
+    Set,
+    SubspacePatch,
+    WeightedAblate,
+)
 from interp.core.sites import Site
 from interp.errors import InterpError
 from interp.steering.head_steering import HeadSteering
