@@ -46,14 +46,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
-from interp.directions.estimators import DiffInMeans
 from interp.core.interventions import Intervention, WeightedAblate
-from interp.io import write_json, write_tensors
-from interp.judges import RefusalScore, SubstringJudge
 from interp.core.model import DEFAULT_SYSTEM, System, system_option, system_record
 from interp.core.result import Result
+from interp.directions.estimators import DiffInMeans
 from interp.directions.scoring import Reference, capability_cost, kl_rows, reference_completions
+from interp.errors import InterpError
+from interp.io import write_json, write_tensors
+from interp.judges import RefusalScore, SubstringJudge
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -230,8 +230,8 @@ class AbliterationSearchResult(Result):
         w = self.chosen_weights()
         fig = go.Figure(layout=dict(title=f"per-layer ablation weights of the chosen point (trial {self.chosen['trial']})",
                                     xaxis=dict(title="layer"), yaxis=dict(title="weight")))
-        for c, vals in w.items():
-            fig.add_scatter(x=list(range(self.n_layers)), y=vals, mode="lines+markers", name=COMPONENTS[c])
+        for comp, vals in w.items():
+            fig.add_scatter(x=list(range(self.n_layers)), y=vals, mode="lines+markers", name=COMPONENTS[comp])
         figs["weights"] = fig
         return figs
 
@@ -355,8 +355,10 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     if cfg.n_trials < 1:
         raise InterpError(f"n_trials must be at least 1, got {cfg.n_trials}")
     final_on = "test" if harmful_test and harmless_test else "validation"
-    harmful_test = list(harmful_test) if final_on == "test" else harmful_val
-    harmless_test = list(harmless_test) if final_on == "test" else harmless_val
+    if harmful_test and harmless_test:  # final_on == "test"
+        harmful_test, harmless_test = list(harmful_test), list(harmless_test)
+    else:
+        harmful_test, harmless_test = harmful_val, harmless_val
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -379,7 +381,7 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
         sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, n_ei_candidates=128,
                                              multivariate=True, seed=cfg.seed)
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-        trials = []
+        trials: list[dict] = []
         for _ in tqdm(range(cfg.n_trials), desc="abliteration trials", unit="trial"):
             trial = study.ask()
             point = _suggest(trial, model.n_layers)
@@ -412,8 +414,8 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     if isinstance(reference, tuple):
         ref = {"name": reference_name, "refusal_rate": float(reference[0]), "kl": float(reference[1])}
     elif reference is not None:
-        r, k = evaluate(reference)
-        ref = {"name": reference_name, "proxy_refusals": r, "proxy_kl": k,
+        ref_refusals, ref_kl = evaluate(reference)
+        ref = {"name": reference_name, "proxy_refusals": ref_refusals, "proxy_kl": ref_kl,
                **judge_heldout(model, reference, harmful_test, clean_test, cfg)}
     timings["final"] = time.perf_counter() - t
     chosen = choose(final, cfg.kl_budget)
@@ -442,7 +444,8 @@ def export_checkpoint(model: "Model", result: AbliterationSearchResult, out_dir)
     from interp.steering.orthogonalize import check_export_dir, orthogonalized_copy, write_checkpoint
 
     check_export_dir(out_dir)
-    hf = orthogonalized_copy(model, result.chosen_directions(), result.chosen_weights(), embed=False)
+    weights: dict[str, Sequence[float]] = dict(result.chosen_weights())
+    hf = orthogonalized_copy(model, result.chosen_directions(), weights, embed=False)
     return write_checkpoint(hf, model.tokenizer, out_dir, "interp_abliteration.json",
                             {"source_model": model.fingerprint, "chosen": result.chosen,
                              "point": result.chosen_point.to_dict(), "weights": result.chosen_weights(),

@@ -75,13 +75,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.steering.concept_router import ConceptRouter
-from interp.errors import InterpError
-from interp.core.runner import forward
 from interp.core.interventions import RowwiseAdd
-from interp.judges.languages import canonical, detect
-from interp.data.prompts import Behavior, dataset_path, read_behaviors
 from interp.core.result import Result
+from interp.core.runner import forward
+from interp.data.prompts import Behavior, dataset_path, read_behaviors
+from interp.errors import InterpError
+from interp.judges.languages import canonical, detect
+from interp.steering.concept_router import ConceptRouter
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -282,7 +282,9 @@ def target_logprob(model: "Model", prompt_ids: Sequence[Sequence[int]], target_i
     lens = torch.tensor([len(t) for t in target_ids])
     T = int(lens.max())
     batch = model.pad([list(p) + list(t) for p, t in zip(prompt_ids, target_ids)])
-    logits = forward(model, batch, edits=interventions, logits=T + 1).logits[:, :-1].float()
+    out = forward(model, batch, edits=interventions, logits=T + 1).logits
+    assert out is not None  # logits were asked for
+    logits = out[:, :-1].float()
     logp = logits.log_softmax(-1).gather(-1, batch.input_ids[:, -T:, None].to(logits.device))[..., 0].cpu()
     mask = torch.arange(T)[None, :] >= (T - lens)[:, None]  # left padding: row i's targets are its last lens[i]
     return (logp * mask).sum(1) / lens
@@ -393,10 +395,10 @@ def count_tokens(model: "Model", answers: Sequence[str], max_new_tokens: int) ->
 def time_per_token(model: "Model", router: ConceptRouter, prompts: Sequence[str], tokens: int, runs: int) -> dict:
     """Seconds per generated token with the router and with plain `generate`, on the same prompts and
     max_new_tokens, in one batch; `runs` rounds after a warm-up, the order alternating (`count_tokens`)."""
-    def plain() -> list[str]:
+    def plain() -> Sequence[str]:
         return model.generate(prompts, max_new_tokens=tokens, batch_size=len(prompts), progress=False)
 
-    def routed() -> list[str]:
+    def routed() -> Sequence[str]:
         return router.generate(model, prompts, max_new_tokens=tokens, batch_size=len(prompts), progress=False)
 
     per: dict[str, list[float]] = {"plain": [], "router": []}
@@ -583,7 +585,10 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     for lang in options.targets:
         layers, alpha = chosen[lang]["layers"], chosen[lang]["alpha"]
         prov = {**provenance, "target": lang, "layers": layers, "alpha": alpha}
-        routers, refined_acc, curve, check = {}, {}, [], {}
+        routers: dict[str, ConceptRouter] = {}
+        refined_acc: dict[int, float] = {}
+        curve: list[float] = []
+        check: dict[str, float] = {}
         if "mean" in options.methods:
             routers["mean"] = ConceptRouter.fixed(means[lang][layers], layers, alpha, {**prov, "method": "mean"})
         if "gact" in options.methods:
@@ -610,7 +615,7 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     t = time.perf_counter()
     test = split.test
     neutral_prompts = [x.behavior for x in test]
-    answers: dict[tuple[str, str], list[str]] = {}
+    answers: dict[tuple[str, str], Sequence[str]] = {}
     answers[("", "baseline")] = model.generate(neutral_prompts, max_new_tokens=options.max_new_tokens, batch_size=bs)
     for lang in options.targets:
         answers[(lang, "prompt")] = model.generate([render(p, lang) for p in neutral_prompts],

@@ -6,10 +6,10 @@ import random
 from pathlib import Path
 
 from analyses import refusal, separation
-from interp.io import write_json
-from interp.judges import SubstringJudge
 from interp.core.model import DEFAULT_SYSTEM, System
 from interp.data.prompts import dataset
+from interp.io import write_json
+from interp.judges import SubstringJudge
 
 
 def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_tokens: int = 48) -> Path:

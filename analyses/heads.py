@@ -34,10 +34,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.circuits.heads import MODES, Composition, HeadSVDs, check_head, composition, head_svds, random_baseline
-from interp.io import write_tensors
 from interp.core.result import Result
+from interp.errors import InterpError
+from interp.io import write_tensors
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,7 +85,7 @@ class HeadsResult(Result):
             raise InterpError(f"no {mode!r} composition here; computed: {', '.join(self.compositions)}")
         for layer, head in (sender, receiver):
             check_head(layer, head, self.n_layers, self.n_heads)
-        return channel(self.compositions[mode], tuple(sender), tuple(receiver), share)
+        return channel(self.compositions[mode], (sender[0], sender[1]), (receiver[0], receiver[1]), share)
 
     def effective_rank(self, matrix: str = "OV") -> Tensor:
         """Per head, exp(entropy) of the normalised squared singular values, [L, H]."""
@@ -207,10 +207,10 @@ def run(model: "Model", data: None = None, config: HeadsConfig | None = None) ->
         pairs = [((i // (H * model.n_layers * H), i // (model.n_layers * H) % H), (i // H % model.n_layers, i % H))
                  for i in idx]
         top_pairs[m] = [channel(c, s, r, share) for s, r in pairs]
-    cfg = {"modes": list(modes), "top": top, "share": share, "baseline_samples": baseline_samples,
-           "fold_norm": fold_norm, "seed": seed, "n_kv_heads": svds.weights.n_kv_heads, "d_head": model.d_head,
-           "biases": {k: getattr(svds.weights, k) is not None for k in ("b_Q", "b_K", "b_V")}}
-    return HeadsResult(model.fingerprint, svds, comps, base, top_pairs, cfg)
+    record = {"modes": list(modes), "top": top, "share": share, "baseline_samples": baseline_samples,
+              "fold_norm": fold_norm, "seed": seed, "n_kv_heads": svds.weights.n_kv_heads, "d_head": model.d_head,
+              "biases": {k: getattr(svds.weights, k) is not None for k in ("b_Q", "b_K", "b_V")}}
+    return HeadsResult(model.fingerprint, svds, comps, base, top_pairs, record)
 
 
 @torch.no_grad()

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 from analyses.overlap import Evaluation
-from interp.errors import InterpError
-from interp.steering.finetune import FineTune, FineTuneOptions, fine_tune
-from interp.io import append_jsonl, read_jsonl
 from interp.data.prompts import dataset
 from interp.data.registry import cache_dir
+from interp.errors import InterpError
+from interp.io import append_jsonl, read_jsonl
+from interp.steering.finetune import FineTune, FineTuneOptions, fine_tune
 
 # Varied refusals, each containing a phrase of the substring judge's list (a test checks it).
 REFUSALS: tuple[str, ...] = (

@@ -53,14 +53,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.steering import weight_updates as W
-from interp.errors import InterpError
-from interp.directions.estimators import pca
-from interp.io import write_tensors
-from interp.judges import SubstringJudge
 from interp.core.likelihood import continuations
 from interp.core.result import Result
 from interp.core.subspace import Subspace
+from interp.directions.estimators import pca
+from interp.errors import InterpError
+from interp.io import write_tensors
+from interp.judges import SubstringJudge
+from interp.steering import weight_updates as W
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -298,8 +298,8 @@ class Evaluation:
 def read_useful(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(instruction, answer) pairs from a JSONL file: one object per line with an instruction under one of the
     prompt keys (goal, prompt, instruction, behavior, question) and the text under `answer`."""
-    from interp.io import jsonl_lines
     from interp.data.prompts import PROMPT_KEYS
+    from interp.io import jsonl_lines
 
     path = Path(path)
     if path.suffix != ".jsonl" or not path.is_file():
@@ -436,6 +436,7 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
     del w_base
     t1 = time.perf_counter()
     template = load(finetuned, device="cpu", dtype=torch.float32)  # a private copy whose weights are overwritten
+    rows: list[dict]  # one per checkpoint; evaluate() adds its measures
     rows = [{"name": "base", "method": None, "rank": None, "path": str(base)},
             {"name": "aligned", "method": None, "rank": None, "path": str(aligned)},
             {"name": "fine-tuned", "method": None, "rank": None, "path": str(finetuned), "energy": 1.0}]

@@ -33,10 +33,10 @@ import plotly.graph_objects as go
 from torch import Tensor
 
 from interp.circuits import patching as P
-from interp.errors import InterpError
-from interp.directions.plots import heatmap
-from interp.core.result import Result
 from interp.circuits.tasks import TaskSet, solvable
+from interp.core.result import Result
+from interp.directions.plots import heatmap
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -137,10 +137,10 @@ def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None) -> 
     """Patching grids of the task `data` on `model`: exact (batched) and, with `config.attribution`,
     attribution-patching estimates with their correlation (see `PatchingConfig`)."""
     cfg = config or PatchingConfig()
-    task, sites, layers, n_positions = data, cfg.sites, cfg.layers, cfg.n_positions
+    task, layers, n_positions = data, cfg.layers, cfg.n_positions
     head_position, attribution, rows_per_forward, min_solve_rate = (cfg.head_position, cfg.attribution,
                                                                      cfg.rows_per_forward, cfg.min_solve_rate)
-    sites = check_sites(sites)
+    sites = check_sites(cfg.sites)
     layer_list = list(range(model.n_layers)) if layers is None else [model.check_layer(int(i)) for i in layers]
     if head_position is not None and (not isinstance(head_position, int) or head_position >= 0):
         raise InterpError(f"head_position must be a negative index counted from the end (e.g. -1), got {head_position!r}")

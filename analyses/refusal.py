@@ -58,24 +58,24 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from interp.core.result import Result
 from interp.circuits.attribution import residual_gradients
-from interp.errors import InterpError
-from interp.directions.estimators import DiffInMeans
 from interp.core.interventions import Ablate, Add
-from interp.io import write_json, write_tensors
-from interp.judges import RefusalScore, SubstringJudge
 from interp.core.model import DEFAULT_SYSTEM, System, system_record
+from interp.core.result import Result
+from interp.core.subspace import Direction, Subspace
 from interp.data.prompts import dataset
 from interp.directions import plots
+from interp.directions.estimators import DiffInMeans
 from interp.directions.scoring import ablation_scores, addition_scores, kl_rows
-from interp.core.subspace import Direction, Subspace
+from interp.errors import InterpError
+from interp.io import write_json, write_tensors
+from interp.judges import RefusalScore, SubstringJudge
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -316,7 +316,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
         first = refusal.greedy_refuses
         lh = model.logits(harmful_train, batch_size=cfg.batch_size, system=system)
         ls = model.logits(harmless_train, batch_size=cfg.batch_size, system=system)
-        args = dict(min_kept=cfg.min_kept, counts=counts, relaxations=relaxations)
+        args: dict[str, Any] = dict(min_kept=cfg.min_kept, counts=counts, relaxations=relaxations)
         harmful_train = filter_by_score(harmful_train, refusal.score_logits(lh), True, "harmful_train", first_token=first(lh), **args)
         harmless_train = filter_by_score(harmless_train, refusal.score_logits(ls), False, "harmless_train", first_token=first(ls), **args)
         fh = set(filter_by_score(harmful_val, refusal.score_logits(clean_h), True, "harmful_val", first_token=first(clean_h), **args))
@@ -338,6 +338,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
     acts = model.capture(harmful_train + harmless_train, [f"blocks.{i}.hook_resid_pre" for i in layers], positions="eoi",
                          batch_size=cfg.batch_size, labels=[1] * len(harmful_train) + [0] * len(harmless_train),
                          system=system, progress=True)
+    assert acts.position_tokens is not None  # set by positions="eoi"
     X = acts.stack("hook_resid_pre").transpose(1, 2)  # [n, position, layer, d]
     y = torch.tensor(acts.labels)
     dim = DiffInMeans().fit(X, y)
@@ -350,6 +351,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
     raws = torch.stack([mean_diffs[p, li] for p, li in cand])
     units = raws / raws.norm(dim=-1, keepdim=True)
     cand_layers = torch.tensor([layers[li] for _, li in cand])
+    rows: list[dict[str, Any]]  # one per candidate; the scores are added below
     rows = [{"position_index": p, "position": p - P, "token": acts.position_tokens[p], "layer": layers[li]}
             for p, li in cand]
     t = time.perf_counter()
@@ -478,7 +480,7 @@ class RefusalEvaluation(Result, Mapping):
     kl_harmless_ablation: float
     addition_alpha: float
     max_new_tokens: int
-    generations: dict[str, list[str]]  # the prompts ("harmful", "harmless") and each condition's answers
+    generations: dict[str, Sequence[str]]  # the prompts ("harmful", "harmless") and each condition's answers
     judge_fp_rate: float | None = None  # harmless baseline answers the substring judge calls refusals
     capability: dict[str, dict] = field(default_factory=dict)  # "hook" / "orthogonalized" -> capability_cost(...)
     system: str | None = None  # the system prompt the answers were generated with (`system_record`)
@@ -536,7 +538,8 @@ def orthogonalized_model(model: "Model", direction: Direction, directory: Path) 
     from interp.steering.orthogonalize import export_orthogonalized
 
     export_orthogonalized(model, direction, directory)
-    plain = AutoModelForCausalLM.from_pretrained(str(directory), dtype=model.dtype).to(model.device)
+    plain = AutoModelForCausalLM.from_pretrained(str(directory), dtype=model.dtype)
+    plain = plain.to(model.device)  # type: ignore[arg-type]  # transformers' stubs: `.to` wrapped, typed as unbound
     return Model(plain, model.tokenizer, name=model.name)
 
 
@@ -563,8 +566,8 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
         alpha = float(direction.provenance.get("addition_alpha", 1.0))
     judge = SubstringJudge()
     layer = direction.layer_for(model, layer)
-    gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
-    out = {"harmful": list(harmful), "harmless": list(harmless)}
+    gen: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
+    out: dict[str, Sequence[str]] = {"harmful": list(harmful), "harmless": list(harmless)}
     out["harmful_baseline"] = model.generate(harmful, **gen)
     out["harmful_ablated"] = model.generate(harmful, interventions=[Ablate(direction)], **gen)
     out["harmless_baseline"] = model.generate(harmless, **gen)
@@ -577,6 +580,7 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
             out["harmful_orthogonalized"] = edited.generate(harmful, **gen)
             capability["orthogonalized"] = capability_cost(model, ref, edited=edited, batch_size=min(batch_size, 8))
             del edited
+    rates: dict[str, float]
     rates = {k: sum(judge.refused(out[k])) / len(out[k]) for k in
              ("harmful_baseline", "harmful_ablated", "harmful_orthogonalized", "harmless_baseline", "harmless_added")
              if k in out}

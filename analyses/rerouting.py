@@ -65,20 +65,21 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from interp.core.model import DEFAULT_SYSTEM, System
-from interp.core.result import Result
 from interp.attacks.losses import RESID, AttackLoss, check_layers
 from interp.attacks.run import AttackConfig, Summary, build_loss, check_run, default_layers, final_rows
 from interp.attacks.run import attack as run_attack
-from interp.errors import InterpError
+from interp.core.model import DEFAULT_SYSTEM, System
+from interp.core.result import Result
 from interp.core.runner import forward
-from interp.directions.estimators import DiffInMeans, class_means, pca
-from interp.io import read_json, read_tensors, write_json, write_tensors
 from interp.core.sites import Site
 from interp.core.subspace import Direction, Subspace
+from interp.directions.estimators import DiffInMeans, class_means, pca
+from interp.errors import InterpError
+from interp.io import read_json, read_tensors, write_json, write_tensors
 from probes import LinearProbes
 
 if TYPE_CHECKING:
+    from interp.core.hooks import HookFn
     from interp.core.model import Model
     from interp.data.prompts import Behavior
 
@@ -326,6 +327,8 @@ def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n:
         raise InterpError(f"k must be an integer between 1 and {(L + 1) * model.n_heads} (heads up to layer {L}), got {k!r}")
     if X is None:
         X, y = reference_activations(model, [L], n, seed, system)
+    elif y is None:
+        raise InterpError("X needs its labels y (1 = harmful)")
     mu0, mu1 = class_means(X[:, -1], y == 1)
     r = torch.nn.functional.normalize((mu1 - mu0).float(), dim=-1).to(model.device)
     mu0 = mu0.float().to(model.device)
@@ -341,7 +344,7 @@ def choose_heads(model: "Model", k: int = 4, metric_layer: int | None = None, n:
             zs[site.layer] = z.detach().requires_grad_(True)
             return zs[site.layer]
 
-        fns = {Site(l, "attn.hook_z"): [leaf] for l in range(L + 1)}
+        fns: dict[Site, list[HookFn]] = {Site(l, "attn.hook_z"): [leaf] for l in range(L + 1)}
         fns[Site(L, RESID)] = [lambda site, x: resid.append(x)]
         forward(model, batch, hooks=fns, stop_after=L, logits=None, grad=True)
         m = ((resid[0][:, -1].float() - mu0) @ r).sum()

@@ -18,8 +18,8 @@ from torch import Tensor
 
 import probes
 from interp.core.result import Result
-from interp.errors import InterpError
 from interp.directions.estimators import class_means
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model

@@ -35,14 +35,14 @@ import torch
 from torch import Tensor
 
 from interp.circuits import das as D
-from interp.directions.estimators import DiffInMeans
 from interp.circuits.illusion import Diagnosis, diagnose, reader_weight, rowspace
-from interp.core.interventions import site_width
-from interp.errors import InterpError
-from interp.core.result import Result
-from interp.core.subspace import Subspace
 from interp.circuits.tasks import TaskSet, solvable
 from interp.circuits.toy import make_toy, toy_interchange
+from interp.core.interventions import site_width
+from interp.core.result import Result
+from interp.core.subspace import Subspace
+from interp.directions.estimators import DiffInMeans
+from interp.errors import InterpError
 from probes.linear import LinearProbes
 
 if TYPE_CHECKING:

@@ -46,13 +46,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.likelihood import continuations
+from interp.core.result import Result
+from interp.data.prompts import dataset
+from interp.data.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
+from interp.directions.plots import heatmap
 from interp.errors import InterpError
 from interp.steering.head_steering import HeadSteering
-from interp.core.likelihood import continuations
-from interp.directions.plots import heatmap
-from interp.data.prompts import dataset
-from interp.core.result import Result
-from interp.data.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
 from probes.linear import LinearProbes
 
 if TYPE_CHECKING:
@@ -194,8 +194,8 @@ def _answer_logprobs(model: "Model", texts: Sequence[str], starts: Sequence[int]
 @torch.no_grad()
 def reference(model: "Model", prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> Reference:
     """The unsteered model's greedy answers (chat form) and its log-probabilities over them."""
-    answers = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
-    answers = [a if a.strip() else "." for a in answers]
+    generated = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
+    answers = [a if a.strip() else "." for a in generated]
     heads = model.prepare_prompts(prompts, chat=True)
     texts = [t + a for t, a in zip(heads, answers)]
     starts = [len(ids) for ids in model.encode(heads)]
@@ -370,14 +370,15 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
     ks = [options.heads] if options.heads is not None else list(options.grid_heads)
     alphas = [options.alpha] if options.alpha is not None else list(options.grid_alphas)
     provenance = {"model": model.fingerprint, "form": options.form, "seed": options.seed}
-    results, iti = [], [None] * len(questions)
+    results: list[FoldResult] = []
+    held_out: dict[int, dict[str, float]] = {}  # question -> its scores in the fold that holds it out
     t = time.perf_counter()
     for f, test in enumerate(folds(len(questions), options.folds, options.seed)):
         held = set(test)
         train, val = _split([i for i in range(len(questions)) if i not in held], options.val_ratio, options.seed + f)
         fit = fit_heads(acts, labels, pair_question, train, val, options.direction, options.C,
                         {**provenance, "fold": f, "fitted_questions": "training fold"})
-        grid = []
+        grid: list[dict] = []
         tune = val[:options.n_tune]
         base_tune = mean_scores([baseline[i] for i in tune])
         for k, alpha in product(ks, alphas):
@@ -391,11 +392,12 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
         steer = fit.steering(chosen["k"], chosen["alpha"])
         held_scores = mc_eval(model, [questions[i] for i in test], steer, options.form, desc=f"MC fold {f}")
         for i, s in zip(test, held_scores):
-            iti[i] = s
+            held_out[i] = s
         results.append(FoldResult(f, test, len(train), len(val), chosen["k"], chosen["alpha"], why, grid,
                                   fit.ranking[:chosen["k"]], fit.accuracy, mean_scores([baseline[i] for i in test]),
                                   mean_scores(held_scores), cost(model, steer, cost_ref), steer))
     seconds["folds"] = time.perf_counter() - t
+    iti = [held_out[i] for i in range(len(questions))]  # the folds cover every question
     final_k, final_alpha, why = _final_choice(results, ks, alphas, options.kl_budget)
     train_all, val_all = _split(list(range(len(questions))), options.val_ratio, options.seed + options.folds)
     final_fit = fit_heads(acts, labels, pair_question, train_all, val_all, options.direction, options.C,

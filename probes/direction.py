@@ -12,9 +12,9 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
-from interp.directions.estimators import check_xy, class_means, fit_provenance, slice_at
 from interp.core.subspace import Direction
+from interp.directions.estimators import check_xy, class_means, fit_provenance, slice_at
+from interp.errors import InterpError
 from probes.linear import LinearProbes
 
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.directions.estimators import check_xy, class_means, fit_provenance
+from interp.errors import InterpError
 from interp.io import read_meta, read_tensors, write_json, write_tensors
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     steps = _STEPS.to(Xt.device)
     converged = torch.zeros(B, dtype=torch.bool, device=Xt.device)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations run)
         p = torch.sigmoid(torch.einsum("bnd,bd->bn", Xt, beta))
         grad = C * torch.einsum("bnd,bn->bd", Xt, p - t) + penalty * beta
         H = C * (Xt * (p * (1 - p))[..., None]).transpose(1, 2) @ Xt + torch.diag(penalty + jitter)
@@ -136,7 +136,9 @@ class LinearProbes:
             ws, bs, conv, iters = [], [], [], 0
             for start in range(0, Xb.shape[0], chunk):
                 w_, b_, it, c_ = fit_logistic(Xb[start:start + chunk], y, self.C, self.max_iter, self.tol)
-                ws.append(w_), bs.append(b_), conv.append(c_)
+                ws.append(w_)
+                bs.append(b_)
+                conv.append(c_)
                 iters = max(iters, it)
             w, b = torch.cat(ws), torch.cat(bs)
             self.n_iter_, self.converged_ = iters, torch.cat(conv).reshape(batch).cpu()
@@ -254,7 +256,8 @@ def stratified_split(y: Tensor, test_size: float, seed: int) -> tuple[Tensor, Te
             raise InterpError(f"class {int(cls_)} has {len(rows)} example(s); a train/test split needs at least 2 per class")
         rows = rows[torch.randperm(len(rows), generator=gen)]
         k = min(max(round(test_size * len(rows)), 1), len(rows) - 1)
-        test.append(rows[:k]), train.append(rows[k:])
+        test.append(rows[:k])
+        train.append(rows[k:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 

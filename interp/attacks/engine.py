@@ -52,10 +52,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from interp.attacks.losses import AttackLoss, RowBatch
-from interp.errors import InterpError
-from interp.core.system import DEFAULT_SYSTEM, System
-from interp.core.runner import forward
 from interp.core.prefix import PrefixKV, usable
+from interp.core.runner import forward
+from interp.core.system import DEFAULT_SYSTEM, System
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -529,7 +529,8 @@ class TokenSearch:
         if not prompts:
             raise InterpError("no prompts to attack")
         batcher = Batcher(self.model, prompts, self.loss, use_cache=cfg.prefix_cache)
-        queue, active, results = list(range(len(prompts))), [], {}
+        queue, results = list(range(len(prompts))), {}
+        active: list[_State] = []
         bar = tqdm(total=len(prompts) * cfg.steps, desc=f"attack ({self.loss.name})", unit="step", disable=not progress)
         try:
             while queue or active:
@@ -600,7 +601,7 @@ class TokenSearch:
         if s.empty_steps == self.config.max_empty_steps:
             s.stop_reason = (f"no candidate survived the retokenisation check for {s.empty_steps} steps in a row "
                              f"(step {s.step + 1}); stopped")
-            warnings.warn(f"attack on {prompt.key!r}: {s.stop_reason}")
+            warnings.warn(f"attack on {prompt.key!r}: {s.stop_reason}", stacklevel=2)
 
     def _over(self, s: _State) -> bool:
         """Whether a behaviour has spent its budget: steps, forwards, wall time, or stopped for a reason."""
@@ -648,6 +649,7 @@ class TokenSearch:
                                               s.started, False, list(s.curve), 0, 1, s.forwards, s.grad_forwards)))
                 s.last_judged = text
         if to_check:
+            assert check is not None  # without a check nothing is queued for judging
             closing: dict[int, _State] = {}
             for (s, cand), ok in zip(to_check, check([c for _, c in to_check])):
                 if ok and s.winner is None:
@@ -739,6 +741,6 @@ class TokenSearch:
                 if not _is_oom(e) or self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
-                warnings.warn(f"out of memory: retrying with {self.batch_size} rows per forward")
+                warnings.warn(f"out of memory: retrying with {self.batch_size} rows per forward", stacklevel=2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.sites import Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -267,12 +267,12 @@ class AttentionLoss(AttackLoss):
                   query: str = "last", alphas: Sequence[float] | None = None) -> "AttentionLoss":
         """Chosen heads, or every head of `layers`; query "last" (last token) or "eoi" (end-of-instruction tokens)."""
         if heads:
-            heads = [(model.check_layer(int(l), "head layer"), int(h)) for l, h in heads]
+            pairs = [(model.check_layer(int(l), "head layer"), int(h)) for l, h in heads]
         else:
-            heads = [(l, h) for l in check_layers(model, layers or []) for h in range(model.n_heads)]
+            pairs = [(l, h) for l in check_layers(model, layers or []) for h in range(model.n_heads)]
         if query not in ("last", "eoi"):
             raise InterpError(f"query must be 'last' or 'eoi', got {query!r}")
-        return cls(heads, model.n_heads, model.n_eoi if query == "eoi" else 1, alphas)
+        return cls(pairs, model.n_heads, model.n_eoi if query == "eoi" else 1, alphas)
 
     def read(self, site, x):  # [r, head, q, k] -> the query rows of interest
         return x[:, :, -self.n_query:].float()

@@ -39,18 +39,26 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import plotly.graph_objects as go
 
 from interp.attacks.engine import MASK, PRESETS, Candidate, EngineConfig, TokenSearch, build_prompt, check_template
-from interp.attacks.losses import (AttackLoss, AttentionLoss, GCGLoss, HeadAblationLoss, LayerProbes, ProbeLoss,
-                                   SteeringLoss, check_layers)
+from interp.attacks.losses import (
+    AttackLoss,
+    AttentionLoss,
+    GCGLoss,
+    HeadAblationLoss,
+    LayerProbes,
+    ProbeLoss,
+    SteeringLoss,
+    check_layers,
+)
+from interp.core.result import Result
+from interp.core.system import DEFAULT_SYSTEM, System
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
-from interp.core.system import DEFAULT_SYSTEM, System
-from interp.core.result import Result
 
 if TYPE_CHECKING:
-    from interp.judges import ClassifierJudge
-    from interp.core.subspace import Direction
     from interp.core.model import Model
+    from interp.core.subspace import Direction
     from interp.data.prompts import Behavior
+    from interp.judges import ClassifierJudge
 
 DEFAULT_TEMPLATE = "{behavior}" + MASK * 6
 DEFAULT_TARGET = "Sure, here is"
@@ -189,7 +197,8 @@ class Judge:
         self._seen: dict[str, Verdict] = {}
 
     def _generate(self, texts: list[str], n: int) -> list[str]:
-        return self.model.generate(texts, max_new_tokens=n, batch_size=self.batch_size, system=self.system, progress=False)
+        return list(self.model.generate(texts, max_new_tokens=n, batch_size=self.batch_size, system=self.system,
+                                        progress=False))
 
     def __call__(self, behaviors: Sequence[str], texts: Sequence[str]) -> list[Verdict]:
         todo = list(dict.fromkeys(t for t in texts if t not in self._seen))
@@ -426,6 +435,7 @@ def build_loss(model: "Model", config: AttackConfig, probes: LayerProbes | None 
         if not chosen and config.head_choice == "attribution":
             raise InterpError("attention-SSR with head_choice='attribution' needs the chosen heads: pass heads=, give "
                               "config.heads, or use analyses.rerouting.attack, which chooses them")
+        loss: AttackLoss
         if config.attention_loss == "hijack":
             loss = AttentionLoss.for_model(model, chosen, layers, config.query, config.alphas)
         else:

@@ -27,11 +27,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.runner import forward
 from interp.core.sites import Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
+    from interp.core.hooks import HookFn
     from interp.core.model import Model
 
 Metric = Callable[[Tensor], Tensor]  # last-token logits [batch, vocab] -> a scalar per row [batch]
@@ -92,13 +93,15 @@ def residual_gradients(model: "Model", ids: Sequence[Sequence[int]], metric: Met
             if site.layer == 0:  # the embedding is a write too
                 record_write(site, x)
 
-        fns = {Site(0, "hook_resid_pre"): [leaf, record_pre]}
+        fns: dict[Site, list[HookFn]] = {Site(0, "hook_resid_pre"): [leaf, record_pre]}
         for i in range(L):
             fns.setdefault(Site(i, "hook_resid_pre"), []).append(record_pre) if i else None
             fns[Site(i, "hook_attn_out")] = [record_write]
             fns[Site(i, "hook_mlp_out")] = [record_write]
         with torch.enable_grad():
-            logits = forward(model, batch, hooks=fns).logits.float()
+            out = forward(model, batch, hooks=fns).logits
+            assert out is not None  # logits were asked for and the forward ran to the end
+            logits = out.float()
             metric(logits).sum().backward()
         mask = batch.attention_mask.double().cpu()[..., None]
         tokens += int(batch.attention_mask.sum())

@@ -18,7 +18,7 @@ What departs:
 - the paper learns a full d x d rotation and keeps k of its rows; here only a d x k matrix with orthonormal
   columns is a parameter (`torch.nn.utils.parametrizations.orthogonal`, Householder map, without its default
   trivialization, which would keep a random d x d base matrix), the same family of subspaces with d k instead of
-  d^2 numbers (d is 4864 at Qwen2.5-0.5B's `mlp.hook_post`);
+  d^2 numbers (d is the width of the site, e.g. the MLP's at `mlp.hook_post`);
 - the causal variable is a task's clean/corrupted difference, so the counterfactual answer is the source run's own
   answer; no causal model is needed beyond that.
 
@@ -59,12 +59,12 @@ from torch.nn.utils.parametrizations import orthogonal
 from tqdm.auto import tqdm
 
 from interp.circuits import patching as P
-from interp.errors import InterpError
-from interp.core.runner import forward
+from interp.circuits.tasks import TaskSet, TaskTokens, logit_diff, normalise
 from interp.core.interventions import Patch, SubspacePatch, site_width
 from interp.core.prefix import sliding_window
+from interp.core.runner import forward
 from interp.core.subspace import Subspace
-from interp.circuits.tasks import TaskSet, TaskTokens, logit_diff, normalise
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -130,7 +130,7 @@ class Interchange:
 
 def _positions(positions: int | Sequence[int], shortest: int) -> list[int]:
     positions = [positions] if isinstance(positions, int) and not isinstance(positions, bool) else positions
-    if isinstance(positions, str) or not positions or \
+    if isinstance(positions, (str, bool)) or not positions or \
             not all(isinstance(p, int) and not isinstance(p, bool) and p < 0 for p in positions):
         raise InterpError(f"DAS positions must be indices counted from the end of the prompt (negative, e.g. [-1]), "
                           f"got {positions!r}")
@@ -164,7 +164,9 @@ def interchange(model: "Model", task: TaskSet | TaskTokens, site: str, positions
         src = source[items]
         patch = Patch(s.name, src, positions) if basis is None else SubspacePatch(s.name, basis, src, positions)
         with P._from_layer(model, start):
-            return forward(model, **inputs, edits=[patch]).logits.float()
+            logits = forward(model, **inputs, edits=[patch]).logits
+        assert logits is not None  # logits were asked for and the forward ran to the end
+        return logits.float()
 
     name = task.name if isinstance(task, TaskSet) else "pairs"
     provenance = {"model": model.fingerprint, "site": s.name, "layer": s.layer, "positions": positions, "task": name,

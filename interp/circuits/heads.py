@@ -46,18 +46,20 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.errors import InterpError
 from interp.core.hooks import HookFn
 from interp.core.prefix import SAME_EVERYWHERE, register_rule
 from interp.core.sites import Family, Site, check_head
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from interp.core.model import Model
 
 MODES = ("Q", "K", "V")
@@ -178,17 +180,22 @@ def head_weights(model: "Model", fold_norm: bool = True, dtype: torch.dtype = to
     """Read W_Q, W_K, W_V, W_O (and the q/k/v biases) of every head from the HF weights, in `dtype`."""
     fam = _check_family(model)
     H, dh = model.n_heads, model.d_head
-    qs, ks, vs, os_, bs = [], [], [], [], {"q": [], "k": [], "v": []}
+    assert fam.qkv_proj is not None  # checked by _check_family
+    qs: list[Tensor] = []
+    ks: list[Tensor] = []
+    vs: list[Tensor] = []
+    os_: list[Tensor] = []
+    bs: dict[str, list[Tensor]] = {"q": [], "k": [], "v": []}
     for layer in model.layers:
-        projs = [layer.get_submodule(p) for p in fam.qkv_proj]
-        gamma = layer.get_submodule(fam.attn_norm).weight.to(dtype) if fold_norm and fam.attn_norm else None
+        projs = [cast(nn.Linear, layer.get_submodule(p)) for p in fam.qkv_proj]
+        gamma: Tensor | None = layer.get_submodule(fam.attn_norm).weight.to(dtype) if fold_norm and fam.attn_norm else None  # type: ignore[assignment]
         for proj, out, key in zip(projs, (qs, ks, vs), "qkv"):
             w = proj.weight.to(dtype)  # [heads * dh, d]
             w = w.view(-1, dh, w.shape[-1]).mT  # [heads, d, dh]
             out.append(w * gamma[:, None] if gamma is not None else w)
             if proj.bias is not None:
                 bs[key].append(proj.bias.to(dtype).view(-1, dh))
-        o = layer.get_submodule(fam.o_proj).weight.to(dtype)  # [d, H * dh]
+        o = cast(nn.Linear, layer.get_submodule(fam.o_proj)).weight.to(dtype)  # [d, H * dh]
         os_.append(o.view(o.shape[0], H, dh).permute(1, 2, 0))  # [H, dh, d]
     bias = {k: torch.stack(v) if len(v) == model.n_layers else None for k, v in bs.items()}
     W_K = torch.stack(ks)
@@ -304,7 +311,7 @@ def write_directions(svds: HeadSVDs, layer: int, head: int, components: Sequence
 def _o_proj_block(model: "Model", layer: int, head: int) -> tuple[nn.Linear, slice]:
     _check_family(model)
     check_head(layer, head, model.n_layers, model.n_heads)
-    lin = model.layers[layer].get_submodule(model.family.o_proj)
+    lin = cast(nn.Linear, model.layers[layer].get_submodule(model.family.o_proj))
     return lin, slice(head * model.d_head, (head + 1) * model.d_head)
 
 
@@ -358,7 +365,7 @@ class ChannelEdit:
 
 
 @torch.no_grad()
-def edited_copy(model: "Model", edits: Sequence[ChannelEdit]) -> nn.Module:
+def edited_copy(model: "Model", edits: Sequence[ChannelEdit]) -> PreTrainedModel:
     """A float32 copy of the HF model with the channel edits made in the heads' W_O (the model is untouched)."""
     if not edits:
         raise InterpError("no channel edits given; pass at least one ChannelEdit")

@@ -45,8 +45,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.circuits.das import Interchange
-from interp.errors import InterpError
 from interp.core.subspace import Subspace
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -66,7 +66,7 @@ def reader_weight(model: "Model", site: str) -> Tensor | None:
     the residual stream (read at full rank by every later layer)."""
     (s,) = model.sites(site)
     if s.kind == "mlp.hook_post":
-        w = model.layers[s.layer].get_submodule(model.family.down_proj).weight.detach()
+        w: Tensor = model.layers[s.layer].get_submodule(model.family.down_proj).weight.detach()  # type: ignore[operator]
         return (w.T if model.family.conv1d else w).to("cpu", torch.float64)
     if s.kind in ("hook_resid_pre", "hook_resid_post"):
         return None

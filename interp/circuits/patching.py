@@ -57,15 +57,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interp.circuits.tasks import TaskTokens, logit_diff, normalise
 from interp.core.capture import pad_left
-from interp.errors import InterpError
-from interp.core.runner import forward
 from interp.core.interventions import Patch
 from interp.core.prefix import PrefixKV, sliding_window
+from interp.core.runner import forward
 from interp.core.sites import Site, check_head
-from interp.circuits.tasks import TaskTokens, logit_diff, normalise
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
+    from interp.core.hooks import HookFn
     from interp.core.model import Model
 
 GRIDS: dict[str, str] = {"resid": "hook_resid_pre", "attn": "hook_attn_out", "mlp": "hook_mlp_out",
@@ -129,7 +130,7 @@ def _forward_keep(model: "Model", ids: list[list[int]], sites: Sequence[Site], w
     for start in range(0, len(ids), batch_size):
         batch = model.pad(ids[start:start + batch_size])
         got: dict[Site, Tensor] = {}
-        fns = {s: [lambda site, x: got.__setitem__(site, x.detach().float().cpu())] for s in sites}
+        fns: dict[Site, list[HookFn]] = {s: [lambda site, x: got.__setitem__(site, x.detach().float().cpu())] for s in sites}
         out = forward(model, batch, hooks=fns, keep_cache=keep_kv)
         cache = out.cache
         assert out.logits is not None  # logits were asked for and the forward ran to the end
@@ -199,7 +200,8 @@ def _prefix_rows(model: "Model", runs: Runs, items: list[int], cuts: list[int]) 
     for k, v in runs.kv:
         idx = src[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]).to(k.device)
         keep = valid[:, None, :, None].to(k.device)
-        kv.append(tuple(torch.gather(t[items], 2, idx) * keep for t in (k, v)))
+        k_rows, v_rows = (torch.gather(t[items], 2, idx) * keep for t in (k, v))
+        kv.append((k_rows, v_rows))
     assert model.pad_id is not None  # the runs were padded with it (`Model.pad`)
     pad = torch.full((len(items), width), model.pad_id, dtype=torch.long)
     return PrefixKV(pad, cut, kv, model.hf.config)
@@ -263,7 +265,7 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
         positions = "all" if where.position is None else [where.position]
         heads = None if where.head is None else [where.head]
         patches.append(Patch(where.site.name, source, positions, heads=heads, rows=rs))
-    cuts = [runs.lengths[i] + locations[loc].position if locations[loc].position is not None else 0 for loc, i in rows]
+    cuts = [runs.lengths[i] + p if (p := locations[loc].position) is not None else 0 for loc, i in rows]
     if not reuse_prefix:
         cuts = [0] * len(rows)
     inputs = _rows_inputs(model, runs, items, cuts, start)
@@ -409,7 +411,7 @@ def path_patching(model: "Model", tokens: TaskTokens, senders: Senders, receiver
                         src[r, :, head] = runs.clean[site][i, :, head]
             frozen.append(Patch(site.name, src))
         got: dict[Site, Tensor] = {}
-        keep = {site: [lambda st, x: got.__setitem__(st, x.detach().clone())] for site in recv_heads}
+        keep: dict[Site, list[HookFn]] = {site: [lambda st, x: got.__setitem__(st, x.detach().clone())] for site in recv_heads}
         forward(model, batch, hooks=keep, edits=frozen, stop_after=top, logits=None)
         # run 3: only the receivers' q/k/v from run 2
         patches = [Patch(site.name, got[site], "all", heads=heads) for site, heads in recv_heads.items()]

@@ -39,7 +39,7 @@ import os
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -175,8 +175,8 @@ class TaskSet:
                     f"the same token length")
         answer = [_one_token(model, item.answer, self.name, i, "answer") for i, item in enumerate(self.items)]
         wrong = [_one_token(model, item.wrong, self.name, i, "wrong answer") for i, item in enumerate(self.items)]
-        for i, (a, w) in enumerate(zip(answer, wrong)):
-            if a == w:
+        for i, (a_id, w_id) in enumerate(zip(answer, wrong)):
+            if a_id == w_id:
                 raise InterpError(f"task {self.name!r} item {i}: answer {self.items[i].answer!r} and wrong answer "
                                   f"{self.items[i].wrong!r} are the same token; give two different answers")
         return TaskTokens(clean, corrupted, torch.tensor(answer), torch.tensor(wrong))
@@ -287,7 +287,8 @@ def make_task(name: str, n: int, seed: int = 0, **options) -> TaskSet:
     IOI_TEMPLATES: every item in one template, so positions line up across items; default a random one each);
     laundry: length (items in the list, 2 or more).
     """
-    makers = {"ioi": _ioi, "laundry": _laundry, "capitals": _capitals}
+    makers: dict[str, Callable[..., tuple[list[TaskItem], dict]]] = {"ioi": _ioi, "laundry": _laundry,
+                                                                      "capitals": _capitals}
     if name not in makers:
         raise InterpError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}, or read your own pairs with from_pairs")
     if not isinstance(n, int) or n < 1:

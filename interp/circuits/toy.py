@@ -34,8 +34,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.circuits.das import Interchange
-from interp.errors import InterpError
 from interp.core.interventions import patch_component
+from interp.errors import InterpError
 
 RESID, HIDDEN = 4, 6
 FEATURE = 0  # the residual dim that carries the feature

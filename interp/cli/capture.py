@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -12,7 +12,7 @@ from interp.cli import common
 
 def capture(model: str = common.Model,
             prompts: Path = typer.Option(..., help="prompt file (.txt, .csv, .json, .jsonl)"),
-            sites: List[str] = typer.Option(["hook_resid_post"], help="site names, e.g. blocks.10.hook_resid_post or a "
+            sites: list[str] = typer.Option(["hook_resid_post"], help="site names, e.g. blocks.10.hook_resid_post or a "
                                             "bare kind for every layer"),
             positions: str = typer.Option("last", help="last | eoi | all | mean"),
             backend: str = typer.Option("hooks", help="hooks | transformer_lens | nnsight"),

@@ -40,15 +40,11 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"  # interp.data.registry.DEFAULT_MO
 
 
 def default_system() -> str:
-    """The one --system default of every command: the library's `DEFAULT_SYSTEM` (interp/core/model.py), as its
-    option string ("default" | "none" | text). interp.core.model is loaded with the `interp` package anyway."""
-    from interp.core import model as M
+    """The one --system default of every command: the library's `DEFAULT_SYSTEM` as its option string
+    ("default" | "none" | text). interp.core.system is light (no torch)."""
+    from interp.core.system import DEFAULT_SYSTEM, system_record
 
-    value = getattr(M, "DEFAULT_SYSTEM", "default")
-    record = getattr(M, "system_record", None)
-    if record is not None:
-        return record(value)
-    return "default" if value is None else str(value)
+    return system_record(DEFAULT_SYSTEM)
 
 
 # ----- shared options: one definition each (typer copies an OptionInfo for every command that uses it) -----
@@ -69,7 +65,7 @@ SHARED_FIELDS = ("batch_size", "seed", "system")  # config fields filled from th
 
 def system_value(spec: str):
     """Parse a --system value with the library's parser (a bad value fails before the model loads)."""
-    from interp.core.model import system_option
+    from interp.core.system import system_option
 
     return system_option(spec)
 
@@ -166,6 +162,8 @@ class ConfigField:
 
 
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+# the repeatable options' types, spelt with typing.List as the option declarations are
+_LISTS = {"int": List[int], "float": List[float], "str": List[str], "bool": List[bool]}  # noqa: UP006
 _UNSUPPORTED = object()  # a default the command line cannot show (default_factory, a call, an imported name)
 
 
@@ -182,7 +180,7 @@ def _cli_type(annotation: str) -> tuple[Any, bool] | None:
     inner = text[len("tuple["):-len(", ...]")] if many else text
     if inner not in _SCALARS:
         return None
-    t: Any = List[_SCALARS[inner]] if many else _SCALARS[inner]
+    t: Any = _LISTS[inner] if many else _SCALARS[inner]
     return (Optional[t] if optional else t), many
 
 
@@ -217,7 +215,7 @@ def _default(node: ast.expr | None, constants: dict[str, Any]) -> tuple[Any, str
         return _UNSUPPORTED, None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_fields(module: str, name: str) -> tuple[ConfigField, ...]:
     """The fields of dataclass `name` in `module` that the command line can set, read from the source."""
     spec = importlib.util.find_spec(module)
@@ -287,10 +285,11 @@ def config_options(module: str, name: str, *, skip: tuple[str, ...] = (), rename
                     values[shared] = kwargs[shared]
             return func(config=cls(**values), **kwargs)
 
-        command.__signature__ = signature.replace(parameters=own + generated)
-        command.__annotations__ = {p.name: p.annotation for p in own + generated
+        wrapper: Any = command  # a function object that takes the attributes typer and the tests read
+        wrapper.__signature__ = signature.replace(parameters=own + generated)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + generated
                                    if p.annotation is not inspect.Parameter.empty}
-        command.__config__ = (module, name, {f.option: f.name for f in fields})  # for tests/test_cli.py
-        return command
+        wrapper.__config__ = (module, name, {f.option: f.name for f in fields})  # for tests/test_cli.py
+        return wrapper
 
     return decorate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -122,6 +122,7 @@ def directions_search(
         p = read_prompts(path)
         return p[:max_prompts] if max_prompts else p
 
+    sets: dict[str, Any]  # keyword arguments of AbliterationData
     sets = dict(harmful=first(harmful), harmless=first(harmless),
                 harmful_val=read_prompts(harmful_val) if harmful_val else dataset("harmful_val", n=32),
                 harmless_val=read_prompts(harmless_val) if harmless_val else dataset("harmless_val", n=32),

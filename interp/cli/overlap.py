@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional, Sequence
 
 import typer
 
@@ -31,12 +31,13 @@ def overlap_activations(config, model: str = common.Model,
     from interp.data.prompts import read_prompts
 
     common.check_out(out, overwrite)
-    sets = {}
+    sets: dict[str, Sequence[str]] = {}
     for name, path in ((a.stem, a), (b.stem if b.stem != a.stem else f"{b.stem}-b", b)):
         items = read_prompts(path)
         sets[name] = items[:max_prompts] if max_prompts else items
     config.check()
-    overlap.check_sets(sets, [tuple(sets)])  # bad inputs fail before the model loads
+    first, second = sets  # the two names, distinct by construction
+    overlap.check_sets(sets, [(first, second)])  # bad inputs fail before the model loads
     result = overlap.run(common.load(model, device, dtype), sets, config)
     result.save(out)
     common.write_log(out)
@@ -54,10 +55,10 @@ def overlap_weights(base: str = typer.Option(..., help="base checkpoint: HF fold
                     finetuned: str = typer.Option(..., help="the checkpoint fine-tuned from the aligned one"),
                     out: Path = typer.Option(..., "--out", help="output folder: checkpoints/<method>-<k>/, result.json, "
                                              "report.html, log.txt (new or empty unless --overwrite)"),
-                    k: List[int] = typer.Option([], help="directions of V kept per matrix (repeat for several)"),
-                    fraction: List[float] = typer.Option([], help="k as a fraction of min(m, n), the paper's frac "
+                    k: list[int] = typer.Option([], help="directions of V kept per matrix (repeat for several)"),
+                    fraction: list[float] = typer.Option([], help="k as a fraction of min(m, n), the paper's frac "
                                                          "(repeat; default 0.1 and 0.5 when no --k is given)"),
-                    method: List[str] = typer.Option(["same", "opposite", "orthogonal"], help="same | opposite | orthogonal"),
+                    method: list[str] = typer.Option(["same", "opposite", "orthogonal"], help="same | opposite | orthogonal"),
                     evaluate: bool = typer.Option(True, help="measure refusal, the judge's harmless rate and useful loss"),
                     harmful: Optional[Path] = typer.Option(None, help="harmful prompts (default: N of bundled harmful_val)"),
                     harmless: Optional[Path] = typer.Option(None, help="harmless prompts (default: N of bundled harmless_val)"),
@@ -79,15 +80,19 @@ def overlap_weights(base: str = typer.Option(..., help="base checkpoint: HF fold
 
     common.check_out(out, overwrite)
     ranks = [Rank(k=v) for v in k] + [Rank(fraction=v) for v in fraction] or [Rank(fraction=0.1), Rank(fraction=0.5)]
-    bad = good = pairs = None
+    bad: list[str] = []
+    good: list[str] = []
+    pairs: list[tuple[str, str]] | None = None
     if evaluate:  # the files are read before any checkpoint loads
         bad = read_prompts(harmful)[:n] if harmful else bundled("harmful_val")
         good = read_prompts(harmless)[:n] if harmless else bundled("harmless_val")
         pairs = overlap.read_useful(useful)[:n] if useful else None
     overlap.check_weights_inputs(base, aligned, finetuned, out, ranks, method, None)
-    if evaluate and pairs is None:
-        pairs = list(zip(good, useful_answers(good, answer_model)))
-    evaluation = overlap.Evaluation(bad, good, pairs, max_new_tokens=max_new_tokens) if evaluate else None
+    evaluation = None
+    if evaluate:
+        if pairs is None:
+            pairs = list(zip(good, useful_answers(good, answer_model)))
+        evaluation = overlap.Evaluation(bad, good, pairs, max_new_tokens=max_new_tokens)
     result = overlap.weights(base, aligned, finetuned, out, ranks, method, evaluation, seed=seed or 0)
     result.save(out)
     common.write_log(out)

@@ -34,7 +34,11 @@ def patch(config,
     grids = patching.check_sites([s.strip() for item in config.sites for s in item.split(",") if s.strip()])
     config = dataclasses.replace(config, sites=tuple(grids))
     options = {"length": length} if length is not None else {}
-    items = from_pairs(pairs) if pairs is not None else make_task(task, n, seed or 0, **options)  # before the model loads
+    if pairs is not None:  # the items are made before the model loads
+        items = from_pairs(pairs)
+    else:
+        assert task is not None  # exactly one of --task and --pairs, checked above
+        items = make_task(task, n, seed or 0, **options)
     m = common.load(model, device, dtype)
     result = patching.run(m, items, config)
     result.save(out)

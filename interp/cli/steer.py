@@ -12,7 +12,7 @@ import typer
 from interp.cli import common
 
 
-class Mode(str, Enum):
+class Mode(str, Enum):  # noqa: UP042 (typer's choices)
     ablate = "ablate"
     add = "add"
     none = "none"
@@ -38,9 +38,9 @@ def steer(
     """Greedy, batched generation with the direction ablated or added (or neither), and/or a saved intervention."""
     import json
 
-    from interp.core.interventions import Ablate, Add
+    from interp.core.interventions import Ablate, Add, Intervention
+    from interp.core.subspace import Direction, Subspace
     from interp.core.system import system_record
-    from interp.core.subspace import Subspace
     from interp.data.prompts import read_prompts
     from interp.errors import InterpError
     from interp.io import write_text
@@ -58,13 +58,16 @@ def steer(
     d = Subspace.load(direction, model=m) if direction is not None else None
     if alpha is None:
         alpha = float(d.provenance.get("addition_alpha", 1.0)) if d is not None else 1.0
+    ivs: list[Intervention] = []
     if mode == Mode.ablate:
+        assert d is not None  # --mode ablate needs --direction, checked above
         ivs = [Ablate(d)]
     elif mode == Mode.add:
+        assert d is not None  # --mode add needs --direction, checked above
+        if not isinstance(d, Direction):
+            raise InterpError(f"--mode add needs a direction (k = 1); {direction} holds a {d.k}-dimensional subspace")
         layer = d.layer_for(m, layer, "--layer ")
         ivs = [Add(d, layer, alpha)]
-    else:
-        ivs = []
     if intervention is not None:
         ivs.append(HeadSteering.load(intervention, model=m))
     made_with = d.provenance.get("system") if d is not None else None

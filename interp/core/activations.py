@@ -12,9 +12,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.sites import KINDS, Site, parse_sites
 from interp.errors import InterpError
 from interp.io import read_meta, read_tensors, write_json, write_tensors
-from interp.core.sites import KINDS, Site, parse_sites
 
 TENSORS = "activations.safetensors"
 META = "activations.json"

@@ -13,11 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.core.activations import Activations
-from interp.errors import InterpError
 from interp.core.positions import Positions, check_positions, select
-from interp.core.system import DEFAULT_SYSTEM, System, system_record
 from interp.core.prefix import PrefixKV, row_dependent, shared_prefix, wanted
 from interp.core.sites import Site
+from interp.core.system import DEFAULT_SYSTEM, System, system_record
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
 from interp.core.interventions import applied
-from interp.core.system import DEFAULT_SYSTEM, System
 from interp.core.prefix import row_dependent, shared_prefix, wanted
+from interp.core.system import DEFAULT_SYSTEM, System
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.interventions import Intervention

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.sites import HEAD_KINDS, Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model

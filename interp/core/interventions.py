@@ -39,10 +39,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.hooks import HookFn, hooked, outside_prefix, tracking_steps
 from interp.core.sites import HEAD_KINDS, Site
 from interp.core.subspace import Direction, Subspace
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model

@@ -25,12 +25,13 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
-from interp.core.runner import forward
 from interp.core.prefix import MIN_PREFIX, PrefixKV, common_prefix_length, usable, wanted
+from interp.core.runner import forward
 from interp.core.sites import Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
+    from interp.core.hooks import HookFn
     from interp.core.model import Model
 
 
@@ -131,7 +132,7 @@ def _forward(model: "Model", rows: list[_Row], chunk: list[tuple[int, int]], own
     batch = model.pad(own)
     index = [r for _, r in chunk]
     seen: dict[Site, Tensor] = {}
-    fns = {s: [lambda site, x: seen.__setitem__(site, x[:, -1].detach().float().cpu())] for s in sites}
+    fns: dict[Site, list[HookFn]] = {s: [lambda site, x: seen.__setitem__(site, x[:, -1].detach().float().cpu())] for s in sites}
     cont = torch.tensor([g for g, _ in chunk]) if prefix is not None else None
     scored = [len(rows[r].ids) - rows[r].start for r in index]
     out = forward(model, batch, hooks=fns, prefix=prefix, rows=cont, stop_after=stop, logits=max(scored) + 1)
@@ -139,6 +140,7 @@ def _forward(model: "Model", rows: list[_Row], chunk: list[tuple[int, int]], own
         got[s].append((index, seen[s]))
     if stop is not None:
         return
+    assert out.logits is not None  # logits were asked for and the forward ran to the end
     logits = out.logits.float()
     width = logits.shape[1]
     targets = batch.input_ids[:, -width + 1:] if width > 1 else batch.input_ids[:, :0]

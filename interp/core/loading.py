@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import InterpError
 from interp.core.model import Model
 from interp.data.registry import BUNDLED, DEFAULT_MODEL, READY_MARKER, _convert_gguf, build_folder, cache_dir, prepare
+from interp.errors import InterpError
 
 
 def default_device() -> torch.device:
@@ -18,7 +18,7 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on a CPU (bf16 is several times slower there), bf16 on a GPU."""
+    """fp32 on a CPU (where bf16 is slower), bf16 on a GPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -98,7 +98,7 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    hf.to(device)
+    hf.to(device)  # type: ignore[arg-type]  # transformers wraps `to` with functools.wraps, typed as an unbound _Wrapped
     hf.requires_grad_(False)
     if remote and backend != "nnsight":
         raise InterpError("remote=True needs backend='nnsight' (the trace is what runs remotely)")

@@ -17,11 +17,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from interp.errors import InterpError
 from interp.core.hooks import RunContext
 from interp.core.sites import Family, Site, check_layer, family_for, parse_sites
+
 # the system-prompt value, defined once in interp.core.system and re-exported here
 from interp.core.system import DEFAULT_SYSTEM, NO_SYSTEM, NoSystem, System, system_option, system_record  # noqa: F401
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

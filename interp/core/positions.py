@@ -14,7 +14,7 @@ Positions = Union[str, int, Sequence[int]]
 NAMED = ("last", "eoi", "all", "mean")
 
 
-def check_positions(positions: Positions, chat: bool = True) -> Positions:
+def check_positions(positions: Positions, chat: bool = True) -> str | list[int]:
     """`positions` checked and normalised (an int becomes a one-item list), for prompts that are chat-formatted
     (`chat`, see `Model.uses_chat`) or raw: "eoi" names the chat template's end-of-instruction tokens, which raw
     prompts do not have (their last tokens are the instruction's own)."""
@@ -27,6 +27,8 @@ def check_positions(positions: Positions, chat: bool = True) -> Positions:
         return positions
     if isinstance(positions, int) and not isinstance(positions, bool):
         return [positions]
+    if isinstance(positions, bool):  # what iterating it below would raise
+        raise InterpError(f"positions must be a name ({', '.join(NAMED)}) or a list of ints, got {positions!r}")
     try:
         idx = [int(p) for p in positions]
     except (TypeError, ValueError):
@@ -48,6 +50,7 @@ def select(x: Float[Tensor, "batch seq *rest"], mask: Tensor, positions: Positio
         return x * m
     if positions == "mean":
         return (x * m).sum(1) / m.sum(1)
+    assert not isinstance(positions, (str, int)), positions  # normalised by check_positions
     lengths = mask.sum(-1)
     seq = x.shape[1]
     cols = []

@@ -34,9 +34,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from interp.errors import InterpError
 from interp.core.hooks import prefix_pass
 from interp.core.runner import forward
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model, TokenBatch
@@ -92,8 +92,17 @@ def rule(iv: Any) -> PrefixRule:
     """The prefix-cache rule for an intervention, decided here from the kinds of edit this module knows (the
     core's, and those declared with `register_rule`), never from what an intervention says of itself; anything
     else gets `UNKNOWN` (no prefix cache, rows kept apart)."""
-    from interp.core.interventions import (Ablate, Add, Patch, Project, RowwiseAblate, RowwiseAdd, Set,
-                                           SubspacePatch, WeightedAblate)
+    from interp.core.interventions import (
+        Ablate,
+        Add,
+        Patch,
+        Project,
+        RowwiseAblate,
+        RowwiseAdd,
+        Set,
+        SubspacePatch,
+        WeightedAblate,
+    )
 
     if type(iv) in (Add, Ablate, Project, WeightedAblate):
         return SAME_EVERYWHERE
@@ -106,6 +115,7 @@ def rule(iv: Any) -> PrefixRule:
         one_value = iv.value.dim() == 1 or iv.value.shape[-2] == 1
         if iv.positions == "all":  # one value everywhere is position-independent; k values at "all" are not
             return PrefixRule(tail=0 if one_value else None, rows=rows)
+        assert not isinstance(iv.positions, str)  # "all" is the only string Set lets through
         return PrefixRule(tail=-min(iv.positions), rows=rows)
     if type(iv) in (Patch, SubspacePatch):
         return PrefixRule(tail=None if iv.positions == "all" else -min(iv.positions), rows=True)

@@ -28,7 +28,10 @@ class Result:
     """Subclasses implement `summary()` (JSON-able dict) and `figures()` (name -> plotly Figure), and may
     extend `save_artifacts(directory)` for tensors (safetensors) and other files."""
 
-    title: str = "Result"
+    @property
+    def title(self) -> str:
+        """The report's heading: subclasses set it as a class attribute (`title = "..."`) or a property."""
+        return "Result"
 
     def summary(self) -> dict:
         raise NotImplementedError

@@ -18,9 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import DynamicCache
 
-from interp.errors import InterpError
 from interp.core.hooks import HookFn, eager_attention, hooked
 from interp.core.sites import Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.interventions import Intervention
@@ -74,6 +74,7 @@ def forward(model: "Model", batch: "TokenBatch | None" = None, *, hooks: Mapping
     if (batch is None) == (inputs_embeds is None):
         raise InterpError("forward needs either a TokenBatch or inputs_embeds (with attention_mask and position_ids)")
     keep = _logits_to_keep(logits)
+    inputs: dict[str, Any]
     if batch is not None:
         if prefix is not None:
             inputs = prefix.inputs(batch, rows, stop_layer=stop_after)

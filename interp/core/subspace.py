@@ -16,7 +16,8 @@ so `random_overlap` gives the baseline to read an overlap against.
 
 A subspace carries `provenance`: the fingerprint of the model, the site, layer and position it was fitted at,
 the method and a hash of the data. `check_for(model)` and `load(dir, model=...)` use it to refuse a direction
-fitted on another model, so that a 576-wide SmolLM2 direction never silently meets a 896-wide Qwen stream.
+fitted on another model, so that a direction never silently meets a stream of another width (or of another
+model of the same width).
 Files are a safetensors tensor (`basis`) plus a JSON sidecar, both written atomically; nothing is pickled.
 """
 
@@ -34,9 +35,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.sites import HEAD_KINDS
 from interp.errors import InterpError
 from interp.io import read_meta, read_tensors, write_json, write_tensors
-from interp.core.sites import HEAD_KINDS
 
 if TYPE_CHECKING:
     from interp.core.model import Model

@@ -174,7 +174,7 @@ def _convert_gguf(gguf: Path, out: Path, progress: bool) -> None:
     steps.update()
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     steps.update()
-    hf.hf_quantizer = None  # transformers refuses to save a GGUF-loaded model while these are set
+    hf.hf_quantizer = None  # type: ignore[assignment]  # transformers refuses to save a GGUF-loaded model while these are set
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.save_pretrained(str(out))

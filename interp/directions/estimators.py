@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.subspace import Direction, Subspace
+from interp.errors import InterpError
 
 
 def check_xy(X: Any, y: Any, what: str = "X", both_classes: bool = True) -> tuple[Float[Tensor, "n *rest"], Bool[Tensor, "n"]]:

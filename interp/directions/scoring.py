@@ -19,9 +19,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.core.interventions import Intervention, RowwiseAblate, RowwiseAdd
-from interp.core.system import DEFAULT_SYSTEM, System, system_record
 from interp.core.prefix import PrefixKV, shared_length
 from interp.core.runner import forward
+from interp.core.system import DEFAULT_SYSTEM, System, system_record
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -137,7 +137,7 @@ def _completion_scores(model: "Model", prompt_ids: list[list[int]], completion: 
         assert logits is not None  # logits were asked for and the forward ran to the end
         logp = logits.float().log_softmax(-1).cpu()
         width = logp.shape[1]
-        for b, (p, c) in enumerate(zip(prompt_ids[start:start + batch_size], completion[start:start + batch_size])):
+        for b, c in enumerate(completion[start:start + batch_size]):
             first = width - len(c) - 1  # the last prompt position predicts the first completion token
             firsts.append(logp[b, first])
             pred = logp[b, first:width - 1]  # positions predicting each completion token

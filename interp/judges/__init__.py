@@ -52,10 +52,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.judges.chat import ChatModelJudge  # noqa: F401  (re-exported: the judges in one place)
 from interp.core.system import DEFAULT_SYSTEM, System, system_record
 from interp.errors import InterpError
 from interp.io import read_json, write_json
+from interp.judges.chat import ChatModelJudge  # noqa: F401  (re-exported: the judges in one place)
 
 if TYPE_CHECKING:
     from interp.core.model import Model

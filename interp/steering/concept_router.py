@@ -34,8 +34,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.interventions import Add, Intervention, RowwiseAdd
+from interp.errors import InterpError
 from interp.io import read_artifact, write_json, write_tensors
 
 if TYPE_CHECKING:
@@ -172,8 +172,8 @@ class ConceptRouter:
             raise InterpError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.check_for(model)
         if self.k == 1:
-            return model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  interventions=self.interventions(), progress=progress)
+            return list(model.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       interventions=self.interventions(), progress=progress))
         from tqdm.auto import tqdm
 
         out: list[str] = []
@@ -203,7 +203,8 @@ class ConceptRouter:
         if not isinstance(layers, list) or tensors["centroids"].shape[:2] != (len(layers), meta.get("k")):
             raise InterpError(f"{directory / TENSORS} holds centroids {tuple(tensors['centroids'].shape)} but {META} "
                               f"says layers {layers} and k={meta.get('k')}; the two files do not belong together")
-        out = cls(tuple(layers), *(tensors[f] for f in _FIELDS), alpha=float(meta["alpha"]),
+        out = cls(tuple(layers), centroids=tensors["centroids"], weight=tensors["weight"], bias=tensors["bias"],
+                  center=tensors["center"], scale=tensors["scale"], alpha=float(meta["alpha"]),
                   provenance=meta.get("provenance") or {})
         if model is not None:
             out.check_for(model)

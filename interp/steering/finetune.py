@@ -25,9 +25,9 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
-from interp.core.runner import forward
 from interp.core.result import Result
+from interp.core.runner import forward
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -117,6 +117,7 @@ def batch_loss(model: "Model", rows: Sequence[tuple[list[int], int]]) -> Tensor:
     n_answer = [len(ids) - start for ids, start in rows]
     span = max(n_answer)
     out = forward(model, batch, logits=span + 1)  # columns width-span-1 .. width-1
+    assert out.logits is not None  # logits were asked for and the forward ran to the end
     logits = out.logits[:, :-1].float()  # these predict the tokens at columns width-span .. width-1
     targets: Int[Tensor, "b span"] = batch.input_ids[:, width - span:].clone()
     cols = torch.arange(span, device=targets.device)

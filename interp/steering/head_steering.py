@@ -22,11 +22,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.hooks import HookFn
 from interp.core.prefix import SAME_EVERYWHERE, register_rule
-from interp.io import read_artifact, write_json, write_tensors
 from interp.core.sites import Site, check_head
+from interp.errors import InterpError
+from interp.io import read_artifact, write_json, write_tensors
 
 if TYPE_CHECKING:
     from interp.core.model import Model

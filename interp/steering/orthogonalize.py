@@ -25,11 +25,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from interp.core.subspace import Subspace
 from interp.errors import InterpError
 from interp.io import write_json
-from interp.core.subspace import Subspace
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from interp.core.model import Model
 
 
@@ -81,7 +83,7 @@ def _layer_bases(model: "Model", subspace: Subspace | Tensor) -> list[Tensor]:
 
 @torch.no_grad()
 def orthogonalized_copy(model: "Model", subspace: Subspace | Float[Tensor, "layer d"],
-                        weights: dict[str, Sequence[float]] | None = None, embed: bool | None = None) -> nn.Module:
+                        weights: dict[str, Sequence[float]] | None = None, embed: bool | None = None) -> PreTrainedModel:
     """A copy of the HF model with the subspace removed from every residual-stream write.
 
     `subspace`: one Subspace for every layer, or per-layer directions [n_layers, d] (heretic's per-layer
@@ -137,7 +139,7 @@ def check_export_dir(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-def write_checkpoint(hf: nn.Module, tokenizer, out_dir: str | os.PathLike, sidecar: str, meta: dict) -> Path:
+def write_checkpoint(hf: PreTrainedModel, tokenizer, out_dir: str | os.PathLike, sidecar: str, meta: dict) -> Path:
     """Write an HF model (weights, config), its tokenizer and a JSON sidecar to `out_dir`, atomically: a
     temporary folder beside it is renamed into place only when everything is written."""
     out_dir = check_export_dir(out_dir)

@@ -29,9 +29,8 @@ What is faithful, and what departs:
   arbitrary directions. k = 0 keeps no direction (same = opposite = aligned, orthogonal = fine-tuned).
 - P comes from `torch.svd_lowrank` in float32, seeded, with q = 2k + `oversample` columns and `niter` = 6 power
   iterations (the reference: q = k, niter = 2). Fine-tune updates have slowly decaying spectra, where the
-  reference's setting lands far from the true top-k subspace P*: on three alignment updates of the miniature
-  (`analyses.miniature`, k = 58 of 576), ||P P^T - P* P*^T||_F is 2.9 to 3.1 with q = k, niter = 2 (at most
-  sqrt(2k) = 10.8), and below 4e-4 with these defaults.
+  reference's setting can land far from the true top-k subspace P* (by ||P P^T - P* P*^T||_F, which is at most
+  sqrt(2k)); these defaults come close to it.
   Where q would reach min(m, n) the randomized method gains nothing, and the exact SVD (`torch.linalg.svd`) is used.
 - A matrix that alignment left exactly unchanged (V = 0) has no alignment subspace: it is skipped (P is empty)
   and listed in `unchanged`, rather than failing on a rank of 0.
@@ -55,9 +54,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.core.subspace import Subspace
 from interp.errors import InterpError
 from interp.steering.orthogonalize import write_checkpoint
-from interp.core.subspace import Subspace
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -92,6 +91,7 @@ class Rank:
         m, n = shape
         if self.fraction is not None:
             return max(1, round(self.fraction * min(m, n)))
+        assert self.k is not None  # exactly one of k and fraction (__post_init__)
         if self.k > min(m, n):
             raise InterpError(f"k={self.k} is larger than the rank a {m} x {n} matrix can have ({name}); "
                               f"use k <= {min(m, n)} or a fraction")

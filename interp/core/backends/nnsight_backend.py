@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.hooks import eager_attention
 from interp.core.sites import Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model, TokenBatch

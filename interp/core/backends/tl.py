@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from interp.errors import InterpError
 from interp.core.sites import KINDS, Site
+from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.model import Model, TokenBatch
