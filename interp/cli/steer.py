@@ -32,8 +32,8 @@ def steer(
           max_new_tokens: int = typer.Option(64),
           out: Path = typer.Option(..., help="output JSONL file, one object per prompt"),
           batch_size: Optional[int] = common.BatchSize,
-          system: str = typer.Option(common.default_system(), "--system", help=common.System.help + "; when not "
-                                     "given, the library's one default (a direction made under another says so)"),
+          system: str = typer.Option(common.default_system(), "--system", help=common.System.help + " (a direction "
+                                     "made under another says so)"),
           device: Optional[str] = common.Device, dtype: Optional[str] = common.Dtype) -> None:
     """Greedy, batched generation with the direction ablated or added (or neither), and/or a saved intervention."""
     import json
