@@ -51,7 +51,8 @@ lint: install
 	$(VENV)/bin/mypy
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
-# versions, date). About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,
+# versions, date). The refusal and abliteration benchmarks run Arditi et al.'s setting (--system none, no system
+# turn), not the library's default system prompt. About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,
 # patching ~15, heads ~6,
 # das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
 # available (~3 min on an H100). Attack logs go to out/bench/.
@@ -59,7 +60,7 @@ BENCH := benchmarks/results
 bench: models
 	@git diff --quiet HEAD -- . ':(exclude)$(BENCH)' 2>/dev/null || echo "warning: uncommitted changes; the results will say git_dirty: true"
 	$(PY) -m benchmarks.capture --model smollm2-135m-instruct --runs 5 --out $(BENCH)/capture_smollm2.json
-	OMP_NUM_THREADS=1 $(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --n-train 128 --n-val 32 --n-eval 32 \
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --system none --n-train 128 --n-val 32 --n-eval 32 \
 		--max-new-tokens 256 --skip-loop --gen-prompts 4 --gen-runs 1 --save-direction out/bench/arditi_dir \
 		--out $(BENCH)/refusal_qwen05.json
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.abliteration --model qwen2.5-coder-0.5b-instruct --arditi out/bench/arditi_dir \
@@ -76,6 +77,7 @@ bench: models
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.overlap --model qwen2.5-coder-0.5b-instruct --n 64 --out $(BENCH)/overlap_qwen05.json
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.concepts --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/concepts_qwen05.json \
 		--report out/bench/concepts
+	$(PY) -m benchmarks.test_time --out $(BENCH)/test_time.json
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
 		$(PY) -m benchmarks.gpu --out $(BENCH)/gpu_qwen15_random.json; fi
 

@@ -5,7 +5,7 @@ Tiers (markers given here at collection, so no test file has to remember them):
 - unit: mechanics on tiny random models built in the test (`tests/tiny.py`), with the bundled tokenizer only;
   no bundled weights are loaded (the tier fails a test that loads them);
 - integration: tests on the bundled models (the `smol` and `qwen` fixtures, or a load of a bundled name);
-- acceptance: long end-to-end runs (marked `slow`) and the notebooks; `make test-slow` runs them.
+- acceptance: long end-to-end runs (marked `slow` or `acceptance`) and the notebooks; `make test-slow` runs them.
 `make test` runs the unit and integration tiers; `pytest -m unit` the unit tier alone.
 
 Tests never rely on the library's defaults (fp32 on a CPU, bf16 on a GPU): the device is `INTERP_TEST_DEVICE`
@@ -150,7 +150,8 @@ ACCEPTANCE_FILES = {"test_notebooks.py"}
 def tier(item: pytest.Item) -> str:
     """unit, integration or acceptance (see the module docstring). A test is integration when it asks for a
     bundled model: a fixture named smol* or qwen*, a parameter "smol"/"qwen" it resolves by name, or the marker."""
-    if item.get_closest_marker("slow") or item.path.name in ACCEPTANCE_FILES or "notebook" in item.name:
+    if item.get_closest_marker("slow") or item.get_closest_marker("acceptance") or item.path.name in ACCEPTANCE_FILES \
+            or "notebook" in item.name:
         return "acceptance"
     if item.get_closest_marker("unit"):
         return "unit"

@@ -126,6 +126,7 @@ def cli_smol(smol, monkeypatch):
     monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
 
 
+@pytest.mark.acceptance  # an end-to-end run of the whole analysis
 def test_cli_search_writes_front_and_a_checkpoint_plain_transformers_loads(smol, search_files, cli_smol, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -179,6 +180,7 @@ def test_cli_search_bad_inputs_write_nothing(search_files, cli_smol, tmp_path):
     assert [p.name for p in used.iterdir()] == ["x"]
 
 
+@pytest.mark.acceptance  # an end-to-end run of the whole analysis
 def test_search_api_is_seeded_and_reproducible(smol, search_files):
     rs = RefusalScore.load(search_files["tokens"], smol)
     cfg = ab.AbliterationConfig(n_trials=2, n_startup_trials=1, max_new_tokens=1, final_points=1, seed=3)

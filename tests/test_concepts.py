@@ -186,6 +186,7 @@ def no_model(monkeypatch):
     monkeypatch.setattr("interp.cli.common.load_model", refuse)
 
 
+@pytest.mark.acceptance  # an end-to-end run of the whole analysis
 def test_cli_fit_then_steer(cli_smol, smol, tmp_path):
     fit = runner.invoke(app, ["concepts", "fit", *FIT, "--out", str(tmp_path / "fit")])
     assert fit.exit_code == 0, fit.output + repr(fit.exception)

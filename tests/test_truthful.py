@@ -161,6 +161,7 @@ def cli_smol(smol, monkeypatch):
     monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
 
 
+@pytest.mark.acceptance  # an end-to-end run of the whole analysis
 def test_cli_fit_eval_and_steer(cli_smol, tmp_path):
     fit = runner.invoke(app, ["truthful", "fit", "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "fit"),
                               "--heads", "3", "--alpha", "4", "--max-questions", "6", "--n-cost", "2", "--examples", "1"])
