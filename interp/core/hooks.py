@@ -122,7 +122,8 @@ def _from_view(site: Site, y: Tensor, like: Tensor) -> Tensor:
 
 def _apply(model: "Model", site: Site, fns: list[HookFn], x: Tensor, fired: set[Site]) -> Tensor | None:
     fired.add(site)
-    view = _to_view(model, site, x)
+    scale = model.family.scale(site.kind, model.hf.config)  # the site's value is the module's times this (Granite)
+    view = _to_view(model, site, x if scale == 1.0 else x * scale)
     changed = False
     for fn in fns:
         out = fn(site, view)
@@ -130,7 +131,11 @@ def _apply(model: "Model", site: Site, fns: list[HookFn], x: Tensor, fired: set[
             if out.shape != view.shape:
                 raise InterpError(f"a hook at {site} returned shape {tuple(out.shape)}, expected {tuple(view.shape)}")
             view, changed = out, True
-    return _from_view(site, view, x) if changed else None
+    if not changed:
+        if scale != 1.0 and view.requires_grad:  # pass the scaled value on, so gradient hooks on it see the backward
+            return _from_view(site, view / scale, x)
+        return None
+    return _from_view(site, view if scale == 1.0 else view / scale, x)
 
 
 @contextmanager

@@ -113,12 +113,21 @@ class Model:
 
     # ----- sites -----
     def sites(self, spec) -> list[Site]:
-        return parse_sites(spec, self.n_layers)
+        sites = parse_sites(spec, self.n_layers)
+        for site in sites:  # a kind this family lacks (resid_mid of parallel blocks, ...) fails here, in one line
+            self._check_available(site)
+        return sites
+
+    def _check_available(self, site: Site) -> None:
+        reason = self.family.missing(site.kind, self.hf.config)
+        if reason is not None:
+            raise InterpError(f"{site} is not available for {self.hf.config.model_type} models: {reason}")
 
     def check_layer(self, layer: int, what: str = "layer") -> int:
         return check_layer(layer, self.n_layers, what)
 
     def site_module(self, site: Site) -> tuple[nn.Module, str]:
+        self._check_available(site)
         if site.kind not in self.family.sites:
             raise InterpError(f"{site} is not available for {self.hf.config.model_type} models; "
                               f"available kinds: {', '.join(self.family.sites)}")

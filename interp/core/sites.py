@@ -8,7 +8,8 @@ output). This table is the only per-family code in the project.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from interp.errors import InterpError
 
@@ -61,6 +62,50 @@ _GPT2 = {
     "mlp.hook_post": ("mlp.c_proj", "in"),
     # no attn.hook_q/k/v: GPT-2 computes them in one fused c_attn projection
 }
+# OLMo 2 normalises the attention and MLP outputs before adding them (no norm in front of them): the residual
+# stream after attention is the MLP's input.
+_OLMO2 = {
+    **_LLAMA,
+    "hook_resid_mid": ("mlp", "in"),
+    "hook_attn_out": ("post_attention_layernorm", "out"),
+    "hook_mlp_out": ("post_feedforward_layernorm", "out"),
+}
+_STARCODER2 = {**_LLAMA, "mlp.hook_post": ("mlp.c_proj", "in")}
+# Phi-3 fuses q/k/v (qkv_proj) and gate/up (gate_up_proj); down_proj still reads the MLP's hidden activation.
+_PHI3 = {k: v for k, v in _LLAMA.items() if k not in ("attn.hook_q", "attn.hook_k", "attn.hook_v")}
+# Parallel blocks (attention and MLP both read the block input): no hook_resid_mid (see Family.parallel).
+_PARALLEL_LLAMA = {k: v for k, v in _LLAMA.items() if k != "hook_resid_mid"}  # Cohere
+_PHI = {
+    **_PARALLEL_LLAMA,
+    "attn.hook_z": ("self_attn.dense", "in"),
+    "mlp.hook_post": ("mlp.fc2", "in"),
+}
+_GPTJ = {
+    "hook_resid_pre": ("", "in"),
+    "hook_resid_post": ("", "out"),
+    "hook_attn_out": ("attn", "out"),
+    "hook_mlp_out": ("mlp", "out"),
+    "attn.hook_z": ("attn.out_proj", "in"),
+    "attn.hook_pattern": ("attn", "out"),
+    "mlp.hook_post": ("mlp.fc_out", "in"),
+    "attn.hook_q": ("attn.q_proj", "out"),
+    "attn.hook_k": ("attn.k_proj", "out"),
+    "attn.hook_v": ("attn.v_proj", "out"),
+}
+# GPT-NeoX: parallel unless use_parallel_residual=False, where post_attention_layernorm reads resid_mid.
+_GPT_NEOX = {
+    "hook_resid_pre": ("", "in"),
+    "hook_resid_mid": ("post_attention_layernorm", "in"),
+    "hook_resid_post": ("", "out"),
+    "hook_attn_out": ("attention", "out"),
+    "hook_mlp_out": ("mlp", "out"),
+    "attn.hook_z": ("attention.dense", "in"),
+    "attn.hook_pattern": ("attention", "out"),
+    "mlp.hook_post": ("mlp.dense_4h_to_h", "in"),
+    # no attn.hook_q/k/v: GPT-NeoX computes them in one fused query_key_value projection
+}
+_PARALLEL = "this family computes attention and the MLP in parallel from the block input, so there is no resid_mid"
+_MOE = {"mlp.hook_post": "the MLP is a mixture of experts with no single down projection; read hook_mlp_out instead"}
 
 
 @dataclass(frozen=True)
@@ -74,10 +119,31 @@ class Family:
     conv1d: bool = False  # GPT-2 stores linear weights transposed (Conv1D)
     qkv_proj: tuple[str, str, str] | None = None  # query, key, value projections relative to a layer (interp.circuits.heads)
     attn_norm: str | None = None  # the norm in front of attention, relative to a layer (folded into W_Q/W_K/W_V)
+    # Attention and MLP read the same block input (so there is no hook_resid_mid): True, or the name of the config
+    # flag that says so for a model of the family (False: sequential).
+    parallel: bool | str = False
+    unavailable: dict[str, str] = field(default_factory=dict)  # kind -> why the family has no such site
+    # kind -> the config attribute that multiplies the value read at the module before the layer adds it to the
+    # residual stream (Granite's residual_multiplier): the site's value is the product; writes are divided back.
+    scales: dict[str, str] = field(default_factory=dict)
+
+    def missing(self, kind: str, config: Any) -> str | None:
+        """Why `kind` has no value in a model of this family with `config`, or None when it has one."""
+        if kind == "hook_resid_mid" and (self.parallel is True or (
+                isinstance(self.parallel, str) and bool(getattr(config, self.parallel, False)))):
+            return _PARALLEL
+        return self.unavailable.get(kind)
+
+    def scale(self, kind: str, config: Any) -> float:
+        """The factor between the value read at `kind`'s module and the site's value (1.0 for most sites)."""
+        return float(getattr(config, self.scales[kind])) if kind in self.scales else 1.0
 
 
 _LLAMA_FAMILY = Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj",
                        qkv_proj=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), attn_norm="input_layernorm")
+_PLAIN = Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj")
+_MOE_FAMILY = Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.experts",
+                     qkv_proj=_LLAMA_FAMILY.qkv_proj, attn_norm="input_layernorm", unavailable=_MOE)
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA_FAMILY,
     "qwen2": _LLAMA_FAMILY,
@@ -85,6 +151,34 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("model.layers", "model.embed_tokens", "model.norm", _GEMMA, "self_attn.o_proj", "mlp.down_proj"),
     "gemma3_text": Family("model.layers", "model.embed_tokens", "model.norm", _GEMMA, "self_attn.o_proj", "mlp.down_proj"),
     "gpt2": Family("transformer.h", "transformer.wte", "transformer.ln_f", _GPT2, "attn.c_proj", "mlp.c_proj", conv1d=True),
+    # Families below leave qkv_proj unset (heads as matrices refuse them) where a q/k norm follows the projections
+    # (qwen3, olmo2) or the attention norm is not a plain RMSNorm gain (gemma's 1 + w, LayerNorm biases).
+    "qwen3": _PLAIN,
+    "gemma": _PLAIN,
+    "olmo": _PLAIN,
+    "olmo2": Family("model.layers", "model.embed_tokens", "model.norm", _OLMO2, "self_attn.o_proj", "mlp.down_proj"),
+    "stablelm": Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj",
+                       parallel="use_parallel_residual"),
+    "starcoder2": Family("model.layers", "model.embed_tokens", "model.norm", _STARCODER2, "self_attn.o_proj", "mlp.c_proj"),
+    # Mixture-of-experts MLPs: hook_mlp_out is the sparse block's output (routed experts, plus Qwen2-MoE's gated
+    # shared expert); the experts' fused weights have no single down projection.
+    "mixtral": _MOE_FAMILY,
+    "qwen2_moe": _MOE_FAMILY,
+    "qwen3_moe": Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.experts",
+                        unavailable=_MOE),
+    "gpt_neox": Family("gpt_neox.layers", "gpt_neox.embed_in", "gpt_neox.final_layer_norm", _GPT_NEOX,
+                       "attention.dense", "mlp.dense_4h_to_h", parallel="use_parallel_residual"),
+    "phi": Family("model.layers", "model.embed_tokens", "model.final_layernorm", _PHI, "self_attn.dense", "mlp.fc2",
+                  parallel=True),
+    "phi3": Family("model.layers", "model.embed_tokens", "model.norm", _PHI3, "self_attn.o_proj", "mlp.down_proj"),
+    "cohere": Family("model.layers", "model.embed_tokens", "model.norm", _PARALLEL_LLAMA, "self_attn.o_proj",
+                     "mlp.down_proj", parallel=True),
+    # Granite scales both writes by residual_multiplier before adding them (read at the module, then scaled);
+    # W_O alone is not the map into the residual stream there, so heads as matrices refuse it.
+    "granite": Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj",
+                      scales={"hook_attn_out": "residual_multiplier", "hook_mlp_out": "residual_multiplier"}),
+    "gptj": Family("transformer.h", "transformer.wte", "transformer.ln_f", _GPTJ, "attn.out_proj", "mlp.fc_out",
+                   parallel=True),
 }
 
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -105,7 +199,8 @@ class Site:
 
 def family_for(model_type: str) -> Family:
     if model_type not in FAMILIES:
-        raise InterpError(f"architecture {model_type!r} has no site table; supported: {', '.join(FAMILIES)}")
+        raise InterpError(f"architecture {model_type!r} has no site table (supported: {', '.join(FAMILIES)}); "
+                          "use a model of a supported family, or add an entry for it to FAMILIES in interp/core/sites.py")
     return FAMILIES[model_type]
 
 

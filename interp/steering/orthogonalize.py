@@ -122,6 +122,10 @@ def orthogonalized_copy(model: "Model", subspace: Subspace | Float[Tensor, "laye
             if scale == 0:
                 continue
             lin = layer.get_submodule(path)
+            if not isinstance(getattr(lin, "weight", None), torch.Tensor):  # a mixture of experts' fused weights
+                raise InterpError(f"{model.hf.config.model_type} has no single {comp} output projection to "
+                                  f"orthogonalise (a mixture of experts); give {comp} weights 0 or use the Ablate "
+                                  "intervention instead")
             if fam.conv1d:  # Conv1D stores [d_in, d_out]
                 lin.weight.copy_(_project_out_rows(lin.weight, b, scale))
             else:

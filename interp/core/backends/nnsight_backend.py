@@ -77,6 +77,7 @@ class NnsightBackend:
         family = self.model.family
         groups: dict[tuple[str, str], list[Site]] = {}
         for site in sorted(sites, key=lambda s: (s.layer, EXECUTION_ORDER[s.kind])):
+            self.model.site_module(site)  # a one-line error for a kind this family (or model) lacks
             path, where = family.sites[site.kind]
             envoy = f"{family.layers}.{site.layer}" + (f".{path}" if path else "")
             groups.setdefault((envoy, "input" if where == "in" else "output"), []).append(site)
@@ -85,6 +86,8 @@ class NnsightBackend:
     def _view(self, site: Site, attr: str, value) -> Tensor:
         """The site's value in TransformerLens layout, from the module's first input or its output."""
         x = value if attr == "input" else _element(value, site.kind)
+        scale = self.model.family.scale(site.kind, self.model.hf.config)  # Granite's residual_multiplier
+        x = x if scale == 1.0 else x * scale
         if site.kind == "attn.hook_z":
             x = x.view(*x.shape[:-1], self.model.n_heads, self.model.d_head)
         return x
