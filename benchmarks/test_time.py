@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"phases": phases, "make_test_seconds": round(make_test, 1),
                   "make_test_passed": all(phases.get(n, {}).get("returncode") == 0
                                           for n in ("setup", "lint", "unit", "integration")),
-                  "cores": os.cpu_count(), "note": "one phase after the other in a fresh clone with a fresh model cache"}
+                  "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                  "note": "one phase after the other in a fresh clone with a fresh model cache"}
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
