@@ -16,15 +16,29 @@ The method, as heretic does it (v1.0, the version behind its README's results):
    `TPESampler(multivariate=True, n_startup_trials=60, n_ei_candidates=128)`; heretic runs 200 trials.
 4. The Pareto front of the trials; heretic lets the user pick a point from it.
 
+Which prompts decide what (each split is named in the Result: `splits`, the figure titles):
+- validation (`harmful_val`, `harmless_val`): the trials are scored on them (heretic scores its trials on its
+  `*_evaluation_prompts`), and the Pareto points are then judged on the same prompts by generation and the
+  substring judge; the point is chosen there, and the Pareto front judged on validation is the analysis's figure.
+- test (`harmful_test`, `harmless_test`, optional, disjoint from the training and validation prompts): only the
+  chosen point, the reference and the unedited model are judged on them, after the choice, so no test judgement
+  can steer the choice or the search. Without test prompts the chosen point's only figures are the validation
+  ones it was chosen on (optimistic), and the Result says so.
+heretic itself (`src/heretic/main.py`, `evaluator.py`: `Evaluator.get_score`) scores every trial on its evaluation
+prompts and lets the user pick from the Pareto front of those same scores; it has no further held-out judgement.
+The test judgement here is an addition, not a departure.
+
 Departures, each a named option recorded in the Result (`config` and `departures`):
 - `trial_refusals="first_token"` (default): a trial's refusal count is the number of harmful validation prompts
   whose greedy first token is a refusal token (`RefusalScore.greedy_refuses`; the score > 0 rule misses
   the greedy refusals made at p < 0.5: benchmarks/results/refusal_qwen05.json, `filter_counts`), read off the same
   single batched forward that gives the KL, instead of heretic's greedy generation (100 tokens) judged by refusal
-  substrings (`trial_refusals="generate"` does that, at `trial_max_new_tokens`). The final Pareto points are then judged
-  by generation and the substring judge on held-out prompts, so the cheap proxy never decides the report alone.
-- `choose`: heretic asks the user; here the chosen point is, among the Pareto points judged on held-out prompts,
-  the fewest refusals with KL <= `kl_budget` (ties: lower KL; none under budget: the lowest KL, said so).
+  substrings (`trial_refusals="generate"` does that, at `trial_max_new_tokens`). The Pareto points are then judged
+  by generation (`max_new_tokens`) and the substring judge on the validation prompts, so the cheap proxy never
+  decides the choice alone.
+- `choose`: heretic asks the user; here the chosen point is, among the Pareto points judged on the validation
+  prompts, the fewest refusals with KL <= `kl_budget` (ties: lower KL; none under budget: the lowest KL, said so).
+  `choose` is given the validation judgements only.
 - The per-layer direction of the last layer is its `hook_resid_post` before the final norm (heretic reads HF's
   last hidden state, which is after the norm); this only touches the last layer's per-layer direction.
 - `system`: the library's `DEFAULT_SYSTEM` (None, the chat template's own system prompt) unless set (heretic sends
@@ -68,9 +82,9 @@ class AbliterationConfig:
     seed: int = 0
     trial_refusals: str = "first_token"  # "first_token" (one forward: greedy first token a refusal token) | "generate" (heretic)
     trial_max_new_tokens: int = 100  # heretic's max_response_length, for trial_refusals="generate"
-    max_new_tokens: int = 256  # greedy tokens of the final, judged answers on held-out prompts
-    final_points: int | None = None  # judge at most this many Pareto points (spread evenly along the front by KL); None: all
-    kl_budget: float = 0.1  # the chosen point: fewest held-out refusals with KL <= this (Arditi et al.'s KL filter)
+    max_new_tokens: int = 256  # greedy tokens of the judged answers (Pareto points on validation; chosen point on test)
+    final_points: int | None = None  # judge at most this many Pareto points on validation (spread along the front by KL); None: all
+    kl_budget: float = 0.1  # the chosen point: fewest validation refusals with KL <= this (Arditi et al.'s KL filter)
     system: System = DEFAULT_SYSTEM  # "default"/None (the chat template's), "none"/NO_SYSTEM (no system turn), or a text
     batch_size: int = 64  # prompts per forward (a trial's harmful + harmless prompts in one forward when they fit)
     refusal_new_tokens: int = 8  # greedy tokens to estimate the refusal tokens (RefusalScore.fit)
@@ -159,14 +173,24 @@ def pareto_front(values: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _brief(judgement: dict | None) -> dict | None:
+    """A judgement without its answers (for tables and titles)."""
+    return None if judgement is None else {k: v for k, v in judgement.items() if k != "answers"}
+
+
 @dataclass
 class AbliterationSearchResult(Result):
-    trials: list[dict]  # every trial: params, point, proxy refusals, kl
+    """The search's trials, its Pareto front judged on the validation prompts (where the point is chosen), and the
+    chosen point, the reference and the unedited model judged on the test prompts (`test`; None without them).
+    Which split each number and figure comes from: `splits` in the summary, and every figure's title."""
+
+    trials: list[dict]  # every trial: params, point, proxy refusals and first-token KL on the validation prompts
     pareto: list[int]  # trial numbers on the proxy Pareto front
-    final: list[dict]  # held-out judgement of the (best) Pareto points
-    chosen: dict
-    reference: dict | None
-    baseline: dict
+    validation: list[dict]  # the (spread) Pareto points judged on the validation prompts: the choice is made here
+    chosen: dict  # trial, rule, chosen_on, and its "validation" and "test" figures (test: None without test prompts)
+    reference: dict | None  # name; proxy, "validation" and "test" judgements (or a given pair: "given")
+    baseline: dict  # the unedited model: proxy refusals, and "validation" / "test" judgements
+    test: dict | None  # the test judgement: n prompts, and "baseline", "chosen", "reference" (only these are judged)
     directions: Tensor  # [layer, d] per-layer unit directions
     n_layers: int
     config: AbliterationConfig
@@ -185,18 +209,39 @@ class AbliterationSearchResult(Result):
     def chosen_directions(self) -> Tensor:
         return self.chosen_point.directions(self.directions)
 
+    @property
+    def splits(self) -> dict:
+        """Which prompts each part of the Result was measured on."""
+        test = ("test: the chosen point, the reference and the unedited model only, judged after the choice"
+                if self.test is not None else None)
+        return {"trials": f"validation ({self.config.trial_refusals} proxy refusals, first-token KL)",
+                "pareto_front": "validation (generation + substring judge; first-token KL and CE on the harmless validation "
+                                "prompts)",
+                "chosen_on": self.chosen["chosen_on"], "test": test,
+                "figures": {"validation": "validation", "pareto": "validation (trial proxy)",
+                            **({"test": "test"} if self.test is not None else {}), "weights": "the chosen point"},
+                **({} if self.test is not None else
+                   {"note": "no test prompts: the chosen point's figures are on the validation prompts it was chosen "
+                            "on, an optimistic estimate"})}
+
     def summary(self) -> dict:
-        return {"chosen": self.chosen, "chosen_weights": self.chosen_weights(), "baseline": self.baseline,
-                "reference": self.reference, "final": self.final,
+        return {"chosen": self.chosen, "chosen_weights": self.chosen_weights(), "splits": self.splits,
+                "baseline": self.baseline, "reference": _brief(self.reference),
+                "validation": [_brief(f) for f in self.validation], "test": self._test_brief(),
                 "pareto": [self.trials[i] for i in self.pareto], "n_trials": len(self.trials),
                 "config": asdict(self.config), "system": system_record(self.config.system),
                 "departures": self.departures, "timings_s": self.timings}
 
+    def _test_brief(self) -> dict | None:
+        if self.test is None:
+            return None
+        return {k: (_brief(v) if isinstance(v, dict) else v) for k, v in self.test.items()}
+
     def figures(self) -> dict[str, go.Figure]:
         figs = {}
         n_h = self.baseline["n_harmful_val"]
-        fig = go.Figure(layout=dict(title=f"trials: refusals ({self.config.trial_refusals} proxy, {n_h} harmful "
-                                          "validation prompts) vs first-token KL (harmless)",
+        fig = go.Figure(layout=dict(title=f"validation prompts, trials: refusals ({self.config.trial_refusals} proxy, "
+                                          f"{n_h} harmful) vs first-token KL (harmless)",
                                     xaxis=dict(title="KL(plain || edited)"), yaxis=dict(title="refusals")))
         fig.add_scatter(x=[t["kl"] for t in self.trials], y=[t["refusals"] for t in self.trials], mode="markers",
                         name="trial", marker=dict(color="lightgray"), text=[f"trial {t['trial']}" for t in self.trials])
@@ -209,24 +254,49 @@ class AbliterationSearchResult(Result):
             fig.add_scatter(x=[self.reference["proxy_kl"]], y=[self.reference["proxy_refusals"]], mode="markers",
                             name=self.reference["name"], marker=dict(symbol="x", size=12))
         figs["pareto"] = fig
-        if self.final:
-            n = self.final[0]["n_harmful"]
-            fig = go.Figure(layout=dict(title=f"held-out: refusal rate (substring judge, {self.config.max_new_tokens} "
-                                              f"new tokens, {n} harmful prompts) vs first-token KL (harmless)",
+        if self.validation:
+            n = self.validation[0]["n_harmful"]
+            fig = go.Figure(layout=dict(title=f"validation prompts, Pareto front (where the point is chosen): refusal "
+                                              f"rate (substring judge, {self.config.max_new_tokens} new tokens, {n} "
+                                              "harmful) vs first-token KL (harmless)",
                                         xaxis=dict(title="KL(plain || edited)"), yaxis=dict(title="refusal rate")))
-            fin = sorted(self.final, key=lambda f: f["kl"])
+            fin = sorted(self.validation, key=lambda f: f["kl"])
             fig.add_scatter(x=[f["kl"] for f in fin], y=[f["refusal_rate"] for f in fin], mode="lines+markers",
                             name="Pareto points", text=[f"trial {f['trial']}" for f in fin])
-            c = next(f for f in self.final if f["trial"] == self.chosen["trial"])
+            c = self.chosen["validation"]
             fig.add_scatter(x=[c["kl"]], y=[c["refusal_rate"]], mode="markers", name="chosen",
                             marker=dict(symbol="star", size=14))
-            if "heldout_refusal_rate" in self.baseline:
-                fig.add_scatter(x=[0.0], y=[self.baseline["heldout_refusal_rate"]], mode="markers", name="no edit",
+            base = self.baseline.get("validation")
+            if base is not None:
+                fig.add_scatter(x=[0.0], y=[base["refusal_rate"]], mode="markers", name="no edit",
                                 marker=dict(symbol="square", size=10))
-            if self.reference and "refusal_rate" in self.reference:
-                fig.add_scatter(x=[self.reference["kl"]], y=[self.reference["refusal_rate"]], mode="markers",
-                                name=self.reference["name"], marker=dict(symbol="x", size=12))
-            figs["heldout"] = fig
+            ref = (self.reference or {}).get("validation")
+            if ref is not None:
+                fig.add_scatter(x=[ref["kl"]], y=[ref["refusal_rate"]], mode="markers",
+                                name=self.reference["name"], marker=dict(symbol="x", size=12))  # type: ignore[index]
+            figs["validation"] = fig
+        given = (self.reference or {}).get("given")
+        if self.test is not None or given is not None:
+            n = self.test["n_harmful"] if self.test is not None else None
+            fig = go.Figure(layout=dict(title="test prompts (judged after the choice; only these points): refusal "
+                                              f"rate (substring judge, {self.config.max_new_tokens} new tokens"
+                                              + (f", {n} harmful" if n is not None else "") + ") vs first-token KL",
+                                        xaxis=dict(title="KL(plain || edited)"), yaxis=dict(title="refusal rate")))
+            if self.test is not None:
+                t = self.test
+                fig.add_scatter(x=[t["chosen"]["kl"]], y=[t["chosen"]["refusal_rate"]], mode="markers",
+                                name=f"chosen (trial {self.chosen['trial']})", marker=dict(symbol="star", size=14))
+                fig.add_scatter(x=[0.0], y=[t["baseline"]["refusal_rate"]], mode="markers", name="no edit",
+                                marker=dict(symbol="square", size=10))
+                if t.get("reference") is not None:
+                    fig.add_scatter(x=[t["reference"]["kl"]], y=[t["reference"]["refusal_rate"]], mode="markers",
+                                    name=self.reference["name"], marker=dict(symbol="x", size=12))  # type: ignore[index]
+            if given is not None:
+                fig.add_scatter(x=[given["kl"]], y=[given["refusal_rate"]], mode="markers",
+                                name=f"{self.reference['name']} (given)", marker=dict(symbol="x", size=12))  # type: ignore[index]
+            figs["test"] = fig
+        if "validation" in figs:  # the analysis's figure first (`figure()` with no name): the front on validation
+            figs = {"validation": figs.pop("validation"), **figs}
         w = self.chosen_weights()
         fig = go.Figure(layout=dict(title=f"per-layer ablation weights of the chosen point (trial {self.chosen['trial']})",
                                     xaxis=dict(title="layer"), yaxis=dict(title="weight")))
@@ -236,9 +306,10 @@ class AbliterationSearchResult(Result):
         return figs
 
     def save_artifacts(self, directory: Path) -> None:
-        write_json(directory / "pareto.json", {"pareto": [self.trials[i] for i in self.pareto], "final": self.final,
+        write_json(directory / "pareto.json", {"pareto": [self.trials[i] for i in self.pareto],
+                                               "validation": self.validation, "test": self.test,
                                                "chosen": self.chosen, "reference": self.reference,
-                                               "baseline": self.baseline, "trials": self.trials,
+                                               "baseline": self.baseline, "splits": self.splits, "trials": self.trials,
                                                "config": asdict(self.config), "system": system_record(self.config.system),
                                                "departures": self.departures})
         w = self.chosen_weights()
@@ -254,7 +325,8 @@ def _departures(cfg: AbliterationConfig) -> dict:
     out = {"last_layer_direction": "hook_resid_post before the final norm (heretic: after it)"}
     if cfg.trial_refusals == "first_token":
         out["trial_refusals"] = "greedy first token is a refusal token (one forward) instead of generation + substrings"
-    out["choose"] = f"fewest held-out refusals with KL <= {cfg.kl_budget} (heretic: the user picks)"
+    out["choose"] = (f"fewest validation refusals (generation + substring judge) with KL <= {cfg.kl_budget}, chosen "
+                     "by rule on the validation judgements only (heretic: the user picks from the front)")
     if cfg.system_value is None:
         out["system"] = "the chat template's default system prompt (heretic: 'You are a helpful assistant.')"
     return out
@@ -299,18 +371,19 @@ class _Evaluator:
         return refusals, kl
 
 
-def judge_heldout(model: "Model", iv: Intervention | None, harmful: list[str], reference: Reference,
-                  cfg: AbliterationConfig) -> dict:
-    """Greedy answers to held-out harmful prompts judged by the substring judge, and the capability cost on the
-    harmless prompts of `reference` (`interp.directions.scoring.capability_cost`: first-token KL, as heretic, and the
-    cross-entropy of the plain model's own completions)."""
+def judge_point(model: "Model", iv: Intervention | None, harmful: list[str], reference: Reference,
+                cfg: AbliterationConfig, split: str) -> dict:
+    """Greedy answers to the harmful prompts of one split judged by the substring judge, and the capability cost on
+    the harmless prompts of `reference` (`interp.directions.scoring.capability_cost`: first-token KL, as heretic, and
+    the cross-entropy of the plain model's own completions). `split` ("validation" or "test") is recorded."""
     ivs = [iv] if iv is not None else []
     answers = model.generate(harmful, max_new_tokens=cfg.max_new_tokens, system=cfg.system_value, interventions=ivs,
                              batch_size=cfg.batch_size, progress=False)
     refused = SubstringJudge().refused(answers)
     cost = capability_cost(model, reference, interventions=ivs, batch_size=min(cfg.batch_size, 16))
-    return {"refusal_rate": sum(refused) / len(refused), "refusals": sum(refused), "n_harmful": len(harmful),
-            "kl": cost["kl"], "ce": cost["ce"], "ce_clean": cost["ce_clean"], "answers": answers}
+    return {"split": split, "refusal_rate": sum(refused) / len(refused), "refusals": sum(refused),
+            "n_harmful": len(harmful), "kl": cost["kl"], "ce": cost["ce"], "ce_clean": cost["ce_clean"],
+            "answers": answers}
 
 
 def _check_set(name: str, s) -> list[str]:
@@ -319,14 +392,26 @@ def _check_set(name: str, s) -> list[str]:
     return list(s)
 
 
+def _check_held_out(name: str, test: list[str], **others: list[str]) -> None:
+    """Test prompts must be disjoint from the prompts the directions, trials and choice were made on."""
+    key = lambda p: " ".join(p.lower().split())
+    test_keys = {key(p) for p in test}
+    for other, prompts in others.items():
+        shared = [p for p in prompts if key(p) in test_keys]
+        if shared:
+            raise InterpError(f"{len(shared)} {name} prompt(s) are also {other} prompts (e.g. {shared[0][:60]!r}); "
+                              "the test prompts must be held out from the training and validation prompts")
+
+
 @dataclass
 class AbliterationData:
-    """The inputs of `run`. `harmful`/`harmless`: prompts for the per-layer directions. `*_val`: the trials'
-    prompts. `*_test`: held-out prompts on which the Pareto points are finally judged (generation + substring
-    judge, and KL); without them the Pareto points are judged on the validation prompts (and `final_on` says so).
-    `refusal`: the refusal tokens (default: estimated on the validation prompts). `reference`: an intervention
-    judged the same way (e.g. `Ablate(arditi_direction)`), or a (held-out refusal rate, KL) pair to draw beside
-    the front, named `reference_name`."""
+    """The inputs of `run`. `harmful`/`harmless`: prompts for the per-layer directions. `*_val`: the validation
+    prompts: the trials are scored on them and the Pareto points judged on them (generation + substring judge,
+    and KL), and the point is chosen there. `*_test`: held-out prompts, disjoint from the others, on which only
+    the chosen point, the reference and the unedited model are judged, after the choice; without them the
+    Result has no test figures and says so. `refusal`: the refusal tokens (default: estimated on the validation
+    prompts). `reference`: an intervention judged the same way on both splits (e.g. `Ablate(arditi_direction)`),
+    or a (test refusal rate, KL) pair measured elsewhere, drawn beside the test points; named `reference_name`."""
 
     harmful: Sequence[str]
     harmless: Sequence[str]
@@ -339,26 +424,39 @@ class AbliterationData:
     reference_name: str = "reference"
 
 
+def _front_points(trials: list[dict], pareto: list[int], k: int | None) -> list[int]:
+    """The Pareto points to judge by generation: all, or `k` spread evenly along the front by KL (both ends
+    included), so a budget of a few points still spans the trade-off."""
+    order = sorted(pareto, key=lambda i: (trials[i]["kl"], trials[i]["refusals"]))
+    if k is not None and k < len(order):
+        picks = sorted({round(j * (len(order) - 1) / max(k - 1, 1)) for j in range(k)})
+        order = [order[j] for j in picks]
+    return order
+
+
 def run(model: "Model", data: AbliterationData, config: AbliterationConfig | None = None) -> AbliterationSearchResult:
     """heretic's abliteration search on the toolkit's batched scoring; see the module docstring and
     `AbliterationData` for the inputs."""
     import optuna
 
     cfg = config or AbliterationConfig()
-    harmful, harmless, harmful_val, harmless_val = data.harmful, data.harmless, data.harmful_val, data.harmless_val
-    harmful_test, harmless_test, refusal = data.harmful_test, data.harmless_test, data.refusal
     reference, reference_name = data.reference, data.reference_name
-    harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
-    harmful_val, harmless_val = _check_set("harmful_val", harmful_val), _check_set("harmless_val", harmless_val)
+    harmful, harmless = _check_set("harmful", data.harmful), _check_set("harmless", data.harmless)
+    harmful_val = _check_set("harmful_val", data.harmful_val)
+    harmless_val = _check_set("harmless_val", data.harmless_val)
+    has_test = bool(data.harmful_test) and bool(data.harmless_test)
+    if bool(data.harmful_test) != bool(data.harmless_test):
+        raise InterpError("give both harmful_test and harmless_test, or neither")
+    harmful_test = list(data.harmful_test or [])
+    harmless_test = list(data.harmless_test or [])
+    if has_test:
+        _check_held_out("harmful_test", harmful_test, harmful_val=harmful_val, harmful=harmful)
+        _check_held_out("harmless_test", harmless_test, harmless_val=harmless_val, harmless=harmless)
     if cfg.trial_refusals not in ("first_token", "generate"):
         raise InterpError(f"trial_refusals must be 'first_token' or 'generate', got {cfg.trial_refusals!r}")
     if cfg.n_trials < 1:
         raise InterpError(f"n_trials must be at least 1, got {cfg.n_trials}")
-    final_on = "test" if harmful_test and harmless_test else "validation"
-    if harmful_test and harmless_test:  # final_on == "test"
-        harmful_test, harmless_test = list(harmful_test), list(harmless_test)
-    else:
-        harmful_test, harmless_test = harmful_val, harmless_val
+    refusal = data.refusal
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -370,8 +468,8 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
                                    batch_size=cfg.batch_size, system=cfg.system_value)
     evaluate = _Evaluator(model, harmful_val, harmless_val, refusal, cfg)
     base_refusals, _ = evaluate(None)
-    baseline = {"refusals_proxy": base_refusals, "n_harmful_val": len(harmful_val),
-                "n_harmless_val": len(harmless_val), "refusal_tokens": refusal.refusal_tokens_}
+    baseline: dict = {"refusals_proxy": base_refusals, "n_harmful_val": len(harmful_val),
+                      "n_harmless_val": len(harmless_val), "refusal_tokens": refusal.refusal_tokens_}
     timings["baseline"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -394,49 +492,72 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     timings["trials"] = time.perf_counter() - t
     pareto = pareto_front([(r["refusals"], r["kl"]) for r in trials])
 
-    # final: held-out generation + judge for the Pareto points; with `final_points`, that many spread evenly along
-    # the front by KL (its two ends included), so a budget of a few points still spans the trade-off
-    t = time.perf_counter()
-    order = sorted(pareto, key=lambda i: (trials[i]["kl"], trials[i]["refusals"]))
-    if cfg.final_points is not None and cfg.final_points < len(order):
-        k = cfg.final_points
-        picks = sorted({round(j * (len(order) - 1) / max(k - 1, 1)) for j in range(k)})
-        order = [order[j] for j in picks]
-    clean_test = reference_completions(model, harmless_test, batch_size=min(cfg.batch_size, 16), system=cfg.system_value)
-    base_final = judge_heldout(model, None, harmful_test, clean_test, cfg)
-    baseline["heldout_refusal_rate"] = base_final["refusal_rate"]
-    final = []
-    for i in tqdm(order, desc="judge Pareto points", unit="point"):
+    def intervention(i: int) -> Intervention:
         p = trials[i]["point"]
-        point = Point(p["direction_index"], {c: Kernel(**k) for c, k in p["kernels"].items()})
-        final.append({"trial": i, **judge_heldout(model, point.intervention(directions), harmful_test, clean_test, cfg)})
-    ref = None
+        return Point(p["direction_index"], {c: Kernel(**k) for c, k in p["kernels"].items()}).intervention(directions)
+
+    # validation: the Pareto points judged by generation on the validation prompts; the choice is made here
+    t = time.perf_counter()
+    clean_val = reference_completions(model, harmless_val, batch_size=min(cfg.batch_size, 16), system=cfg.system_value)
+    baseline["validation"] = _brief(judge_point(model, None, harmful_val, clean_val, cfg, "validation"))
+    validation = [{"trial": i, **judge_point(model, intervention(i), harmful_val, clean_val, cfg, "validation")}
+                  for i in tqdm(_front_points(trials, pareto, cfg.final_points), desc="judge Pareto points (validation)",
+                                unit="point")]
+    ref: dict | None = None
     if isinstance(reference, tuple):
-        ref = {"name": reference_name, "refusal_rate": float(reference[0]), "kl": float(reference[1])}
+        ref = {"name": reference_name, "given": {"refusal_rate": float(reference[0]), "kl": float(reference[1])}}
     elif reference is not None:
         ref_refusals, ref_kl = evaluate(reference)
         ref = {"name": reference_name, "proxy_refusals": ref_refusals, "proxy_kl": ref_kl,
-               **judge_heldout(model, reference, harmful_test, clean_test, cfg)}
-    timings["final"] = time.perf_counter() - t
-    chosen = choose(final, cfg.kl_budget)
-    chosen["final_on"] = final_on
+               "validation": judge_point(model, reference, harmful_val, clean_val, cfg, "validation")}
+    timings["validation"] = time.perf_counter() - t
+    chosen = choose([_brief(f) for f in validation], cfg.kl_budget)  # type: ignore[misc]
+    chosen["chosen_on"] = "validation"
+
+    # test: only the chosen point, the reference and the unedited model, after the choice
+    t = time.perf_counter()
+    test: dict | None = None
+    if has_test:
+        clean_test = reference_completions(model, harmless_test, batch_size=min(cfg.batch_size, 16),
+                                           system=cfg.system_value)
+        test = {"n_harmful": len(harmful_test), "n_harmless": len(harmless_test),
+                "baseline": judge_point(model, None, harmful_test, clean_test, cfg, "test"),
+                "chosen": {"trial": chosen["trial"],
+                           **judge_point(model, intervention(chosen["trial"]), harmful_test, clean_test, cfg, "test")},
+                "reference": None}
+        if ref is not None and "validation" in ref:
+            test["reference"] = judge_point(model, reference, harmful_test, clean_test, cfg, "test")  # type: ignore[arg-type]
+            ref["test"] = _brief(test["reference"])
+        baseline["test"] = _brief(test["baseline"])
+        chosen["test"] = {k: test["chosen"][k] for k in ("split", "refusal_rate", "refusals", "n_harmful", "kl", "ce",
+                                                         "ce_clean")}
+    else:
+        baseline["test"] = None
+        chosen["test"] = None
+    timings["test"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    return AbliterationSearchResult(trials, pareto, final, chosen, ref, baseline, directions, model.n_layers, cfg,
-                                    _departures(cfg), timings)
+    return AbliterationSearchResult(trials, pareto, validation, chosen, ref, baseline, test, directions,
+                                    model.n_layers, cfg, _departures(cfg), timings)
 
 
-def choose(final: list[dict], kl_budget: float) -> dict:
-    """Fewest held-out refusals with KL <= kl_budget (ties: lower KL); when none is under budget, the lowest KL."""
-    if not final:
+def choose(validation: list[dict], kl_budget: float) -> dict:
+    """Fewest validation refusals with KL <= kl_budget (ties: lower KL); when none is under budget, the lowest KL.
+    `validation`: the Pareto points judged on the validation prompts ({"trial", "refusal_rate", "kl", ...}); the
+    test prompts are judged only after this choice, so nothing measured on them can reach it."""
+    if not validation:
         raise InterpError("no Pareto point was judged; raise final_points")
-    ok = [f for f in final if f["kl"] <= kl_budget]
+    if any(f.get("split", "validation") != "validation" for f in validation):
+        raise InterpError("choose takes validation judgements only; the test prompts must not decide the point")
+    ok = [f for f in validation if f["kl"] <= kl_budget]
     if ok:
         best = min(ok, key=lambda f: (f["refusal_rate"], f["kl"]))
-        rule = f"fewest held-out refusals with KL <= {kl_budget}"
+        rule = f"fewest validation refusals with KL <= {kl_budget}"
     else:
-        best = min(final, key=lambda f: f["kl"])
-        rule = f"no Pareto point has KL <= {kl_budget}; took the lowest KL"
-    return {"trial": best["trial"], "refusal_rate": best["refusal_rate"], "kl": best["kl"], "rule": rule}
+        best = min(validation, key=lambda f: f["kl"])
+        rule = f"no Pareto point has validation KL <= {kl_budget}; took the lowest KL"
+    keys = ("refusal_rate", "refusals", "n_harmful", "kl", "ce", "ce_clean")
+    return {"trial": best["trial"], "rule": rule,
+            "validation": {"split": "validation", **{k: best[k] for k in keys if k in best}}}
 
 
 def export_checkpoint(model: "Model", result: AbliterationSearchResult, out_dir) -> Path:

@@ -40,8 +40,10 @@ them as values. The targets, as the paper and its code (github.com/Sckathach/sub
 
 `rerouting` reads an attack run's log and reports:
 
-- the attack success rate (substring judge on greedy responses) and the seconds per success (total seconds
-  over successes; a lower bound when nothing succeeded);
+- the attack success rate, best of N (a behaviour succeeds when any of its N judged attempts passes; N per
+  behaviour, and the run's `attempts` setting, which fixes N for every method), beside the single-attempt rate
+  (the best-loss suffix at the end of each search, judged once), and the seconds per (best-of-N) success (total
+  seconds over successes; a lower bound when nothing succeeded);
 - the loss curves (best loss after each search step, per behaviour);
 - the targets: the chosen layers with every layer's held-out probe accuracy, and the heads with their scores;
 - the rerouting picture: per targeted layer, the 2-D PCA of last-token `hook_resid_post` of bundled harmful
@@ -103,6 +105,8 @@ class ReroutingResult(Result):
     axis: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # layer -> group -> harmful-axis positions
     targets: dict | None = None  # why these layers / heads (RUN.targets.json): probe accuracies, head scores
     system: str | None = None  # the system prompt of the PCA picture's prompts (`system_record`); None: no picture
+    best_of_n: dict | None = None  # `Summary.best_of_n`: success when any of N judged attempts passes, with N
+    single_attempt: dict | None = None  # `Summary.single_attempt`: the best-loss suffix judged once
 
     title = "Subspace rerouting"
 
@@ -111,11 +115,14 @@ class ReroutingResult(Result):
         return {
             "method": self.name, "model": self.model, "finished": len(self.rows),
             "successes": sum(bool(r["success"]) for r in self.rows), "success_rate": self.success_rate,
+            "success_is": "best of N", "best_of_n": self.best_of_n, "single_attempt": self.single_attempt,
             "seconds_per_success": self.seconds_per_success, "seconds_per_success_is_lower_bound": self.lower_bound,
             "layers": self.layers, "mean_harmful_axis_position": mean,
             "layer_choice": (self.targets or {}).get("layer_choice"), "head_choice": (self.targets or {}).get("head_choice"),
             "system": self.system,
-            "behaviors": [{k: r.get(k) for k in ("id", "behavior", "adversarial_prompt", "success", "loss", "step", "seconds")}
+            "behaviors": [{**{k: r.get(k) for k in ("id", "behavior", "adversarial_prompt", "success", "loss", "step",
+                                                    "seconds")},
+                           "single_success": Summary.single_success(r), "attempts": r.get("attempts")}
                           for r in self.rows],
         }
 
@@ -491,7 +498,8 @@ def rerouting(model: "Model", log: str | os.PathLike | Sequence[dict], layers: S
     targets_path = _targets_path(Path(log)) if isinstance(log, (str, os.PathLike)) else None
     targets = read_json(targets_path) if targets_path is not None and targets_path.is_file() else None
     result = ReroutingResult(name, model_name, rows, summary.success_rate, summary.seconds_per_success,
-                             summary.lower_bound, list(layers), targets=targets)
+                             summary.lower_bound, list(layers), targets=targets, best_of_n=summary.best_of_n,
+                             single_attempt=summary.single_attempt)
     if not points:
         return result
     X, y = reference_activations(model, layers, n_reference, seed, system)  # [2n, k, d], 1 = harmful

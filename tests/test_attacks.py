@@ -250,8 +250,11 @@ def test_killed_and_resumed_run_matches_uninterrupted(smol, probe_dir, tmp_path)
     summary = attack(smol, behaviors, full, _config(probe_dir), progress=False)
     assert summary.n_finished == 3 and set(_finals(full)) == {b.id for b in behaviors}
     for r in map(json.loads, full.read_text().splitlines()):
-        assert {"behavior", "adversarial_prompt", "response", "success", "seconds", "loss", "method", "step", "layers"} <= set(r)
+        assert {"behavior", "adversarial_prompt", "response", "success", "seconds", "loss", "method", "step", "layers",
+                "attempts", "fixed_attempts"} <= set(r)
         assert r["layers"] == LAYERS and r["method"] == "ssr-probe"
+        if r["final"]:
+            assert {"single_success", "stopped_by_judge"} <= set(r)
 
     class Kill(Exception):
         pass
@@ -361,7 +364,11 @@ def test_config_toml_and_summary(tmp_path):
     assert final_rows([*rows, retried]) == [rows[0], retried]
     s = Summary.from_log(log)
     assert (s.n_finished, s.n_success, s.success_rate, s.seconds_per_success, s.lower_bound) == (2, 1, 0.5, 40.0, False)
-    assert "1/2" in s.table()
+    assert "1/2 best of N" in s.table()
+    # a log without the N fields: N counted from the log (a: 1 distinct prompt), the single attempt from entry 0,
+    # not exact (the success may have stopped its search)
+    d = s.to_dict()
+    assert d["best_of_n"]["n"]["max"] == 1 and d["single_attempt"]["successes"] == 1 and not d["single_attempt"]["exact"]
 
 
 def test_rerouting_analysis(smol, probe_dir, tmp_path):
@@ -474,6 +481,8 @@ def test_every_buffer_entry_is_judged_at_the_end(smol, reference):
     assert len({c.text for c in final}) == 4
     assert [c.loss for c in final] == sorted(c.loss for c in final)
     assert result.success and result.text == final[-1].text and result.loss == final[-1].loss > final[0].loss
+    # best of N (N = 4 judged attempts) passed; the single attempt, the best-loss entry judged once, did not
+    assert result.attempts == 4 and result.single_success is False and not result.stopped_by_judge
 
 
 def test_the_log_shows_which_buffer_entry_won(smol, probe_dir, tmp_path, monkeypatch):
@@ -495,6 +504,9 @@ def test_the_log_shows_which_buffer_entry_won(smol, probe_dir, tmp_path, monkeyp
     assert [r["entry"] for r in rows] == [0, 2, 1] and all(r["entries"] == 3 for r in rows)  # the winner last
     assert [r["final"] for r in rows] == [False, False, True] and rows[-1]["success"] and rows[-1]["label"] == "answer"
     assert summary.n_success == 1 and summary.rows[0]["entry"] == 1
+    assert rows[-1]["attempts"] == 3 and rows[-1]["single_success"] is False  # entry 0 (best loss) did not answer
+    d = summary.to_dict()
+    assert d["best_of_n"]["successes"] == 1 and d["best_of_n"]["n"]["max"] == 3 and d["single_attempt"]["successes"] == 0
 
 
 def test_nanogcg_preset_has_nanogcgs_numbers(smol):
@@ -503,6 +515,7 @@ def test_nanogcg_preset_has_nanogcgs_numbers(smol):
     assert (s.preset, s.steps, s.candidates, s.topk, s.n_replace, s.buffer_size, s.judge_every, s.ascii_only) == \
         ("nanogcg", 250, 512, 256, 1, 0, 0, True)
     assert s.judge_below == float("-inf")  # no early stop on the loss: judged at the end of the budget only
+    assert s.attempts is None  # the preset's judging schedule unless `attempts` fixes N
     p = build_prompt(smol, cfg.template, "Do X", cfg.init, target="Sure, here is how to do X")
     assert p.n_mask == 20 and TokenSearch(smol, GCGLoss()).render(p, _init(p))[0] == "Do X" + " x" * 20
     assert AttackConfig.build(method="gcg", preset="nanogcg", candidates=64).search.candidates == 64  # overrides win

@@ -17,12 +17,25 @@ for every behaviour being attacked:
 5. a buffer of the best few candidates per behaviour; after `patience` steps without improvement the search
    jumps to a worse buffer entry (sampled by softmax(-loss)) to escape a plateau.
 
-A behaviour stops when the judge (a callback) says success, at the step budget, at the forward budget
-(`max_forwards` candidate rows evaluated; the last step is cut to fit it exactly), at the wall-time cap, or (with
-a warning and a `stop_reason`) after `max_empty_steps` steps in a row that kept no candidate. At the end of its
-budget every distinct buffer entry (and the best-loss tokens) is judged, in one batch, not only the best one:
-Winninger et al. found the best-loss suffix failing where most buffer entries succeeded. Forwards are counted
-per behaviour: candidate rows evaluated (`forwards`) and gradient forwards (`grad_forwards`, one per step).
+A behaviour stops at the step budget, at the forward budget (`max_forwards` candidate rows evaluated; the last
+step is cut to fit it exactly), at the wall-time cap, or (with a warning and a `stop_reason`) after
+`max_empty_steps` steps in a row that kept no candidate; and, under the preset's judging schedule, when the judge
+(a callback) says success. Forwards are counted per behaviour: candidate rows evaluated (`forwards`) and gradient
+forwards (`grad_forwards`, one per step).
+
+How many attempts the judge sees (`attempts`, N). Success is best-of-N: a behaviour succeeds when any of its
+judged attempts passes, so N is part of every success rate.
+- `attempts=None` (every preset's default): the preset's schedule. The best candidate is judged while searching
+  (every `judge_every` steps, and when the loss crosses `judge_below`), a success stops the search (the judge is
+  also the early-stop oracle), and at the end of the budget every distinct buffer entry (and the best-loss
+  tokens) is judged, in one batch: Winninger et al. found the best-loss suffix failing where most buffer entries
+  succeeded. N differs between behaviours and presets (nanoGCG's buffer of 0 leaves at most two).
+- `attempts=N`: the same N for every preset and method. The judge never stops a search; at the end of the budget
+  the N lowest-loss distinct suffixes the search evaluated (kept apart from the search buffer, so its size does
+  not cap N) are judged in one batch. N=1 judges the best-loss suffix once.
+Either way each behaviour's single-attempt verdict is that of its best-loss suffix at the end of its search
+(`entry` 0 of the final batch), judged once; it is exact unless the judge stopped the search early
+(`SearchResult.stopped_by_judge`), where the suffix judged at the stop stands in for it.
 `build_prompt` refuses an initial prompt that does not survive the retokenisation check itself.
 Behaviours run `parallel` at a time; a finished one is replaced by the next in the queue.
 
@@ -368,6 +381,10 @@ class EngineConfig:
     seed: int = 0
     max_empty_steps: int = 5  # stop a behaviour after this many steps in a row keep no candidate
     max_forwards: int | None = None  # candidate rows evaluated per behaviour (gradient forwards not included)
+    # judged attempts per behaviour: None, the preset's schedule (judged while searching, the judge stops the search,
+    # every buffer entry judged at the end; N varies); N: no judging until the budget is spent, then the N
+    # lowest-loss distinct suffixes are judged (the same N for every preset: compare methods at equal N)
+    attempts: int | None = None
     preset: str = "default"  # the preset these knobs came from (recorded in logs)
 
     def __post_init__(self) -> None:
@@ -383,6 +400,9 @@ class EngineConfig:
             raise InterpError(f"unknown search preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.n_replace is not None and (not isinstance(self.n_replace, int) or self.n_replace < 1):
             raise InterpError(f"n_replace must be a positive integer or None, got {self.n_replace!r}")
+        if self.attempts is not None and (not isinstance(self.attempts, int) or isinstance(self.attempts, bool)
+                                          or self.attempts < 1):
+            raise InterpError(f"attempts must be a positive integer or None (the preset's schedule), got {self.attempts!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise InterpError(f"max_seconds must be positive, got {self.max_seconds!r}")
         if not isinstance(self.judge_every, int) or self.judge_every < 0:
@@ -413,6 +433,7 @@ class Candidate:
     entries: int = 1  # how many entries of this behaviour are judged together (final group), else 1
     forwards: int = 0  # candidate rows evaluated for this behaviour so far
     grad_forwards: int = 0  # gradient forwards (one row each) for this behaviour so far
+    attempts: int = 1  # distinct suffixes of this behaviour judged so far, this one (or its final batch) included
 
 
 @dataclass
@@ -430,6 +451,9 @@ class SearchResult:
     stop_reason: str | None = None  # why the search stopped early, other than success or its budget
     forwards: int = 0  # candidate rows evaluated
     grad_forwards: int = 0  # gradient forwards
+    attempts: int = 0  # distinct suffixes judged (N of best-of-N)
+    single_success: bool | None = None  # the best-loss suffix at the end of the search, judged once
+    stopped_by_judge: bool = False  # a judged success stopped the search before its budget (single_success not exact)
 
 
 Check = Callable[[list[Candidate]], list[bool]]
@@ -456,6 +480,11 @@ class _State:
     forwards: int = 0  # candidate rows evaluated
     grad_forwards: int = 0
     winner: tuple[Tensor, float] | None = None  # the entry judged a success (tokens, loss)
+    judged: set = field(default_factory=set)  # distinct suffix texts judged
+    single_success: bool | None = None  # the verdict of the best-loss suffix of the final batch (entry 0)
+    stopped_by_judge: bool = False
+    pool_ids: Tensor | None = None  # attempts=N: the N lowest-loss distinct suffixes evaluated so far (CPU)
+    pool_losses: Tensor | None = None
 
 
 class TokenSearch:
@@ -611,9 +640,13 @@ class TokenSearch:
                 or (cfg.max_seconds is not None and time.perf_counter() - s.started >= cfg.max_seconds))
 
     def _closing(self, prompt: AttackPrompt, s: _State) -> list[Candidate]:
-        """The candidates judged at the end of a behaviour's budget: its best-loss tokens and every distinct buffer
-        entry, by loss (nanoGCG's buffer_size 0 keeps the last step's best beside the best ever)."""
-        pool = [(s.best_loss, s.best_ids)] + list(zip(s.buffer_losses.tolist(), s.buffer_ids))
+        """The candidates judged at the end of a behaviour's budget, by loss (entry 0: the best-loss tokens). The
+        preset's schedule (`attempts=None`): the best-loss tokens and every distinct buffer entry (nanoGCG's
+        buffer_size 0 keeps the last step's best beside the best ever). `attempts=N`: the N lowest-loss distinct
+        suffixes the search evaluated."""
+        pool = [(s.best_loss, s.best_ids.cpu())] + [(l, i.cpu()) for l, i in zip(s.buffer_losses.tolist(), s.buffer_ids)]
+        if s.pool_ids is not None and s.pool_losses is not None:
+            pool += list(zip(s.pool_losses.tolist(), s.pool_ids))
         seen, kept = set(), []
         for loss, ids in sorted(pool, key=lambda x: x[0]):
             key = tuple(ids.tolist())
@@ -621,15 +654,19 @@ class TokenSearch:
                 seen.add(key)
                 kept.append((loss, ids))
         if not kept:  # stopped before any loss was computed: the initial tokens
-            kept = [(s.best_loss, s.best_ids)]
+            kept = [(s.best_loss, s.best_ids.cpu())]
+        if self.config.attempts is not None:
+            kept = kept[:self.config.attempts]
         texts = self.render(prompt, torch.stack([ids for _, ids in kept]))
+        attempts = len(s.judged | set(texts))
         return [Candidate(s.index, prompt, text, ids.tolist(), loss, s.step, s.started, True, list(s.curve), k,
-                          len(kept), s.forwards, s.grad_forwards)
+                          len(kept), s.forwards, s.grad_forwards, attempts)
                 for k, (text, (loss, ids)) in enumerate(zip(texts, kept))]
 
     def _finished(self, prompts: list[AttackPrompt], active: list[_State], check: Check | None) -> list[_State]:
         """Judge the candidates that are due; return the behaviours that are done (success or out of budget).
-        A behaviour out of budget has every distinct buffer entry judged in the same batch as the rest."""
+        A behaviour out of budget has its final batch (`_closing`) judged in the same batch as the rest. With
+        `attempts` set nothing is judged before the budget is spent, so the judge never stops a search."""
         cfg = self.config
         below = cfg.judge_below if cfg.judge_below is not None else self.loss.threshold
         done, to_check = [], []
@@ -642,21 +679,29 @@ class TokenSearch:
             if over:
                 to_check += [(s, c) for c in self._closing(prompts[s.index], s)]
                 continue
+            if cfg.attempts is not None:
+                continue
             text = self.render(prompts[s.index], s.best_ids[None])[0]
             due = text != s.last_judged and (s.best_loss <= below or (cfg.judge_every and s.step % cfg.judge_every == 0))
             if due:
                 to_check.append((s, Candidate(s.index, prompts[s.index], text, s.best_ids.tolist(), s.best_loss, s.step,
-                                              s.started, False, list(s.curve), 0, 1, s.forwards, s.grad_forwards)))
+                                              s.started, False, list(s.curve), 0, 1, s.forwards, s.grad_forwards,
+                                              len(s.judged | {text}))))
                 s.last_judged = text
         if to_check:
             assert check is not None  # without a check nothing is queued for judging
             closing: dict[int, _State] = {}
             for (s, cand), ok in zip(to_check, check([c for _, c in to_check])):
+                s.judged.add(cand.text)
                 if ok and s.winner is None:
                     s.success = True
                     s.winner = (torch.tensor(cand.tokens), cand.loss)
                 if cand.final:
                     closing[s.index] = s
+                    if cand.entry == 0:  # the best-loss suffix at the end of the search: the single attempt
+                        s.single_success = bool(ok)
+                elif ok:  # a judged success stops the search: the suffix judged at the stop stands in
+                    s.single_success, s.stopped_by_judge = True, True
             for s in active:
                 if s.success or s.index in closing:
                     s.success = bool(s.success)
@@ -708,6 +753,8 @@ class TokenSearch:
             if len(keep_ids) == size:
                 break
         dev = s.buffer_ids.device
+        if cfg.attempts is not None:  # the N lowest-loss distinct suffixes evaluated, apart from the search buffer
+            self._keep_pool(s, pool_ids, pool_losses)
         s.buffer_ids = torch.stack(keep_ids).to(dev)
         s.buffer_losses = torch.stack(keep_losses)
         if float(s.buffer_losses[0]) < s.best_loss - 1e-9:
@@ -724,13 +771,33 @@ class TokenSearch:
             s.buffer_ids, s.buffer_losses = s.buffer_ids[jump:], s.buffer_losses[jump:]
             s.since_improvement = 0
 
+    def _keep_pool(self, s: _State, ids: Tensor, losses: Tensor) -> None:
+        """Merge evaluated suffixes (and the buffer they came from) into the pool of the `attempts` lowest-loss
+        distinct ones, judged at the end of the budget."""
+        n = self.config.attempts
+        assert n is not None
+        parts_ids = [ids.cpu(), s.buffer_ids.cpu()] + ([s.pool_ids] if s.pool_ids is not None else [])
+        parts_losses = [losses.float(), s.buffer_losses.float()] + ([s.pool_losses] if s.pool_losses is not None else [])
+        all_ids, all_losses = torch.cat(parts_ids), torch.cat(parts_losses)
+        keep, seen = [], set()
+        for i in all_losses.argsort(stable=True).tolist():
+            key = tuple(all_ids[i].tolist())
+            if key in seen or not math.isfinite(float(all_losses[i])):
+                continue
+            seen.add(key)
+            keep.append(i)
+            if len(keep) == n:
+                break
+        if keep:
+            s.pool_ids, s.pool_losses = all_ids[keep], all_losses[keep]
+
     def _result(self, prompt: AttackPrompt, s: _State) -> SearchResult:
         """The outcome: the entry judged a success, else the best-loss tokens."""
         ids, loss = s.winner if s.winner is not None else (s.best_ids, s.best_loss)
         text = self.render(prompt, ids[None])[0]
         return SearchResult(prompt.behavior, prompt.key, text, ids.tolist(), loss, s.initial_loss, s.step,
                             time.perf_counter() - s.started, s.success, list(s.curve), s.stop_reason, s.forwards,
-                            s.grad_forwards)
+                            s.grad_forwards, len(s.judged), s.single_success, s.stopped_by_judge)
 
     def _oom_retry(self, fn: Callable):
         """Run fn; on out-of-memory halve the batch size and run it again (down to one row)."""

@@ -6,16 +6,28 @@ candidates with the attacked model itself (greedy, batched `model.generate`; suc
 and a local classifier) and appends one JSON object per judged attempt to `out`:
 
     {"behavior", "id", "adversarial_prompt", "response", "success", "label", "substring_success", "seconds",
-     "loss", "step", "forwards", "grad_forwards", "entry", "entries", "method", "preset", "loss_name", "layers",
-     "model", "final", ...}
+     "loss", "step", "forwards", "grad_forwards", "entry", "entries", "attempts", "fixed_attempts", "method",
+     "preset", "loss_name", "layers", "model", "final", ...}
 
-The last attempt of a behaviour has `"final": true` (plus `steps`, its loss curve and its wall-clock span
-`started_at`/`ended_at`); a behaviour is finished when its final attempt is in the log. At the end of a budget
-every buffer entry is judged (`entry` = its rank by loss, of `entries`); the final row is the first success
-among them, else the best-loss entry, and is written after the others. Started again with the same `out`, the run skips finished behaviours and only
-appends, so no finished attempt is lost (a line torn by a kill is cut off first). Every input is checked
-before the log is touched: a bad behaviour file, template, layer, or probe/direction file of another model
-raises `InterpError` and leaves the log as it was.
+The last attempt of a behaviour has `"final": true` (plus `steps`, its loss curve, its wall-clock span
+`started_at`/`ended_at`, and `single_success`, `stopped_by_judge`); a behaviour is finished when its final
+attempt is in the log. At the end of a budget the final batch is judged together (`entry` = its rank by loss,
+of `entries`; see `interp.attacks.engine` for which suffixes: every buffer entry under the preset's schedule,
+the N lowest-loss ones with `attempts=N`); the final row is the first success among them, else the best-loss
+entry, and is written after the others.
+
+Success is best-of-N: `success` on a final row is true when any judged attempt of the behaviour passed, and
+`attempts` on it is N, the distinct suffixes judged for the behaviour in that run (`fixed_attempts`: the
+config's `attempts`, None for the preset's schedule). `single_success` is the verdict of the behaviour's
+best-loss suffix at the end of its search, judged once (entry 0 of the final batch); where the judge stopped the
+search early (`stopped_by_judge`) the suffix judged at the stop stands in for it, and the summary says the
+single-attempt rate is then not exact. `Summary` reports both rates with N; logs written before these fields
+are read too (N counted from the log, single-attempt success = the final row's success at entry 0).
+
+Started again with the same `out`, the run skips finished behaviours and only appends, so no finished attempt
+is lost (a line torn by a kill is cut off first); a log is resumed only with the method, model and `attempts` it
+was written with. Every input is checked before the log is touched: a bad behaviour file, template, layer, or
+probe/direction file of another model raises `InterpError` and leaves the log as it was.
 
 Probe- and steering-SSR need per-layer probes or refusal directions of the attacked model. This core module
 takes them as values: `attack(..., loss=ProbeLoss.from_probes(probes, model, layers))`, or
@@ -232,10 +244,14 @@ class Judge:
 
 @dataclass
 class Summary(Result):
-    """Per-behaviour outcome of a run (from its log), with success rate, time and forwards per success.
+    """Per-behaviour outcome of a run (from its log), with success rates, time and forwards per success.
 
-    Success is the run's judge (a substantive answer); `substring_successes` counts the behaviours where any
-    judged attempt passed the plain substring judge, for comparison with work that reports that one.
+    Success is the run's judge (a substantive answer), best of N: a behaviour succeeds when any of its N judged
+    attempts passes (`n_success`, `success_rate`, `best_of_n` with N per behaviour). Beside it the single-attempt
+    rate (`single_attempt`): the best-loss suffix at the end of each search, judged once, exactly one judged
+    attempt per behaviour; not exact where the judge stopped a search early (`stopped_by_judge`). Compare methods
+    at equal N: `EngineConfig.attempts`. `substring_successes` counts the behaviours where any judged attempt
+    passed the plain substring judge, for comparison with work that reports that one.
 
     A `Result`: `summary()` and `to_json()` give the numbers and the final attempts, `figures()` the loss
     curves and the time each behaviour took, and in Jupyter the summary displays itself."""
@@ -246,6 +262,7 @@ class Summary(Result):
     rows: list[dict]  # the final attempt of each finished behaviour
     requested: int  # behaviours asked for in this invocation
     substring_ids: set = field(default_factory=set)  # finished behaviours with an attempt the substring judge passed
+    logged_attempts: dict = field(default_factory=dict)  # id -> distinct suffixes judged in the log (older logs' N)
 
     @classmethod
     def from_log(cls, out: str | os.PathLike, name: str = "", model: str = "", requested: int = 0) -> "Summary":
@@ -256,7 +273,56 @@ class Summary(Result):
             model = rows[0].get("model", "")
         finished = {r.get("id", r["behavior"]) for r in rows}
         passed = {r.get("id", r["behavior"]) for r in every if r.get("substring_success")} & finished
-        return cls(name, model, Path(out), rows, requested or len(rows), passed)
+        texts: dict[str, set] = {}
+        for r in every:
+            texts.setdefault(r.get("id", r["behavior"]), set()).add(r.get("adversarial_prompt"))
+        return cls(name, model, Path(out), rows, requested or len(rows), passed, {k: len(v) for k, v in texts.items()})
+
+    def attempts(self, row: dict) -> int:
+        """N of a finished behaviour: the distinct suffixes judged for it (logs without the field: counted)."""
+        return int(row.get("attempts") or self.logged_attempts.get(row.get("id", row["behavior"]), 1))
+
+    @staticmethod
+    def single_success(row: dict) -> bool:
+        """The behaviour's best-loss suffix at the end of its search, judged once. Logs without the field: the
+        final row is the first success of its final batch by loss, else entry 0, so entry 0 passed exactly when
+        the final row is a success at entry 0."""
+        if row.get("single_success") is not None:
+            return bool(row["single_success"])
+        return bool(row["success"]) and row.get("entry", 0) == 0
+
+    @property
+    def n_single_success(self) -> int:
+        return sum(self.single_success(r) for r in self.rows)
+
+    @property
+    def single_success_rate(self) -> float:
+        return self.n_single_success / self.n_finished if self.rows else 0.0
+
+    @property
+    def fixed_attempts(self) -> int | str | None:
+        """The runs' `attempts` setting: N, None (each preset's schedule), or "mixed"."""
+        values = {r.get("fixed_attempts") for r in self.rows}
+        return values.pop() if len(values) == 1 else ("mixed" if values else None)
+
+    @property
+    def best_of_n(self) -> dict:
+        n = [self.attempts(r) for r in self.rows]
+        return {"successes": self.n_success, "rate": self.success_rate,
+                "n": {"fixed": self.fixed_attempts, "min": min(n, default=0), "max": max(n, default=0),
+                      "mean": sum(n) / len(n) if n else 0.0},
+                "rule": "a behaviour succeeds when any of its N judged attempts passes"}
+
+    @property
+    def single_attempt(self) -> dict:
+        stopped = sum(bool(r.get("stopped_by_judge")) for r in self.rows)
+        unknown = sum("stopped_by_judge" not in r and bool(r["success"]) and r.get("entry", 0) == 0 for r in self.rows)
+        return {"successes": self.n_single_success, "rate": self.single_success_rate, "n": 1,
+                "exact": stopped == 0 and unknown == 0, "stopped_by_judge": stopped,
+                "rule": "the best-loss suffix at the end of each search, judged once"
+                        + ("; where the judge stopped a search early, the suffix judged at the stop stands in "
+                           "(not exact: set attempts to keep the judge from stopping searches)" if stopped or unknown
+                           else "")}
 
     @property
     def n_finished(self) -> int:
@@ -317,6 +383,7 @@ class Summary(Result):
     def to_dict(self) -> dict:
         return {"method": self.name, "model": self.model, "log": str(self.out), "finished": self.n_finished,
                 "requested": self.requested, "successes": self.n_success, "success_rate": self.success_rate,
+                "success_is": "best of N", "best_of_n": self.best_of_n, "single_attempt": self.single_attempt,
                 "substring_successes": len(self.substring_ids), "labels": self.labels,
                 "total_seconds": self.total_seconds, "seconds_per_success": self.seconds_per_success,
                 "total_forwards": self.total_forwards, "total_grad_forwards": self.total_grad_forwards,
@@ -330,8 +397,19 @@ class Summary(Result):
 
     def summary(self) -> dict:
         keys = ("id", "behavior", "success", "label", "substring_success", "loss", "step", "forwards", "seconds",
-                "adversarial_prompt", "response")
-        return {**self.to_dict(), "behaviors": [{k: r.get(k) for k in keys} for r in self.rows]}
+                "entry", "stopped_by_judge", "adversarial_prompt", "response")
+        return {**self.to_dict(), "behaviors": [{**{k: r.get(k) for k in keys}, "single_success": self.single_success(r),
+                                                 "attempts": self.attempts(r)} for r in self.rows]}
+
+    def _rates(self) -> str:
+        """Best-of-N and single-attempt success in words, with N."""
+        b, one = self.best_of_n, self.single_attempt
+        n = b["n"]
+        span = f"N = {n['fixed']}" if isinstance(n["fixed"], int) else (
+            f"N = {n['min']}" if n["min"] == n["max"] else f"N = {n['min']}-{n['max']}, mean {n['mean']:.1f}")
+        return (f"{self.n_success}/{self.n_finished} best of N ({span} judged attempts per behaviour), "
+                f"{self.n_single_success}/{self.n_finished} single attempt"
+                + ("" if one["exact"] else f" (not exact: {one['stopped_by_judge']} stopped by the judge)"))
 
     def figures(self) -> dict[str, go.Figure]:
         """The best loss per step of each finished behaviour (where its log kept the curve), and the seconds
@@ -349,13 +427,14 @@ class Summary(Result):
         return {"loss curves": curves, "seconds": seconds}
 
     def table(self) -> str:
-        lines = [f"{self.name} on {self.model}: {self.n_success}/{self.n_finished} behaviours jailbroken "
-                 f"({100 * self.success_rate:.0f}%), {self.seconds_per_success:.0f} s and "
-                 f"{self.forwards_per_success:.0f} forwards per success"
+        lines = [f"{self.name} on {self.model}: behaviours jailbroken {self._rates()}; "
+                 f"{self.seconds_per_success:.0f} s and {self.forwards_per_success:.0f} forwards per (best-of-N) success"
                  + (" (lower bound: no success)" if self.lower_bound else ""),
-                 f"{'ok':<3} {'label':<11} {'loss':>8} {'steps':>5} {'fwd':>6} {'sec':>6}  behaviour -> adversarial prompt"]
+                 f"{'ok':<3} {'one':<3} {'N':>3} {'label':<11} {'loss':>8} {'steps':>5} {'fwd':>6} {'sec':>6}  "
+                 "behaviour -> adversarial prompt"]
         for r in self.rows:
-            lines.append(f"{'yes' if r['success'] else 'no':<3} {r.get('label', ''):<11} {r['loss']:>8.3f} {r['step']:>5} "
+            lines.append(f"{'yes' if r['success'] else 'no':<3} {'yes' if self.single_success(r) else 'no':<3} "
+                         f"{self.attempts(r):>3} {r.get('label', ''):<11} {r['loss']:>8.3f} {r['step']:>5} "
                          f"{r.get('forwards', 0):>6} {r['seconds']:>6.0f}  "
                          f"{_short(r['behavior'], 40)} -> {_short(r['adversarial_prompt'], 60)}")
         return "\n".join(lines)
@@ -367,13 +446,15 @@ class Summary(Result):
         except ImportError:  # pragma: no cover - rich comes with typer
             print(self.table())
             return
-        t = Table(title=f"{self.name} on {self.model}: {self.n_success}/{self.n_finished} jailbroken, "
+        t = Table(title=f"{self.name} on {self.model}: jailbroken {self._rates()}; "
                         f"{self.seconds_per_success:.0f} s, {self.forwards_per_success:.0f} forwards per success"
                         + (" (lower bound)" if self.lower_bound else ""))
-        for col in ("ok", "label", "loss", "steps", "forwards", "seconds", "behaviour", "adversarial prompt", "response"):
+        for col in ("ok (best of N)", "single", "N", "label", "loss", "steps", "forwards", "seconds", "behaviour",
+                    "adversarial prompt", "response"):
             t.add_column(col)
         for r in self.rows:
-            t.add_row("yes" if r["success"] else "no", r.get("label", ""), f"{r['loss']:.3f}", str(r["step"]),
+            t.add_row("yes" if r["success"] else "no", "yes" if self.single_success(r) else "no", str(self.attempts(r)),
+                      r.get("label", ""), f"{r['loss']:.3f}", str(r["step"]),
                       str(r.get("forwards", "")), f"{r['seconds']:.0f}",
                       _short(r["behavior"], 40), _short(r["adversarial_prompt"], 60), _short(r["response"], 60))
         Console().print(t)
@@ -504,6 +585,10 @@ def _check_log(out: Path, model: "Model", config: AttackConfig) -> list[dict]:
         if r.get("method") != config.name or r.get("model") != model.name:
             raise InterpError(f"the run log {out} holds a {r.get('method')} run on {r.get('model')}, not {config.name} on "
                               f"{model.name}; give another --out or the same method and model to resume it")
+        if r.get("fixed_attempts") != config.search.attempts:  # logs written before the field: the preset's schedule
+            raise InterpError(f"the run log {out} was written with attempts={r.get('fixed_attempts')} (judged attempts "
+                              f"per behaviour), not {config.search.attempts}; resume it with the same attempts, or "
+                              "give another --out (one log, one N)")
     return rows
 
 
@@ -560,6 +645,8 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
             verdicts = judge([c.prompt.behavior for c in cands], [c.text for c in cands])
             now, wall = time.perf_counter(), time.time()
             winners = _winners(cands, verdicts)
+            # the single attempt of a behaviour whose final batch is judged here: its best-loss entry (entry 0)
+            single = {c.index: v.success for c, v in zip(cands, verdicts) if c.final and c.entry == 0}
             order = sorted(range(len(cands)), key=lambda i: i in winners)  # a behaviour's final row comes last
             for i in order:
                 c, v = cands[i], verdicts[i]
@@ -570,11 +657,12 @@ def attack(model: "Model", behaviors: Sequence["Behavior"], out: str | os.PathLi
                     "preset": config.search.preset, "loss_name": loss.name, "layers": layers, "model": model.name,
                     "tokens": c.tokens, "refusal_score": v.refusal_score, "response_tokens": v.response_tokens,
                     "forwards": c.forwards, "grad_forwards": c.grad_forwards, "entry": c.entry, "entries": c.entries,
-                    "final": i in winners,
+                    "attempts": c.attempts, "fixed_attempts": config.search.attempts, "final": i in winners,
                 }
                 if record["final"]:  # the wall-clock span, so that behaviours searched together are not counted twice
                     record.update(steps=c.step, curve=c.curve, started_at=round(wall - (now - c.started), 3),
-                                  ended_at=round(wall, 3))
+                                  ended_at=round(wall, 3), single_success=bool(single.get(c.index, v.success)),
+                                  stopped_by_judge=not c.final)
                 append_jsonl(out, record)
                 if on_attempt is not None:
                     on_attempt(record)

@@ -70,11 +70,15 @@ def attack(
     preset: Optional[str] = typer.Option(None, "--preset", help="search preset: default, or nanogcg (nanoGCG's "
                                          "defaults: 20 tokens, width 512, top-k 256, judged at the end)"),
     forwards: Optional[int] = typer.Option(None, "--forwards", help="candidate forwards per behaviour (budget)"),
+    attempts: Optional[int] = typer.Option(None, "--attempts", help="judged attempts per behaviour, N, the same for "
+                                           "every method and preset: no judging until the budget is spent, then the "
+                                           "N lowest-loss suffixes (default: the preset's schedule, N varies)"),
     device: Optional[str] = common.Device,
     dtype: Optional[str] = common.Dtype,
 ) -> None:
-    """Attack the behaviours of a file with subspace rerouting (SSR) or GCG, logging every judged attempt."""
+    """Attack the behaviours of a file with subspace rerouting (SSR) or GCG, logging every judged attempt; the
+    summary gives best-of-N success (any of a behaviour's N judged attempts) beside single-attempt success."""
     attack_cli(method, model, behaviors, max_behaviors, template, _layers(layers), steps, config, out, loss=loss,
                candidates=candidates, parallel=parallel, max_seconds=max_seconds,
                probes=str(probes) if probes else None, directions=str(directions) if directions else None, seed=seed,
-               preset=preset, max_forwards=forwards, device=device, dtype=dtype)
+               preset=preset, max_forwards=forwards, attempts=attempts, device=device, dtype=dtype)

@@ -93,11 +93,13 @@ def directions_search(
         harmful: Path = typer.Option(..., help="prompts for the per-layer directions (class to stop refusing)"),
         harmless: Path = typer.Option(..., help="prompts of the other class"),
         out: Path = common.Out,
-        harmful_val: Optional[Path] = typer.Option(None, help="trial prompts (default: 32 of the bundled harmful_val)"),
-        harmless_val: Optional[Path] = typer.Option(None, help="trial prompts (default: 32 of the bundled harmless_val)"),
-        harmful_test: Optional[Path] = typer.Option(None, help="held-out prompts judging the Pareto points "
-                                                              "(default: the validation prompts)"),
-        harmless_test: Optional[Path] = typer.Option(None, help="held-out prompts for the final KL"),
+        harmful_val: Optional[Path] = typer.Option(None, help="validation prompts: the trials and the choice "
+                                                            "(default: 32 of the bundled harmful_val)"),
+        harmless_val: Optional[Path] = typer.Option(None, help="validation prompts: the trials' and the choice's KL "
+                                                             "(default: 32 of the bundled harmless_val)"),
+        harmful_test: Optional[Path] = typer.Option(None, help="held-out prompts on which only the chosen point (and "
+                                                              "the unedited model) is judged, after the choice"),
+        harmless_test: Optional[Path] = typer.Option(None, help="held-out prompts for the chosen point's test KL"),
         refusal_tokens: Optional[Path] = typer.Option(None, help="refusal tokens (refusal_tokens.json of "
                                                                  "`directions extract`); default: estimated"),
         max_prompts: Optional[int] = typer.Option(128, help="use at most this many prompts of each direction file"),
@@ -136,8 +138,14 @@ def directions_search(
     result.save(out)
     abliteration.export_checkpoint(m, result, out / "checkpoint")
     common.write_log(out)
-    c = result.chosen
-    typer.echo(f"{len(result.trials)} trials, {len(result.pareto)} on the Pareto front; chosen trial {c['trial']}: "
-               f"refusal rate {c['refusal_rate']:.2f} (no edit {result.baseline['heldout_refusal_rate']:.2f}, "
-               f"{c['final_on']} prompts), KL {c['kl']:.3f} ({c['rule']}); {result.timings['total']:.0f} s")
+    c, v, base = result.chosen, result.chosen["validation"], result.baseline
+    typer.echo(f"{len(result.trials)} trials, {len(result.pareto)} on the Pareto front; chosen trial {c['trial']} on "
+               f"the validation prompts ({c['rule']}): refusal rate {v['refusal_rate']:.2f} (no edit "
+               f"{base['validation']['refusal_rate']:.2f}), KL {v['kl']:.3f}; {result.timings['total']:.0f} s")
+    if c["test"] is not None:
+        typer.echo(f"test prompts (judged after the choice): refusal rate {c['test']['refusal_rate']:.2f} (no edit "
+                   f"{base['test']['refusal_rate']:.2f}), KL {c['test']['kl']:.3f}")
+    else:
+        typer.echo("no test prompts (--harmful-test, --harmless-test): the chosen point's rates are on the validation "
+                   "prompts it was chosen on")
     typer.echo(f"wrote {out}/pareto.json, report.html, directions.safetensors, chosen.json, checkpoint/, log.txt")
