@@ -7,11 +7,19 @@ the last token of "Q: {question} A: {answer}", and fit one logistic probe per (l
 from false ones. Heads whose probes do best on a validation split carry a linearly readable notion of truth;
 take the top K. For each, the direction is the mass-mean shift (mean of true minus mean of false activations,
 ITI's best variant) or the probe's weight, and sigma is the standard deviation of the training activations along
-it. At inference, add alpha * sigma * direction to those heads' outputs at every position (`HeadSteering`).
+it. At inference, add alpha * sigma * direction to those heads' outputs (`HeadSteering`), where the reference
+does (`positions="answer"`, the default): when scoring multiple choice, at the answer's tokens only (honest_llama
+`legacy/llama_utils.py`, `tqa_run_probs`: one forward of question + answer, shifted from `start_edit_location`
+on), and when generating, at the last token of each forward (the prompt's last token, then each new token:
+`tqa_run_answers` with `start_edit_location='lt'`; its pyvene `ITI_Intervener` edits position -1 of every
+forward). `positions="all"` shifts every position of every forward instead (instruction, primer, question and
+answer), the form the reference's README calls "not exactly a one-to-one comparison".
 Truthfulness is scored by TruthfulQA's multiple choice: MC1 (the best answer has the highest total
 log-probability among it and the false ones) and MC2 (the normalised probability mass on the true answers).
-The cost is the KL divergence from the unsteered next-token distribution and the cross-entropy of reference
-answers on harmless prompts.
+The cost is measured as the reference measures it (`run_kl_wrt_orig`, `run_ce_loss`): over every position of a
+held-out text with the heads shifted at every position (each token shifted as it would be were it generated),
+the KL divergence of the steered next-token distribution from the plain one, and the cross-entropy of the
+text's tokens, plain and steered.
 
 What runs here, and how it departs from the reference (all in the Result's `departures`):
 - Folds split by question, shuffled with `seed` (the reference cuts contiguous folds in the HF dataset's order).
@@ -25,11 +33,16 @@ What runs here, and how it departs from the reference (all in the Result's `depa
   the training fold, among points whose KL on bundled harmless training prompts stays within `kl_budget`.
 - Answers come from the bundled CSV's "Correct Answers" / "Incorrect Answers" (the reference's probing set uses
   the HF dataset's mc2 targets, drawn from the same annotations).
-- The reference answers for the capability cost are the unsteered model's own greedy answers to bundled Alpaca
-  instructions (the bundled subset has no Alpaca outputs; the reference measures KL and CE on OpenWebText).
 - Multiple choice scores every answer; the question, instruction and primer run once per question (shared
-  prefix KV cache, `interp.core.likelihood`); the intervention acts at every position, as honest_llama's pyvene
-  intervener does.
+  prefix KV cache, `interp.core.likelihood`), unshifted under the default positions. The shift starts at the
+  answer's first token. The reference sets `start_edit_location` to the question prompt's length + 4, its
+  comment counting "\nA: " as four tokens; under LLaMA's tokenizer "\nA:" is three (the space joins the
+  answer's first token, and its own scoring drops exactly three), so there the shift starts at the answer's
+  second token. Either way the first answer token's log-probability, predicted from the prompt, is unshifted.
+- The held-out text of the cost is chat-formatted bundled Alpaca instructions with the plain model's own greedy
+  answers, every position counted (the reference: the first 128 tokens of OpenWebText texts, not bundled).
+- The exported intervention (`final`) records the questions it was fitted on (its provenance's
+  `fitted_questions`); `interp truthful eval` scores only the others by default.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ if TYPE_CHECKING:
 
 DIRECTIONS = ("mass_mean", "probe")
 METRICS = ("mc1", "mc2", "mc3")
+POSITIONS = {"answer": "last", "all": "all"}  # TruthfulConfig.positions -> HeadSteering.positions
 
 
 @dataclass
@@ -81,9 +95,13 @@ class TruthfulConfig:
     cost_tokens: int = 32  # length of their reference answers
     n_examples: int = 4  # held-out questions answered with and without ITI
     C: float = 1.0  # inverse L2 strength of the probes (scikit-learn's default, as the reference)
+    positions: str = "answer"  # "answer" (the reference's): the answer's tokens when scoring, the last token of each forward when generating; "all": every position
 
     def check(self, model: "Model", n_questions: int) -> None:
         check_form(self.form)
+        if self.positions not in POSITIONS:
+            raise InterpError(f"unknown positions {self.positions!r}; use 'answer' (the reference's: the answer's "
+                              "tokens when scoring, the last token of each forward when generating) or 'all'")
         if self.direction not in DIRECTIONS:
             raise InterpError(f"unknown direction {self.direction!r}; use one of {', '.join(DIRECTIONS)}")
         total = model.n_layers * model.n_heads
@@ -110,10 +128,14 @@ def head_activations(model: "Model", questions: Sequence[Question], form: str = 
 
 def mc_eval(model: "Model", questions: Sequence[Question], steering: HeadSteering | None = None,
             form: str = "qa", desc: str = "multiple choice") -> list[dict[str, float]]:
-    """MC1/MC2/MC3 per question, with `steering` applied (None: the plain model)."""
+    """MC1/MC2/MC3 per question, with `steering` applied (None: the plain model): a "last" steering (the
+    reference's positions) shifts the answers' tokens only, an "all" one every position of prompt and answer."""
     prompts, answers = mc_prompts(model, questions, form)
-    with model.intervene(steering) if steering is not None else contextlib.nullcontext():
-        got = continuations(model, prompts, answers, desc=desc)
+    if steering is not None and steering.positions == "last":
+        got = continuations(model, prompts, answers, desc=desc, continuation_edits=[steering.at("all")])
+    else:
+        with model.intervene(steering) if steering is not None else contextlib.nullcontext():
+            got = continuations(model, prompts, answers, desc=desc)
     return mc_scores(questions, got.logprobs)
 
 
@@ -138,11 +160,12 @@ class HeadFit:
         order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
         return [divmod(i, n_heads) for i in order]
 
-    def steering(self, k: int, alpha: float) -> HeadSteering:
+    def steering(self, k: int, alpha: float, positions: str = "answer") -> HeadSteering:
+        """The top-k heads shifted by alpha; `positions` as `TruthfulConfig.positions`."""
         heads = self.ranking[:k]
         index = torch.tensor(heads)
         return HeadSteering(heads, self.directions[index[:, 0], index[:, 1]], self.sigmas[index[:, 0], index[:, 1]],
-                            alpha, {**self.provenance, "k": k, "alpha": alpha})
+                            alpha, {**self.provenance, "k": k, "alpha": alpha}, POSITIONS[positions])
 
 
 def fit_heads(acts: Tensor, labels: Tensor, pair_question: Tensor, train: Sequence[int], val: Sequence[int],
@@ -167,56 +190,46 @@ def fit_heads(acts: Tensor, labels: Tensor, pair_question: Tensor, train: Sequen
 
 @dataclass
 class Reference:
-    """The plain model's greedy answers to harmless prompts and its next-token log-probabilities over them: what
-    the capability cost of every steering is measured against, computed once."""
+    """The held-out texts the capability cost is measured on: harmless instructions, chat-formatted, each followed
+    by the plain model's own greedy answer."""
 
-    texts: list[str]  # chat-formatted prompt + answer
-    starts: list[int]  # token index of each answer's first token
-    logprobs: list[Float[Tensor, "tokens vocab"]]  # per row, at the positions predicting the answer's tokens
-    targets: list[Tensor]  # per row, the answer's token ids
-
-
-def _answer_logprobs(model: "Model", texts: Sequence[str], starts: Sequence[int],
-                     batch_size: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Per text, the log-probabilities at the positions predicting its answer tokens (under the active
-    interventions), and those tokens."""
-    logprobs, targets = [], []
-    for s in range(0, len(texts), batch_size):
-        chunk = list(texts[s:s + batch_size])
-        out = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size).log_softmax(-1)
-        width = out.shape[1]
-        for r, (row, start) in enumerate(zip(model.encode(chunk), starts[s:s + batch_size])):
-            logprobs.append(out[r, width - len(row) + start - 1:width - 1].clone())  # not a view of the batch
-            targets.append(torch.tensor(row[start:]))
-    return logprobs, targets
+    texts: list[str]
 
 
 @torch.no_grad()
-def reference(model: "Model", prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> Reference:
-    """The unsteered model's greedy answers (chat form) and its log-probabilities over them."""
+def reference(model: "Model", prompts: Sequence[str], max_new_tokens: int) -> Reference:
+    """The unsteered model's greedy answers (chat form) appended to their prompts."""
     generated = model.generate(prompts, max_new_tokens=max_new_tokens, chat=True, progress=False)
     answers = [a if a.strip() else "." for a in generated]
-    heads = model.prepare_prompts(prompts, chat=True)
-    texts = [t + a for t, a in zip(heads, answers)]
-    starts = [len(ids) for ids in model.encode(heads)]
-    if all(len(ids) <= start for ids, start in zip(model.encode(texts), starts)):
-        raise InterpError("the reference answers have no tokens to measure the cost on")
-    return Reference(texts, starts, *_answer_logprobs(model, texts, starts, batch_size))
+    return Reference([t + a for t, a in zip(model.prepare_prompts(prompts, chat=True), answers)])
 
 
 @torch.no_grad()
-def cost(model: "Model", steering: HeadSteering, ref: Reference, batch_size: int = 8) -> dict[str, float]:
-    """Mean KL(plain || steered) of the next-token distribution over the reference answers' positions (the
-    prompt's last token included), and the mean cross-entropy of the answers' tokens, plain and steered."""
-    with model.intervene(steering):
-        steered, _ = _answer_logprobs(model, ref.texts, ref.starts, batch_size)
-    kl, ce_plain, ce_steered, count = 0.0, 0.0, 0.0, 0
-    for p, q, target in zip(ref.logprobs, steered, ref.targets):
-        kl += float((p.exp() * (p - q)).sum())
-        ce_plain -= float(p.gather(-1, target[:, None]).sum())
-        ce_steered -= float(q.gather(-1, target[:, None]).sum())
-        count += len(target)
-    return {"kl": kl / count, "ce_baseline": ce_plain / count, "ce_iti": ce_steered / count, "tokens": count}
+def cost(model: "Model", steering: HeadSteering, ref: Reference, batch_size: int = 4) -> dict[str, float]:
+    """The capability cost as the reference measures it (`run_kl_wrt_orig`, `run_ce_loss` with
+    `start_edit_location=0`): the heads shifted at every position of each held-out text, whatever `steering`'s
+    positions (every token shifted as it would be were it generated), and over every position the mean
+    KL(plain || steered) of the next-token distribution; and the mean cross-entropy of the texts' tokens (all but
+    the first), plain and steered."""
+    everywhere = steering.at("all")
+    kl, ce_plain, ce_steered, positions, tokens = 0.0, 0.0, 0.0, 0, 0
+    for s in range(0, len(ref.texts), batch_size):
+        chunk = list(ref.texts[s:s + batch_size])
+        plain = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size)
+        with model.intervene(everywhere):
+            steered = model.logits(chunk, chat=False, last_only=False, batch_size=batch_size)
+        width = plain.shape[1]
+        for r, row in enumerate(model.encode(chunk)):
+            p = plain[r, width - len(row):].log_softmax(-1)  # left-padded: the row's tokens are its last columns
+            q = steered[r, width - len(row):].log_softmax(-1)
+            target = torch.tensor(row[1:])[:, None]
+            kl += float((p.exp() * (p - q)).sum())
+            ce_plain -= float(p[:-1].gather(-1, target).sum())
+            ce_steered -= float(q[:-1].gather(-1, target).sum())
+            positions, tokens = positions + len(row), tokens + len(row) - 1
+    if not tokens:
+        raise InterpError("the held-out texts have no tokens to measure the cost on")
+    return {"kl": kl / positions, "ce_baseline": ce_plain / tokens, "ce_iti": ce_steered / tokens, "tokens": positions}
 
 
 def _choose(grid: list[dict], budget: float) -> tuple[dict, str]:
@@ -224,6 +237,13 @@ def _choose(grid: list[dict], budget: float) -> tuple[dict, str]:
     if ok:
         return max(ok, key=lambda g: (g["mc2"], -g["kl"])), f"best validation MC2 with KL <= {budget}"
     return min(grid, key=lambda g: g["kl"]), f"no grid point kept KL <= {budget}: the lowest-KL point"
+
+
+def fitted_questions(steering: HeadSteering) -> set[str] | None:
+    """The questions `steering` was fitted on (its provenance's `fitted_questions`, as `run` records them); None
+    where it does not record them."""
+    got = steering.provenance.get("fitted_questions")
+    return set(got) if isinstance(got, list) else None
 
 
 def answer_text(text: str) -> str:
@@ -288,12 +308,21 @@ class TruthfulResult(Result):
             "kl": round(kl, 5), "ce": {"baseline": round(ce_b, 5), "iti": round(ce_i, 5)},
             "folds": [f.to_json() for f in self.folds],
             "final": self.final_choice,
+            "positions": (("answer: multiple choice shifts the answer's tokens only, generation the last token of "
+                           "each forward (the reference's)") if self.options.positions == "answer" else
+                          "all: every position of every forward (the reference shifts only the answer's tokens when "
+                          "scoring and the last token of each forward when generating)"),
             "departures": [
                 "folds shuffled with the seed (reference: contiguous folds in HF order)",
                 "sigma from the training fold's Q/A activations (reference: every question, other prompt format)",
                 "K and alpha chosen per fold on training-fold validation questions (reference: fixed by hand)"
                 if self.options.heads is None or self.options.alpha is None else "K and alpha given",
-                "cost measured on the plain model's greedy answers to bundled Alpaca instructions (reference: OpenWebText)",
+                "cost over every position of chat-formatted bundled Alpaca instructions with the plain model's greedy "
+                "answers, shifted at every position (reference: the same measure on OpenWebText)",
+                "multiple choice shifted from the answer's first token (reference: start_edit_location = prompt + 4 "
+                "tokens, the answer's second token under LLaMA's tokenizer)" if self.options.positions == "answer" else
+                "every position shifted, instruction, primer and question included (reference: answer tokens when "
+                "scoring, the last token of each forward when generating)",
             ],
             "examples": self.examples,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
@@ -369,7 +398,8 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
     seconds["reference_answers"] = time.perf_counter() - t
     ks = [options.heads] if options.heads is not None else list(options.grid_heads)
     alphas = [options.alpha] if options.alpha is not None else list(options.grid_alphas)
-    provenance = {"model": model.fingerprint, "form": options.form, "seed": options.seed}
+    provenance = {"model": model.fingerprint, "form": options.form, "seed": options.seed,
+                  "positions": options.positions}
     results: list[FoldResult] = []
     held_out: dict[int, dict[str, float]] = {}  # question -> its scores in the fold that holds it out
     t = time.perf_counter()
@@ -377,19 +407,19 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
         held = set(test)
         train, val = _split([i for i in range(len(questions)) if i not in held], options.val_ratio, options.seed + f)
         fit = fit_heads(acts, labels, pair_question, train, val, options.direction, options.C,
-                        {**provenance, "fold": f, "fitted_questions": "training fold"})
+                        {**provenance, "fold": f, "fitted_questions": [questions[i].question for i in sorted(train + val)]})
         grid: list[dict] = []
         tune = val[:options.n_tune]
         base_tune = mean_scores([baseline[i] for i in tune])
         for k, alpha in product(ks, alphas):
-            steer = fit.steering(k, alpha)
+            steer = fit.steering(k, alpha, options.positions)
             scores = mean_scores(mc_eval(model, [questions[i] for i in tune], steer, options.form, desc=f"grid K={k} a={alpha:g}"))
             c = cost(model, steer, tune_ref) if len(ks) * len(alphas) > 1 else None
             grid.append({"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
                          "kl": round(c["kl"], 5) if c else None,
                          "mc1_baseline": round(base_tune["mc1"], 4), "mc2_baseline": round(base_tune["mc2"], 4)})
         chosen, why = _choose(grid, options.kl_budget) if len(grid) > 1 else (grid[0], "given")
-        steer = fit.steering(chosen["k"], chosen["alpha"])
+        steer = fit.steering(chosen["k"], chosen["alpha"], options.positions)
         held_scores = mc_eval(model, [questions[i] for i in test], steer, options.form, desc=f"MC fold {f}")
         for i, s in zip(test, held_scores):
             held_out[i] = s
@@ -401,8 +431,8 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
     final_k, final_alpha, why = _final_choice(results, ks, alphas, options.kl_budget)
     train_all, val_all = _split(list(range(len(questions))), options.val_ratio, options.seed + options.folds)
     final_fit = fit_heads(acts, labels, pair_question, train_all, val_all, options.direction, options.C,
-                          {**provenance, "fitted_questions": f"all {len(questions)}"})
-    final = final_fit.steering(final_k, final_alpha)
+                          {**provenance, "fitted_questions": [q.question for q in questions]})
+    final = final_fit.steering(final_k, final_alpha, options.positions)
     t = time.perf_counter()
     examples = _examples(model, questions, results[0], options) if options.n_examples else []
     seconds["examples"] = time.perf_counter() - t

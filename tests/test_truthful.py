@@ -32,11 +32,18 @@ def _steering(model, heads=((3, 1), (10, 4)), alpha=5.0) -> HeadSteering:
 # ----- the intervention -----
 
 def test_head_steering_changes_exactly_the_chosen_heads_on_every_row(smol):
+    """positions="all": the shift at every real position of every row; the default ("last", the reference's):
+    at each row's last token only (tests/test_iti_positions.py checks generation and scoring)."""
     steer = _steering(smol, heads=((3, 1), (3, 5)))
     sites = ["blocks.3.attn.hook_z", "blocks.2.attn.hook_z"]
     plain = smol.capture(PROMPTS, sites, positions="all")
     with smol.intervene(steer):
+        last = smol.capture(PROMPTS, sites, positions="all")
+    with smol.intervene(steer.at("all")):
         steered = smol.capture(PROMPTS, sites, positions="all")
+    z, z0 = last["blocks.3.attn.hook_z"], plain["blocks.3.attn.hook_z"]
+    assert torch.equal(z[:, :-1], z0[:, :-1])  # left padding: the last column is every row's last token
+    assert torch.allclose(z[:, -1] - z0[:, -1], steer.offsets(smol)[3][None].expand_as(z[:, -1]), atol=tol(smol.dtype))
     mask = plain.mask[..., None, None]
     diff = (steered["blocks.3.attn.hook_z"] - plain["blocks.3.attn.hook_z"]) * mask
     want = steer.offsets(smol)[3][None, None] * mask
@@ -49,9 +56,10 @@ def test_head_steering_changes_exactly_the_chosen_heads_on_every_row(smol):
 
 
 def test_head_steering_acts_on_cached_generation_steps(smol):
-    """Shifting hook_z by an offset is adding o_proj(offset) to the attention output: generation under both must
-    agree token for token (`Add` is known to act on every generated token) and differ from plain generation."""
-    steer = _steering(smol, heads=((6, 2),), alpha=60.0)
+    """Shifting hook_z by an offset at every position is adding o_proj(offset) to the attention output: generation
+    under both must agree token for token (`Add` is known to act on every generated token) and differ from plain
+    generation. (The default, last-token form is checked against a by-hand loop in tests/test_iti_positions.py.)"""
+    steer = _steering(smol, heads=((6, 2),), alpha=60.0).at("all")
     o_proj = smol.layers[6].self_attn.o_proj
     vector = o_proj(steer.offsets(smol)[6].reshape(-1).to(smol.dtype)).detach()
     prompts = ["Write a short poem about the sea.", "Name three fruits."]
@@ -66,6 +74,7 @@ def test_head_steering_save_load_and_bad_inputs(smol, qwen, tmp_path):
     steer.save(tmp_path / "iti")
     back = HeadSteering.load(tmp_path / "iti", model=smol)
     assert back.heads == steer.heads and torch.equal(back.directions, steer.directions) and back.alpha == steer.alpha
+    assert back.positions == steer.positions == "last"
     with pytest.raises(InterpError, match="another model"):
         HeadSteering.load(tmp_path / "iti", model=qwen)
     with pytest.raises(InterpError, match="out of range"):
@@ -149,8 +158,11 @@ def test_truthful_result_reports_and_saves(tiny_run, tmp_path):
     assert s["n_questions"] == 8 and set(s["mc2"]) == {"baseline", "iti", "gain"} and s["kl"] >= 0
     assert "training folds only" in s["fitted_on"] and s["departures"]
     assert set(tiny_run.figures()) >= {"probe_accuracy", "grid_mc2", "grid_mc1", "mc", "examples"}
+    assert s["options"]["positions"] == "answer" and any("answer's first token" in d for d in s["departures"])
     tiny_run.save(tmp_path / "fit")
-    assert HeadSteering.load(tmp_path / "fit").k == 4
+    back = HeadSteering.load(tmp_path / "fit")
+    assert back.k == 4 and back.positions == "last"  # the reference's positions, recorded
+    assert T.fitted_questions(back) == {q.question for q in read_questions(n=8)}  # `truthful eval` leaves these out
     assert json.loads((tmp_path / "fit" / "result.json").read_text())["final"]["heads"] == 4
 
 
@@ -172,6 +184,7 @@ def test_cli_fit_eval_and_steer(cli_smol, tmp_path):
     assert ev.exit_code == 0, ev.output
     got = json.loads((tmp_path / "ev.json").read_text())
     assert got["n_questions"] == 3 and set(got["mc1"]) == {"baseline", "iti"} and got["kl"] >= 0
+    assert got["n_fitted_left_out"] == 6  # the first 6 questions fitted it: questions 7 to 9 were scored
     (tmp_path / "p.txt").write_text("Is the earth flat?\n")
     st = runner.invoke(app, ["steer", "--model", "smollm2-135m-instruct", "--intervention", str(tmp_path / "fit"),
                              "--prompts", str(tmp_path / "p.txt"), "--max-new-tokens", "4", "--out", str(tmp_path / "s.jsonl")])

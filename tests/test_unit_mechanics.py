@@ -147,9 +147,10 @@ def test_every_intervention_kind_has_its_effect_and_leaves_no_trace(tiny, kind):
         r = iv.directions[1] / iv.directions[1].norm()
         assert (x["blocks.1.hook_attn_out"] @ r).abs().max() < 1e-4
         assert (x["blocks.1.hook_mlp_out"] @ r).abs().max() < 1e-4
-    elif kind == "HeadSteering":
+    elif kind == "HeadSteering":  # by default at the last token only (positions [-1, -2] read here)
         z, z0 = x["blocks.1.attn.hook_z"], plain["blocks.1.attn.hook_z"].float()
-        assert torch.allclose(z[:, :, 0] - z0[:, :, 0], (2.0 * iv.directions[0]).expand_as(z[:, :, 0]), atol=1e-4)
+        assert torch.allclose(z[:, 0, 0] - z0[:, 0, 0], (2.0 * iv.directions[0]).expand_as(z[:, 0, 0]), atol=1e-4)
+        assert torch.allclose(z[:, 1], z0[:, 1], atol=ATOL)  # the token before: untouched
         assert torch.allclose(z[:, :, 1:], z0[:, :, 1:], atol=ATOL)  # the other heads are untouched
 
 

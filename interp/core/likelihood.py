@@ -10,6 +10,11 @@ token. Both are "one prompt, many continuations", which this module runs with li
 Where a cached prefix would not be exact (a position- or row-dependent intervention is active, see
 `interp.core.prefix.usable`) or is switched off (`use_prefix_cache`), every row runs its whole text.
 
+`continuation_edits`: interventions that act on the continuation's tokens only (each row's scored tokens), never
+on the prompt, whatever the positions they would otherwise touch. ITI's multiple choice scores answers this way
+(honest_llama's `tqa_run_probs` shifts the heads from the answer on). Those tokens always lie in each row's own
+part, so the cached prefix stays exact under them.
+
 Token boundary: a continuation's tokens are the tokens of `prompt + continuation` after the longest common prefix
 with the tokens of `prompt` (they coincide whenever the tokenizer does not merge across the boundary; where it does,
 the merged token counts as the continuation's). A continuation that adds no token is an error.
@@ -32,6 +37,7 @@ from interp.errors import InterpError
 
 if TYPE_CHECKING:
     from interp.core.hooks import HookFn
+    from interp.core.interventions import Intervention
     from interp.core.model import Model
 
 
@@ -75,11 +81,17 @@ def _rows(model: "Model", prompts: Sequence[str], options: Sequence[Sequence[str
 @torch.no_grad()
 def continuations(model: "Model", prompts: Sequence[str], options: Sequence[Sequence[str]], sites=(),
                   logprobs: bool = True, rows_per_forward: int = 16, prompts_per_prefix: int = 8,
-                  use_prefix_cache: bool | None = None, progress: bool | None = None, desc: str = "score") -> Scored:
+                  use_prefix_cache: bool | None = None, progress: bool | None = None, desc: str = "score",
+                  continuation_edits: Sequence["Intervention"] = ()) -> Scored:
     """Score `options[i][j]` as a continuation of `prompts[i]` (raw text: apply a chat template beforehand), and
     capture `sites` at each continuation's last token. logprobs=False skips the unembedding (capture only: the
-    forward stops after the deepest site)."""
+    forward stops after the deepest site). `continuation_edits` act on the continuations' tokens only (see the
+    module docstring); the captured sites see them."""
     rows = _rows(model, prompts, options)
+    edits: dict[Site, list[HookFn]] = {}
+    for iv in continuation_edits:
+        for site, site_fns in iv.hooks(model).items():
+            edits.setdefault(site, []).extend(site_fns)
     site_list = model.sites(sites) if sites else []
     if not logprobs and not site_list:
         raise InterpError("nothing to compute: ask for logprobs or name sites to capture")
@@ -115,7 +127,7 @@ def continuations(model: "Model", prompts: Sequence[str], options: Sequence[Sequ
         for k in range(0, len(members), rows_per_forward):
             chunk = members[k:k + rows_per_forward]
             own = [rows[r].ids[cut[rows[r].prompt]:] if cached else rows[r].ids for _, r in chunk]
-            _forward(model, rows, chunk, own, prefix, site_list, stop, lp, got)
+            _forward(model, rows, chunk, own, prefix, site_list, stop, lp, got, edits)
             bar.update(len(chunk))
     bar.close()
     acts = {}
@@ -126,15 +138,38 @@ def continuations(model: "Model", prompts: Sequence[str], options: Sequence[Sequ
     return Scored([lp[rs] for _, rs in sorted(by_prompt.items())], [ntok[rs] for _, rs in sorted(by_prompt.items())], acts)
 
 
+def _only_at(fn: "HookFn", mask: Tensor) -> "HookFn":
+    """`fn` where `mask` [batch, pos] is true; the value as it was elsewhere."""
+    def wrapped(site: Site, x: Tensor) -> Tensor | None:
+        if tuple(x.shape[:2]) != tuple(mask.shape):
+            raise InterpError(f"a continuation edit at {site} met a value of shape {tuple(x.shape)}; it needs "
+                              f"[batch, pos, ...] with {tuple(mask.shape)} leading")
+        y = fn(site, x)
+        if y is None:
+            return None
+        m = mask.to(x.device).view(*mask.shape, *(1,) * (x.dim() - 2))
+        return torch.where(m, y, x)
+
+    return wrapped
+
+
 def _forward(model: "Model", rows: list[_Row], chunk: list[tuple[int, int]], own: list[list[int]], prefix: PrefixKV | None,
-             sites: list[Site], stop: int | None, lp: Tensor, got: dict[Site, list]) -> None:
-    """One forward of `chunk` rows: their scored tokens' log-probabilities into `lp`, their sites into `got`."""
+             sites: list[Site], stop: int | None, lp: Tensor, got: dict[Site, list],
+             edits: dict[Site, list["HookFn"]] | None = None) -> None:
+    """One forward of `chunk` rows: their scored tokens' log-probabilities into `lp`, their sites into `got`;
+    `edits` act on the scored (continuation) tokens only."""
     batch = model.pad(own)
     index = [r for _, r in chunk]
     seen: dict[Site, Tensor] = {}
-    fns: dict[Site, list[HookFn]] = {s: [lambda site, x: seen.__setitem__(site, x[:, -1].detach().float().cpu())] for s in sites}
-    cont = torch.tensor([g for g, _ in chunk]) if prefix is not None else None
     scored = [len(rows[r].ids) - rows[r].start for r in index]
+    fns: dict[Site, list[HookFn]] = {}
+    if edits:  # left padding: row b's continuation is its last scored[b] columns
+        width = batch.input_ids.shape[1]
+        mask = torch.arange(width)[None, :] >= width - torch.tensor(scored)[:, None]
+        fns = {site: [_only_at(fn, mask) for fn in site_fns] for site, site_fns in edits.items()}
+    for s in sites:  # readers after the edits, so captured sites see them
+        fns.setdefault(s, []).append(lambda site, x: seen.__setitem__(site, x[:, -1].detach().float().cpu()))
+    cont = torch.tensor([g for g, _ in chunk]) if prefix is not None else None
     out = forward(model, batch, hooks=fns, prefix=prefix, rows=cont, stop_after=stop, logits=max(scored) + 1)
     for s in sites:
         got[s].append((index, seen[s]))

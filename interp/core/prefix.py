@@ -27,7 +27,7 @@ its full prompt computes alone. `usable` says when that holds for the interventi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -77,14 +77,19 @@ class PrefixRule:
 UNKNOWN = PrefixRule(tail=None, rows=True)
 SAME_EVERYWHERE = PrefixRule(tail=0, rows=False)  # acts alike at every token and every row
 
-_EXTENSION_RULES: dict[type, PrefixRule] = {}
+_EXTENSION_RULES: dict[type, PrefixRule | Callable[[Any], PrefixRule]] = {}
 
 
-def register_rule(kind: type, rule_: PrefixRule) -> None:
+def register_rule(kind: type, rule_: PrefixRule | Callable[[Any], PrefixRule]) -> None:
     """Declare how the prefix cache treats an intervention kind defined above the core (ITI's `HeadSteering`,
-    `ChannelEdit`): called once, next to the kind's definition. Raises if the kind already has a rule."""
-    if kind in _EXTENSION_RULES and _EXTENSION_RULES[kind] != rule_:
-        raise InterpError(f"{kind.__name__} already has a prefix-cache rule ({_EXTENSION_RULES[kind]}); declare it once")
+    `ChannelEdit`): called once, next to the kind's definition, with a rule, or with a function from an instance
+    to its rule where the kind's fields decide it (as `Set`'s positions do). Raises if the kind already has
+    another rule."""
+    old = _EXTENSION_RULES.get(kind)
+    same = old == rule_ or (callable(old) and callable(rule_) and
+                            (old.__module__, old.__qualname__) == (rule_.__module__, rule_.__qualname__))
+    if old is not None and not same:
+        raise InterpError(f"{kind.__name__} already has a prefix-cache rule ({old}); declare it once")
     _EXTENSION_RULES[kind] = rule_
 
 
@@ -107,7 +112,8 @@ def rule(iv: Any) -> PrefixRule:
     if type(iv) in (Add, Ablate, Project, WeightedAblate):
         return SAME_EVERYWHERE
     if type(iv) in _EXTENSION_RULES:
-        return _EXTENSION_RULES[type(iv)]
+        extension = _EXTENSION_RULES[type(iv)]
+        return extension if isinstance(extension, PrefixRule) else extension(iv)
     if type(iv) in (RowwiseAdd, RowwiseAblate):
         return PrefixRule(tail=0, rows=True)
     if type(iv) is Set:
