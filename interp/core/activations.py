@@ -60,7 +60,9 @@ class Activations:
         sites in the order given ([n, 1, ...] for one name; `acts[name]` is that site's tensor without the new dim)."""
         names: list[str] = []
         for item in [sites] if isinstance(sites, (str, Site)) else list(sites):
-            if isinstance(item, str) and not re.match(r"blocks\.\d+\.", item):  # a kind: every captured layer
+            if isinstance(item, str) and item in self.acts:  # a captured site's name (a native site's too)
+                names.append(item)
+            elif isinstance(item, str) and not re.match(r"blocks\.\d+\.", item):  # a kind: every captured layer
                 try:
                     kind = parse_sites(item, 1)[0].kind
                 except InterpError:

@@ -35,7 +35,7 @@ def pad_left(t: torch.Tensor, width: int, dims: Sequence[int]) -> torch.Tensor:
     return t
 
 
-def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int, enabled: bool) -> "PrefixKV | None":
+def _shared_prefix(model: "Model", ids: list[list[int]], positions, stop: int | None, enabled: bool) -> "PrefixKV | None":
     """The shared leading tokens worth caching, when the positions asked for all lie after them."""
     if not enabled or not getattr(model.backend, "supports_prefix", False):
         return None
@@ -70,7 +70,8 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
     site_list = model.sites(sites)
     positions = check_positions(positions, model.uses_chat(chat))
     ids = model.encode(texts)
-    stop = max(s.layer for s in site_list)
+    # stop after the deepest layer needed; a native site outside the decoder layers needs the whole forward
+    stop = None if any(s.layer < 0 for s in site_list) else max(s.layer for s in site_list)
     # attention patterns keep every key column, so a cached prefix would reorder them: run those in full
     use_prefix_cache = wanted(model, use_prefix_cache) and not any(s.kind == "attn.hook_pattern" for s in site_list)
     prefix = _shared_prefix(model, ids, positions, stop, use_prefix_cache)
@@ -91,7 +92,9 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
         def reduce(site: Site, x: torch.Tensor) -> torch.Tensor:
             if site.kind == "attn.hook_pattern":  # [b, head, q, k] -> positions over the query axis
                 x = x.transpose(1, 2)
-            return select(x, batch.attention_mask, positions, n_eoi).detach().float().cpu()
+            kept = select(x, batch.attention_mask, positions, n_eoi).detach().float()
+            # a copy: a layer may add into a module's output in place after the hook has read it (Falcon)
+            return kept.clone() if kept.device.type == "cpu" else kept.cpu()
 
         got = model.backend.capture_batch(batch, site_list, reduce, stop, **({"prefix": prefix} if prefix else {}))
         for s in site_list:
@@ -109,7 +112,7 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
         dims = ([1] if positions == "all" else []) + ([-1] if s.kind == "attn.hook_pattern" else [])
         acts[s.name] = torch.cat([pad_left(p, width, dims) for p in chunks[s]])[inverse]
     mask = torch.cat([pad_left(m, width, [1]) for m in masks])[inverse].bool() if positions == "all" else None
-    return Activations(
+    result = Activations(
         acts=acts,
         prompts=list(prompts),
         labels=list(labels) if labels is not None else None,
@@ -119,3 +122,8 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
         position_tokens=model.eoi_tokens() if positions == "eoi" else None,
         system=system_record(system) if model.uses_chat(chat) else None,
     )
+    if model.run_context.verifier is not None:  # interp.core.verify: rerun on the other backends and compare
+        model.run_context.verifier.capture(result, dict(
+            prompts=prompts, sites=[s.name for s in site_list], positions=positions, batch_size=batch_size,
+            labels=labels, chat=chat, system=system, use_prefix_cache=use_prefix_cache))
+    return result

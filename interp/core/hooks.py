@@ -47,6 +47,7 @@ class RunContext:
     prefix_pass: bool = False
     prefix_allowed: frozenset[int] = frozenset()  # ids of the active interventions that act in the prefix pass
     decoding: bool = False
+    verifier: Any = None  # set by interp.core.verify.verifying: reruns captures and logits on the other backends
     _last_cache: Any = None  # weak reference to the cache object of the previous forward
     _tracking: int = 0
 
@@ -120,22 +121,35 @@ def _from_view(site: Site, y: Tensor, like: Tensor) -> Tensor:
     return y
 
 
-def _apply(model: "Model", site: Site, fns: list[HookFn], x: Tensor, fired: set[Site]) -> Tensor | None:
+def _apply(model: "Model", site: Site, fns: list[HookFn], x: Tensor, fired: set[Site], ready: bool = False) -> Tensor | None:
+    """Run `fns` on the site's value made from `x`; the tensor to put back in `x`'s place, or None to leave it.
+    ready: `x` is the site's value already (a TransformerLens hook point), no family scale, no head split."""
     fired.add(site)
+    if ready:
+        return _run(site, fns, x)
     scale = model.family.scale(site.kind, model.hf.config)  # the site's value is the module's times this (Granite)
     view = _to_view(model, site, x if scale == 1.0 else x * scale)
-    changed = False
-    for fn in fns:
-        out = fn(site, view)
-        if out is not None:
-            if out.shape != view.shape:
-                raise InterpError(f"a hook at {site} returned shape {tuple(out.shape)}, expected {tuple(view.shape)}")
-            view, changed = out, True
-    if not changed:
+    new = _run(site, fns, view)
+    if new is None and site.kind in model.family.copy_out:  # the layer adds into this output in place
+        return x.clone()
+    if new is None:
         if scale != 1.0 and view.requires_grad:  # pass the scaled value on, so gradient hooks on it see the backward
             return _from_view(site, view / scale, x)
         return None
-    return _from_view(site, view if scale == 1.0 else view / scale, x)
+    return _from_view(site, new if scale == 1.0 else new / scale, x)
+
+
+def _run(site: Site, fns: list[HookFn], value: Tensor) -> Tensor | None:
+    """Each function in turn on the value (a function's replacement is what the next one sees); the final value,
+    or None when none replaced it."""
+    changed = False
+    for fn in fns:
+        out = fn(site, value)
+        if out is not None:
+            if out.shape != value.shape:
+                raise InterpError(f"a hook at {site} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}")
+            value, changed = out, True
+    return value if changed else None
 
 
 @contextmanager
@@ -150,12 +164,12 @@ def hooked(model: "Model", fns: dict[Site, list[HookFn]], stop_after: int | None
             if where == "in":
                 handles.append(module.register_forward_pre_hook(_pre_hook(model, site, site_fns, fired), with_kwargs=True))
             else:
-                handles.append(module.register_forward_hook(_post_hook(model, site, site_fns, fired)))
+                handles.append(module.register_forward_hook(_post_hook(model, site, site_fns, fired, where == "hook")))
         if stop_after is not None:
             handles.append(model.layers[stop_after].register_forward_hook(_raise_stop))
         reached: set[int] = set()  # the layers of `fns` that some forward in the block started
         if require_fired:
-            for i in sorted({s.layer for s in fns}):
+            for i in sorted({s.layer for s in fns if s.layer >= 0}):  # native sites outside the layers: -1
                 handles.append(model.layers[i].register_forward_pre_hook(_mark_reached(reached, i)))
         try:
             yield fired
@@ -188,22 +202,32 @@ def _pre_hook(model: "Model", site: Site, fns: list[HookFn], fired: set[Site]):
         if args:
             new = _apply(model, site, fns, args[0], fired)
             return None if new is None else ((new, *args[1:]), kwargs)
-        key = "hidden_states" if "hidden_states" in kwargs else "input"
+        # called with keywords only: the hidden states (decoder layers), else the first tensor argument
+        key = "hidden_states" if "hidden_states" in kwargs else next(
+            (k for k, v in kwargs.items() if isinstance(v, Tensor)), None)
+        if key is None:
+            raise InterpError(f"the module at {site} was called without a tensor input; read its output instead")
         new = _apply(model, site, fns, kwargs[key], fired)
         return None if new is None else (args, {**kwargs, key: new})
 
     return hook
 
 
-def _post_hook(model: "Model", site: Site, fns: list[HookFn], fired: set[Site]):
+def _post_hook(model: "Model", site: Site, fns: list[HookFn], fired: set[Site], ready: bool = False):
     index = 1 if site.kind == "attn.hook_pattern" else 0
 
     def hook(module, args, output):
         if isinstance(output, tuple):
             if site.kind == "attn.hook_pattern" and output[1] is None:
                 raise InterpError("attention weights are not available: attn.hook_pattern needs eager attention")
-            new = _apply(model, site, fns, output[index], fired)
+            new = _apply(model, site, fns, output[index], fired, ready)
             return None if new is None else (*output[:index], new, *output[index + 1:])
+        if isinstance(output, Tensor) and ready:
+            # a TransformerLens hook point: its hook_conversion (if any) gives the value in TransformerLens layout
+            conversion = getattr(module, "hook_conversion", None)
+            value = output if conversion is None else conversion.convert(output)
+            new = _apply(model, site, fns, value, fired, ready)
+            return new if new is None or conversion is None else conversion.revert(new)
         if isinstance(output, Tensor):
             new = _apply(model, site, fns, output, fired)
             return new

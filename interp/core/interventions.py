@@ -307,7 +307,15 @@ def _check_source(name: str, source, rows) -> None:
 
 def site_width(model: "Model", site: Site) -> int:
     """The width of one activation vector at `site`: d_head per head, the MLP's hidden width at `mlp.hook_post`,
-    else d_model."""
+    a linear layer's in/out features at a native site on one, else d_model. Raises InterpError for a native site
+    whose width cannot be read from its module."""
+    if site.native:
+        module, _ = model.site_module(site)
+        width = getattr(module, "in_features" if site.kind == "input" else "out_features", None)
+        if not isinstance(width, int):
+            raise InterpError(f"the width of the native site {site} cannot be read from its module "
+                              f"({type(module).__name__}); use a site on a linear layer or a canonical site")
+        return width
     if site.kind in HEAD_KINDS:
         return model.d_head
     if site.kind == "mlp.hook_post":

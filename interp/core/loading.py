@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from interp.core.model import Model
+from interp.core.sites import Family
 from interp.data.registry import BUNDLED, DEFAULT_MODEL, READY_MARKER, _convert_gguf, build_folder, cache_dir, prepare
 from interp.errors import InterpError
 
@@ -63,11 +64,15 @@ def resolve(source: str | os.PathLike) -> tuple[str, str]:
 
 
 def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", dtype: torch.dtype | str | None = None,
-         device: str | torch.device | None = None, remote: bool = False) -> Model:
+         device: str | torch.device | None = None, remote: bool = False, family: Family | str | None = None,
+         device_map: str | dict | None = None, offload_folder: str | os.PathLike | None = None) -> Model:
     """Load a causal LM for analysis. By default fp32 on a CPU, bf16 on a GPU, the GPU when there is one.
 
     backend: "hooks" (plain torch hooks, the default), "transformer_lens" (TransformerBridge) or "nnsight";
-    remote=True sends nnsight traces to NDIF (for models larger than one machine).
+    remote=True sends nnsight traces to NDIF (for models larger than one machine). family: see `Model` ("native"
+    for an architecture without a site table). device_map (with offload_folder where it names "disk"): the model is
+    dispatched over several devices by accelerate, as `from_pretrained(device_map=...)` does, instead of moved to
+    `device`; `Model.device` is then where its inputs go, and captures land on the CPU as always.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -87,7 +92,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
     hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise; restored below
     try:
         tok = AutoTokenizer.from_pretrained(where)
-        hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder}
+        hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **placement)
     except OSError as e:
         if where == source and not Path(where).exists():
             raise InterpError(
@@ -98,8 +104,10 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, *, backend: str = "hooks", d
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    hf.to(device)  # type: ignore[arg-type]  # transformers wraps `to` with functools.wraps, typed as an unbound _Wrapped
+    if device_map is None:
+        hf.to(device)  # type: ignore[arg-type]  # transformers wraps `to` with functools.wraps, typed as an unbound _Wrapped
     hf.requires_grad_(False)
     if remote and backend != "nnsight":
         raise InterpError("remote=True needs backend='nnsight' (the trace is what runs remotely)")
-    return Model(hf, tok, name=name, backend=backend, source=where, backend_options={"remote": remote} if remote else None)
+    return Model(hf, tok, name=name, backend=backend, source=where, backend_options={"remote": remote} if remote else None,
+                 family=family)

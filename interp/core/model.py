@@ -18,7 +18,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from interp.core.hooks import RunContext
-from interp.core.sites import Family, Site, check_layer, family_for, parse_sites
+from interp.core.sites import Family, Site, check_layer, check_tree, family_for, native_family, parse_sites
 
 # the system-prompt value, defined once in interp.core.system and re-exported here
 from interp.core.system import DEFAULT_SYSTEM, NO_SYSTEM, NoSystem, System, system_option, system_record  # noqa: F401
@@ -60,19 +60,32 @@ class Model:
     """A loaded causal LM. Build one with `interp.load(...)`."""
 
     def __init__(self, hf: PreTrainedModel, tokenizer, name: str, backend: str = "hooks", source: str | None = None,
-                 backend_options: dict | None = None):
+                 backend_options: dict | None = None, family: Family | str | None = None):
+        """family: None (the site table of the config's model_type), a `Family` of your own, or "native" (an
+        architecture without a table: only module-path sites, see `interp.core.sites`). Raises InterpError for an
+        unknown model_type, and when the module tree lacks a module the table names."""
         self.hf = hf.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.source = source or name
         cfg = hf.config
-        self.family: Family = family_for(cfg.model_type)
+        if family == "native":
+            self.family: Family = native_family(hf)
+        elif isinstance(family, Family):
+            self.family = family
+        elif family is None:
+            self.family = family_for(cfg.model_type)
+        else:
+            raise InterpError(f"family must be None, a Family or 'native', got {family!r}")
+        check_tree(self.family, hf, cfg.model_type)
+        # the decoder layers by index (the TransformerLens backend points this at its bridge blocks when it rewires
+        # the tree; the patching sweep runs a tail of the list while hooks stay keyed by the full list's indices)
+        self.layers = cast(nn.ModuleList, hf.get_submodule(self.family.layers))
         self.n_layers: int = cfg.num_hidden_layers
         self.d_model: int = cfg.hidden_size
         self.n_heads: int = cfg.num_attention_heads
         self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
         self.n_ctx: int = getattr(cfg, "max_position_embeddings", 0) or getattr(cfg, "n_positions", 2048)
-        self.layers = cast(nn.ModuleList, hf.get_submodule(self.family.layers))
         # The pad id of left-padded batches: the tokenizer's own, else its EOS (the tokenizer is never changed;
         # pad columns are masked out, so any id works). None when it has neither: `pad` then fails loudly.
         self.pad_id: int | None = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -88,7 +101,10 @@ class Model:
     # ----- identity -----
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the device of the input embeddings (with accelerate's `device_map`, the first device;
+        a model offloaded to disk there has its embeddings on the CPU). Captures always land on the CPU."""
+        weight = self.hf.get_input_embeddings().weight
+        return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -119,6 +135,12 @@ class Model:
         return sites
 
     def _check_available(self, site: Site) -> None:
+        if site.native:
+            if site.layer >= self.n_layers:
+                raise InterpError(f"layer {site.layer} of site {site.name} is out of range: this model has layers "
+                                  f"0..{self.n_layers - 1}")
+            self._native_module(site)
+            return
         reason = self.family.missing(site.kind, self.hf.config)
         if reason is not None:
             raise InterpError(f"{site} is not available for {self.hf.config.model_type} models: {reason}")
@@ -126,8 +148,22 @@ class Model:
     def check_layer(self, layer: int, what: str = "layer") -> int:
         return check_layer(layer, self.n_layers, what)
 
+    def _native_module(self, site: Site) -> nn.Module:
+        try:
+            return self.hf.get_submodule(site.path)
+        except AttributeError:
+            raise InterpError(f"{self.name} has no module {site.path!r} (site {site.name}); module paths look like "
+                              f"'{self.family.layers}.0.<child>', see model.hf.named_modules()") from None
+
     def site_module(self, site: Site) -> tuple[nn.Module, str]:
+        """The module a site is read at and how: "in" (its first input), "out" (its output), or "hook" (the
+        output of a TransformerLens hook point, already the site's value). Raises InterpError for a site this model
+        or its backend does not have."""
         self._check_available(site)
+        if hasattr(self.backend, "site_module"):  # the TransformerLens backend reads at its own hook points
+            return self.backend.site_module(site)
+        if site.native:
+            return self._native_module(site), "in" if site.kind == "input" else "out"
         if site.kind not in self.family.sites:
             raise InterpError(f"{site} is not available for {self.hf.config.model_type} models; "
                               f"available kinds: {', '.join(self.family.sites)}")
@@ -329,7 +365,11 @@ class Model:
             else:
                 out = out.float() * tb.attention_mask[..., None]
                 outs.append(pad_left(out.cpu(), width, [1]))
-        return torch.cat(outs)
+        result = torch.cat(outs)
+        if self.run_context.verifier is not None:  # interp.core.verify: rerun on the other backends and compare
+            self.run_context.verifier.logits(result, dict(prompts=prompts, chat=chat, system=system,
+                                                          last_only=last_only, batch_size=batch_size))
+        return result
 
 
 def check_prompts(prompts) -> None:

@@ -3,6 +3,11 @@
 A site is `blocks.{i}.<kind>` with kind one of `KINDS`. Each architecture family maps the kinds to a module
 path inside a decoder layer and to how the value is read there ("in": the module's first input, "out": its
 output). This table is the only per-family code in the project.
+
+The escape hatch for anything the table lacks is a native site, nnsight style: a module path of the HF model
+followed by `.input` (the module's first input) or `.output` (its output, element 0 of a tuple), e.g.
+`model.layers.3.mlp.act_fn.output`. It is captured and intervened on like any site, read as the module gives it
+(no head split, no family scaling); its `layer` is the decoder layer it lies in, or -1 outside them.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from torch import nn
 
 from interp.errors import InterpError
 
@@ -27,6 +34,7 @@ KINDS = (
     "attn.hook_v",
 )
 HEAD_KINDS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")  # seen per head: [batch, pos, head, d_head]
+NATIVE_KINDS = ("input", "output")  # the kind of a native site (a module path, see the module docstring)
 
 # Where each kind lives inside one decoder layer: (module path relative to the layer, "in" or "out").
 # "" is the decoder layer itself. hook_pattern reads output[1] of the attention module (eager attention).
@@ -104,6 +112,17 @@ _GPT_NEOX = {
     "mlp.hook_post": ("mlp.dense_4h_to_h", "in"),
     # no attn.hook_q/k/v: GPT-NeoX computes them in one fused query_key_value projection
 }
+_FALCON = {
+    "hook_resid_pre": ("", "in"),
+    "hook_resid_mid": ("post_attention_layernorm", "in"),
+    "hook_resid_post": ("", "out"),
+    "hook_attn_out": ("self_attention", "out"),
+    "hook_mlp_out": ("mlp", "out"),
+    "attn.hook_z": ("self_attention.dense", "in"),
+    "attn.hook_pattern": ("self_attention", "out"),
+    "mlp.hook_post": ("mlp.dense_4h_to_h", "in"),
+    # no attn.hook_q/k/v: Falcon computes them in one fused query_key_value projection
+}
 _PARALLEL = "this family computes attention and the MLP in parallel from the block input, so there is no resid_mid"
 _MOE = {"mlp.hook_post": "the MLP is a mixture of experts with no single down projection; read hook_mlp_out instead"}
 
@@ -119,18 +138,21 @@ class Family:
     conv1d: bool = False  # GPT-2 stores linear weights transposed (Conv1D)
     qkv_proj: tuple[str, str, str] | None = None  # query, key, value projections relative to a layer (interp.circuits.heads)
     attn_norm: str | None = None  # the norm in front of attention, relative to a layer (folded into W_Q/W_K/W_V)
-    # Attention and MLP read the same block input (so there is no hook_resid_mid): True, or the name of the config
-    # flag that says so for a model of the family (False: sequential).
-    parallel: bool | str = False
+    # Attention and MLP read the same block input (so there is no hook_resid_mid): True, or the names of the config
+    # flags any of which says so for a model of the family (False: sequential).
+    parallel: bool | str | tuple[str, ...] = False
     unavailable: dict[str, str] = field(default_factory=dict)  # kind -> why the family has no such site
     # kind -> the config attribute that multiplies the value read at the module before the layer adds it to the
     # residual stream (Granite's residual_multiplier): the site's value is the product; writes are divided back.
     scales: dict[str, str] = field(default_factory=dict)
+    # kinds whose module output the layer then adds into in place (Falcon's `mlp_output += attention_output`): the
+    # hook hands the layer a copy, so what hooks read stays the site's value
+    copy_out: frozenset[str] = frozenset()
 
     def missing(self, kind: str, config: Any) -> str | None:
         """Why `kind` has no value in a model of this family with `config`, or None when it has one."""
-        if kind == "hook_resid_mid" and (self.parallel is True or (
-                isinstance(self.parallel, str) and bool(getattr(config, self.parallel, False)))):
+        flags = (self.parallel,) if isinstance(self.parallel, str) else self.parallel if isinstance(self.parallel, tuple) else ()
+        if kind == "hook_resid_mid" and (self.parallel is True or any(getattr(config, f, False) for f in flags)):
             return _PARALLEL
         return self.unavailable.get(kind)
 
@@ -177,21 +199,42 @@ FAMILIES: dict[str, Family] = {
     # W_O alone is not the map into the residual stream there, so heads as matrices refuse it.
     "granite": Family("model.layers", "model.embed_tokens", "model.norm", _LLAMA, "self_attn.o_proj", "mlp.down_proj",
                       scales={"hook_attn_out": "residual_multiplier", "hook_mlp_out": "residual_multiplier"}),
+    # Falcon (7B/40B style: alibi or rotary, parallel attention and MLP unless parallel_attn=False)
+    "falcon": Family("transformer.h", "transformer.word_embeddings", "transformer.ln_f", _FALCON, "self_attention.dense",
+                     "mlp.dense_4h_to_h", parallel=("parallel_attn", "new_decoder_architecture"),
+                     copy_out=frozenset({"hook_mlp_out"}),
+                     unavailable={"attn.hook_pattern": "Falcon's attention returns its weights only when the whole "
+                                  "model is asked for them (output_attentions=True), not under eager attention"}),
     "gptj": Family("transformer.h", "transformer.wte", "transformer.ln_f", _GPTJ, "attn.out_proj", "mlp.fc_out",
                    parallel=True),
 }
 
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_NATIVE_RE = re.compile(r"^([A-Za-z_][\w.]*)\.(input|output)$")
+_LAYER_RE = re.compile(r"\.(\d+)(?:\.|$)")
+NATIVE_HINT = "or a module path of the HF model with .input or .output (e.g. 'model.layers.0.mlp.act_fn.output')"
+
+
+def native_site(path: str, kind: str) -> Site:
+    """The native site at `path` (a module path, `kind` "input" or "output"). Its layer is the first numbered
+    segment of the path (HF models number nothing else above their decoder layers), -1 when there is none."""
+    m = _LAYER_RE.search(path)
+    return Site(int(m.group(1)) if m else -1, kind, path)
 
 
 @dataclass(frozen=True, order=True)
 class Site:
-    layer: int
-    kind: str
+    layer: int  # for a native site, the decoder layer its module lies in, -1 outside them
+    kind: str  # one of KINDS, or "input" | "output" for a native site
+    path: str = ""  # a native site's module path in the HF model; "" for the canonical sites
+
+    @property
+    def native(self) -> bool:
+        return bool(self.path)
 
     @property
     def name(self) -> str:
-        return f"blocks.{self.layer}.{self.kind}"
+        return f"{self.path}.{self.kind}" if self.path else f"blocks.{self.layer}.{self.kind}"
 
     def __str__(self) -> str:
         return self.name
@@ -200,8 +243,44 @@ class Site:
 def family_for(model_type: str) -> Family:
     if model_type not in FAMILIES:
         raise InterpError(f"architecture {model_type!r} has no site table (supported: {', '.join(FAMILIES)}); "
-                          "use a model of a supported family, or add an entry for it to FAMILIES in interp/core/sites.py")
+                          "load it with family='native' and name sites by module path (e.g. "
+                          "'model.layers.0.mlp.output'), or add a Family for it to FAMILIES in interp/core/sites.py")
     return FAMILIES[model_type]
+
+
+def native_family(hf: Any) -> Family:
+    """A family with no site table, for an architecture FAMILIES lacks: only native sites (module paths) work.
+    The decoder layers are the ModuleList holding config.num_hidden_layers modules; every canonical kind fails
+    in one line. Raises InterpError when no such list exists."""
+    n = getattr(hf.config, "num_hidden_layers", None)
+    lists = [name for name, m in hf.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if not lists:
+        raise InterpError(f"found no list of {n} decoder layers in this {hf.config.model_type} model; "
+                          "it cannot be loaded with family='native'")
+    embed = next((name for name, m in hf.named_modules() if m is hf.get_input_embeddings()), "")
+    why = (f"{hf.config.model_type} has no site table (loaded with family='native'): name sites by module path "
+           "with .input or .output")
+    return Family(lists[0], embed, "", {}, "", "", unavailable={k: why for k in KINDS})
+
+
+def check_tree(family: Family, hf: Any, model_type: str) -> None:
+    """Fail at load, in one line, when the model's module tree lacks a module the family's table names (an
+    attribute renamed by a new transformers release), instead of later at the first hook."""
+    layer0 = f"{family.layers}.0"
+    wanted = [family.layers, family.embed, family.final_norm]
+    wanted += [f"{layer0}.{p}" for k, (p, _) in family.sites.items()
+               if p and family.missing(k, hf.config) is None]
+    wanted += [f"{layer0}.{p}" for p in (family.o_proj, family.down_proj) if p]
+    for path in dict.fromkeys(w for w in wanted if w):
+        try:
+            hf.get_submodule(path)
+        except AttributeError:
+            import transformers
+
+            raise InterpError(
+                f"this {model_type} model has no module {path!r}, which interp's site table for {model_type} names "
+                f"(transformers {transformers.__version__} may have renamed it): update FAMILIES in "
+                "interp/core/sites.py, or load with family='native' and name sites by module path") from None
 
 
 def _normalise_kind(kind: str) -> str:
@@ -215,7 +294,8 @@ def _normalise_kind(kind: str) -> str:
 
 def parse_sites(spec: str | Site | list[str | Site] | tuple, n_layers: int) -> list[Site]:
     """Parse site names. `blocks.3.hook_resid_post` is one site; a bare kind (`hook_resid_post`,
-    `resid_post`) or `blocks.*.kind` means that kind at every layer."""
+    `resid_post`) or `blocks.*.kind` means that kind at every layer; `<module path>.input|output` is a native
+    site (checked against the model by `Model.sites`)."""
     items = [spec] if isinstance(spec, (str, Site)) else list(spec)
     if not items:
         raise InterpError(f"no sites given; name at least one, e.g. 'blocks.0.hook_resid_post' (valid kinds: {', '.join(KINDS)})")
@@ -227,6 +307,8 @@ def parse_sites(spec: str | Site | list[str | Site] | tuple, n_layers: int) -> l
             raise InterpError(f"a site must be a string like 'blocks.0.hook_resid_post', got {type(item).__name__}")
         elif (m := _SITE_RE.match(item)) is not None:
             sites = [Site(int(m.group(1)), _normalise_kind(m.group(2)))]
+        elif (m := _NATIVE_RE.match(item)) is not None:
+            sites = [native_site(m.group(1), m.group(2))]  # the model checks the path (`Model.sites`)
         elif item.startswith("blocks.*."):
             kind = _normalise_kind(item[len("blocks.*."):])
             sites = [Site(i, kind) for i in range(n_layers)]
@@ -236,11 +318,11 @@ def parse_sites(spec: str | Site | list[str | Site] | tuple, n_layers: int) -> l
             except InterpError:
                 raise InterpError(
                     f"unknown site {item!r}; write blocks.{{i}}.<kind> with i in 0..{n_layers - 1} and kind one of "
-                    f"{', '.join(KINDS)}, or a bare kind for every layer"
+                    f"{', '.join(KINDS)}, a bare kind for every layer, {NATIVE_HINT}"
                 ) from None
             sites = [Site(i, kind) for i in range(n_layers)]
         for s in sites:
-            if not 0 <= s.layer < n_layers:
+            if not s.native and not 0 <= s.layer < n_layers:
                 raise InterpError(f"layer {s.layer} of site {s.name} is out of range: this model has layers 0..{n_layers - 1}")
             if s not in out:
                 out.append(s)

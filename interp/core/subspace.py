@@ -224,7 +224,8 @@ class Subspace:
         what = "direction" if self.k == 1 else f"subspace (k={self.k})"
         site = self.provenance.get("site")
         kind = site.split(".", 2)[-1] if isinstance(site, str) else None
-        if self.d != model.d_model and kind not in ("mlp.hook_post", *HEAD_KINDS):
+        native = isinstance(site, str) and site.endswith((".input", ".output"))  # width checked where it is used
+        if self.d != model.d_model and kind not in ("mlp.hook_post", *HEAD_KINDS) and not native:
             raise InterpError(f"{what} of width {self.d}, model has d_model {model.d_model}: it was fitted on another model")
         fp = self.provenance.get("model")
         if isinstance(fp, dict) and fp:

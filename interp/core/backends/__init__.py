@@ -3,12 +3,16 @@
 `reduce(site, x)` receives a site's value in TransformerLens layout ([batch, seq, ...]; `attn.hook_z` as
 [batch, seq, head, d_head]; `attn.hook_pattern` as [batch, head, q, k]) and returns what to keep, on the CPU.
 
+transformer-lens and nnsight are optional extras (`pip install 'interp[transformer-lens]'`, `'interp[nnsight]'`,
+or `'interp[backends]'` for both); choosing a backend whose package is missing fails in one line naming the extra.
+
 Options for a backend come from `model.backend_options` (a dict, empty by default), read when the backend is
 first built: `{"remote": True}` runs the nnsight backend's traces on NDIF.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 from interp.errors import InterpError
@@ -19,7 +23,20 @@ if TYPE_CHECKING:
 BACKENDS = ("hooks", "transformer_lens", "nnsight")
 
 
+EXTRAS = {"transformer_lens": ("transformer_lens", "transformer-lens"), "nnsight": ("nnsight", "nnsight")}
+
+
+def _require(name: str) -> None:
+    """A one-line error naming the extra to install when an optional backend's package is missing."""
+    if name in EXTRAS:
+        module, extra = EXTRAS[name]
+        if importlib.util.find_spec(module) is None:
+            raise InterpError(f"the {name} backend needs the {extra} package, which is not installed: "
+                              f"pip install 'interp[{extra}]' (the default install has the hooks backend only)")
+
+
 def make_backend(name: str, model: "Model"):
+    _require(name)
     options = dict(getattr(model, "backend_options", None) or {})
     if options and name != "nnsight":
         raise InterpError(f"the {name} backend takes no options, got {', '.join(options)}; only nnsight takes remote=")
