@@ -1,8 +1,8 @@
 """The TransformerLens and nnsight backends on tiny random models of every family in the site table (unit tier).
 
 For each family: our capture (hooks backend) equals TransformerLens's own `run_with_cache` at every site the
-bridge names and fires; on the TransformerLens and nnsight backends, captures under interventions equal the
-hooks backend's, `Ablate` leaves no component along its direction and no hook behind, greedy generation equals
+bridge names and fires; on every backend (hooks, TransformerLens, nnsight), captures under interventions equal
+the hooks backend's, `Ablate` leaves no component along its direction and no hook behind, greedy generation equals
 HF's greedy decoding plain and under `Add`, and the prefix cache changes no number. A site a backend cannot
 hook fails in one line instead of being skipped.
 """
@@ -62,9 +62,15 @@ def nn(family, tokenizer, tmp_path_factory) -> interp.Model:
     return _on("nnsight", family, tokenizer, tmp_path_factory)
 
 
-@pytest.fixture(params=["transformer_lens", "nnsight"])
+@pytest.fixture(scope="module")
+def hk(family, tokenizer) -> interp.Model:
+    """The hooks backend, as a model of its own (`ref` stays the untouched reference)."""
+    return tiny_model(family, tokenizer, DEVICE)
+
+
+@pytest.fixture(params=["hooks", "transformer_lens", "nnsight"])
 def other(request) -> interp.Model:
-    return request.getfixturevalue({"transformer_lens": "tl", "nnsight": "nn"}[request.param])
+    return request.getfixturevalue({"hooks": "hk", "transformer_lens": "tl", "nnsight": "nn"}[request.param])
 
 
 def _kinds(model: interp.Model) -> list[str]:

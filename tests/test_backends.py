@@ -138,10 +138,16 @@ def test_forward_stops_after_deepest_layer(request, backend):
     last = model.layers[model.n_layers - 1].register_forward_pre_hook(lambda *a: calls.append("last layer"))
     norm = model.hf.get_submodule(model.family.final_norm).register_forward_pre_hook(lambda *a: calls.append("norm"))
     try:
-        acts = model.capture(PROMPTS, "blocks.3.hook_resid_post")
+        # one forward each: no shared-prefix pass, and nnsight's order of these modules learnt beforehand (by a
+        # forward that stops at the same layer)
+        deepest = f"blocks.{model.n_layers - 1}.hook_resid_post"
+        for site in ("blocks.3.hook_resid_post", deepest):
+            model.capture(PROMPTS, site, use_prefix_cache=False)
+        calls.clear()
+        acts = model.capture(PROMPTS, "blocks.3.hook_resid_post", use_prefix_cache=False)
         assert acts["blocks.3.hook_resid_post"].shape == (len(PROMPTS), model.d_model)
         assert calls == []
-        model.capture(PROMPTS, f"blocks.{model.n_layers - 1}.hook_resid_post")
+        model.capture(PROMPTS, deepest, use_prefix_cache=False)
         assert calls == ["last layer"]  # the deepest layer ran; the final norm did not
     finally:
         last.remove()

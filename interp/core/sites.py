@@ -203,8 +203,8 @@ FAMILIES: dict[str, Family] = {
     "falcon": Family("transformer.h", "transformer.word_embeddings", "transformer.ln_f", _FALCON, "self_attention.dense",
                      "mlp.dense_4h_to_h", parallel=("parallel_attn", "new_decoder_architecture"),
                      copy_out=frozenset({"hook_mlp_out"}),
-                     unavailable={"attn.hook_pattern": "Falcon's attention returns its weights only when the whole "
-                                  "model is asked for them (output_attentions=True), not under eager attention"}),
+                     unavailable={"attn.hook_pattern": "Falcon's attention returns its weights only when the model "
+                                  "is asked for them with output_attentions=True"}),
     "gptj": Family("transformer.h", "transformer.wte", "transformer.ln_f", _GPTJ, "attn.out_proj", "mlp.fc_out",
                    parallel=True),
 }
@@ -345,3 +345,36 @@ def check_head(layer: int, head: int, n_layers: int, n_heads: int, what: str = "
     if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < n_heads:
         raise InterpError(f"{what} {head!r} is out of range (layer {layer}): this model has heads 0..{n_heads - 1}")
     return layer, head
+
+
+# Models of each family, for the documentation's table (`families_markdown`).
+EXAMPLES = {
+    "llama": "Llama 2/3, SmolLM2", "qwen2": "Qwen2, Qwen2.5 (the bundled Qwen2.5-Coder)", "mistral": "Mistral",
+    "gemma2": "Gemma 2", "gemma3_text": "Gemma 3 (text)", "gpt2": "GPT-2", "qwen3": "Qwen3", "gemma": "Gemma",
+    "olmo": "OLMo", "olmo2": "OLMo 2", "stablelm": "StableLM", "starcoder2": "StarCoder2", "mixtral": "Mixtral",
+    "qwen2_moe": "Qwen1.5/2-MoE", "qwen3_moe": "Qwen3-MoE", "gpt_neox": "Pythia, GPT-NeoX", "phi": "Phi-1, 1.5, 2",
+    "phi3": "Phi-3, 3.5", "cohere": "Command R", "granite": "Granite 3", "falcon": "Falcon", "gptj": "GPT-J",
+}
+_NO_QKV = "no attn.hook_q/k/v (fused projection)"
+
+
+def families_markdown() -> str:
+    """The table of supported families and what each lacks, as Markdown (the README holds this text; a test
+    checks that it is current)."""
+    rows = ["| model_type | models | blocks | lacks / differs |", "|---|---|---|---|"]
+    for name, fam in FAMILIES.items():
+        flags = (fam.parallel,) if isinstance(fam.parallel, str) else fam.parallel if isinstance(fam.parallel, tuple) else ()
+        blocks = "parallel" if fam.parallel is True else f"parallel if {' or '.join(flags)}" if flags else "sequential"
+        notes = []
+        if fam.parallel is True:
+            notes.append("no hook_resid_mid")
+        elif flags:
+            notes.append("no hook_resid_mid when parallel")
+        if not any(k in fam.sites for k in ("attn.hook_q", "attn.hook_k", "attn.hook_v")):
+            notes.append(_NO_QKV)
+        notes += [f"no {k} ({why.split(';')[0].split(':')[0]})" for k, why in fam.unavailable.items()]
+        notes += [f"{k} = module output x {attr}" for k, attr in fam.scales.items()]
+        if "no single down projection" in str(fam.unavailable):
+            notes.append("hook_mlp_out is the sparse block's output")
+        rows.append(f"| {name} | {EXAMPLES.get(name, '')} | {blocks} | {'; '.join(notes) or 'every site'} |")
+    return "\n".join(rows)

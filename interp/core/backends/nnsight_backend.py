@@ -78,8 +78,9 @@ class NnsightBackend:
         path, where = family.sites[site.kind]
         return f"{family.layers}.{site.layer}" + (f".{path}" if path else ""), "input" if where == "in" else "output"
 
-    def _order(self, keys: list[tuple[str, str]], batch: "TokenBatch") -> list[tuple[str, str]]:
-        """`keys` in the order a forward of `batch` reaches them (a module's input before its output)."""
+    def _order(self, keys: list[tuple[str, str]], batch: "TokenBatch", stop_layer: int | None) -> list[tuple[str, str]]:
+        """`keys` in the order a forward of `batch` reaches them (a module's input before its output); learnt once
+        per set of keys, by a forward that stops after `stop_layer`."""
         known = self._orders.get(frozenset(keys))
         if known is not None:
             return known
@@ -97,7 +98,7 @@ class NnsightBackend:
                 module = self.model.hf.get_submodule(path)
                 handles.append(module.register_forward_pre_hook(mark((path, attr))) if attr == "input"
                                else module.register_forward_hook(mark((path, attr))))
-            forward(self.model, batch, logits=None)
+            forward(self.model, batch, logits=None, stop_after=stop_layer)  # the batch itself: interventions fit it
         finally:
             for h in handles:
                 h.remove()
@@ -106,12 +107,13 @@ class NnsightBackend:
         self._orders[frozenset(keys)] = seen
         return seen
 
-    def requests(self, sites: list[Site], batch: "TokenBatch") -> list[tuple[str, str, list[Site]]]:
+    def requests(self, sites: list[Site], batch: "TokenBatch", stop_layer: int | None = None
+                 ) -> list[tuple[str, str, list[Site]]]:
         """(envoy path, "input"|"output", sites read there), in the order the forward reaches them."""
         groups: dict[tuple[str, str], list[Site]] = {}
         for site in sites:
             groups.setdefault(self._where(site), []).append(site)
-        return [(path, attr, groups[path, attr]) for path, attr in self._order(list(groups), batch)]
+        return [(path, attr, groups[path, attr]) for path, attr in self._order(list(groups), batch, stop_layer)]
 
     def _view(self, site: Site, attr: str, value) -> Tensor:
         """The site's value in TransformerLens layout, from the module's first input or its output."""
@@ -130,7 +132,7 @@ class NnsightBackend:
         import nnsight
 
         lm = self.lm
-        plan = self.requests(sites, batch)
+        plan = self.requests(sites, batch, stop_layer)
         for envoy, attr, group in plan:
             if attr == "output" and _edited(self.model.hf.get_submodule(envoy)):
                 raise InterpError(
