@@ -31,6 +31,8 @@ def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_t
     c = res.chosen
     for line in res.messages():  # filter counts and every relaxation, not only in the JSON
         print(f"    {line}")
+    if res.relaxations:
+        print("    (some checks were loosened; what that means for this result is explained at the end)")
     print(f"    chosen layer {c['layer']}, position {c['position']} ({c['token']!r}); refusal score under ablation "
           f"{c['ablation_score']:.2f} vs baseline {res.baseline['harmful_refusal_score']:.2f}; KL {c['kl']:.3f}; "
           f"system={res.system!r}")
@@ -52,14 +54,16 @@ def run_demo(model_name: str, out: Path, n: int = 64, n_show: int = 3, max_new_t
     for i in range(n_show):
         print(f"\n  harmless: {g['harmless'][i]}\n    baseline: {g['harmless_baseline'][i][:160]!r}\n    added:    {g['harmless_added'][i][:160]!r}")
     res.save(out / "refusal")
+    notes = refusal.explain_relaxations(res, model_name, n)
     write_json(out / "summary.json", {"model": model.fingerprint, "separation_best_layer": best,
                                       "refusal": {"chosen": c, "baseline": res.baseline, "rates": ev["refusal_rate"],
                                                   "judge_fp_rate": ev["judge_fp_rate"], "filter_counts": res.filter_counts,
-                                                  "relaxations": res.relaxations, "system": res.system}})
+                                                  "relaxations": res.relaxations, "system": res.system,
+                                                  "notes": notes}})
     print()
     print("\n".join(ev.lines()))
-    for line in res.messages():
-        print(line)
+    print()
+    print("\n".join(notes))
     print(f"wrote {out / 'separation' / 'report.html'}, {out / 'refusal' / 'report.html'} and the direction in {out / 'refusal'}")
     return out
 

@@ -66,6 +66,7 @@ from torch import Tensor
 
 from interp.circuits.attribution import residual_gradients
 from interp.core.interventions import Ablate, Add
+from interp.core.labels import token_label
 from interp.core.model import DEFAULT_SYSTEM, System, system_record
 from interp.core.result import Result
 from interp.core.subspace import Direction, Subspace
@@ -161,7 +162,7 @@ class RefusalResult(Result):
     def figures(self) -> dict[str, go.Figure]:
         mark_row = self.chosen["position_index"]
         mark = (mark_row, self.layers.index(self.chosen["layer"]))
-        pos = [f"{i - len(self.position_tokens)} {t!r}" for i, t in enumerate(self.position_tokens)]
+        pos = [f"{i - len(self.position_tokens)} {token_label(t)}" for i, t in enumerate(self.position_tokens)]
         figs = {}
         for key, title in [("ablation_score", "refusal score on harmful prompts, direction ablated (lower: refuses less)"),
                            ("addition_score", "refusal score on harmless prompts, direction added (higher: refuses more)"),
@@ -169,13 +170,30 @@ class RefusalResult(Result):
                            ("predicted_ablation", "attribution estimate of the ablation refusal score")]:
             table = self.table(key)
             if not torch.isnan(table).all():
-                figs[key] = plots.heatmap(table, self.layers, pos, title, mark=mark)
+                figs[key] = plots.heatmap(table, self.layers, pos, title, mark=mark, gaps="not scored",
+                                          caption=self.heatmap_caption(key, table))
         figs["per_layer"] = self.per_layer_figure()
         figs["pca"] = plots.pca_scatter(self.projections, f"PCA of resid_pre at layer {self.chosen['layer']}, "
                                         f"position {self.chosen['position']}")
         proj = {k: v.float() @ self.direction.vector for k, v in self.projections.items()}
         figs["projection"] = plots.histograms(proj, "projection onto the chosen direction", "⟨x, r̂⟩")
         return figs
+
+    def heatmap_caption(self, key: str, table: Tensor) -> str:
+        """What a candidate heat map shows, and why some of its cells are grey (not scored)."""
+        n_scored, n = int((~torch.isnan(table)).sum()), table.numel()
+        what = ("Each cell is one candidate direction: the difference in means of harmful and harmless prompts at one "
+                "end-of-instruction token (rows, counted from the end) and one layer (columns); the black square is "
+                "the chosen direction.")
+        if key == "predicted_ablation":
+            return what + (" These are first-order estimates from attribution patching, available for every "
+                           "candidate; they only rank the candidates for exact scoring.")
+        if n_scored == n:
+            return what + f" All {n} candidates were scored exactly."
+        return what + (f" Only {n_scored} of the {n} candidates were scored exactly: the shortlist the attribution "
+                       f"ranking picked (the top {self.config.shortlist}) plus every layer's last position. Grey cells "
+                       "were not scored, which says nothing about their value. To score every candidate, run with "
+                       "shortlist=None (`--shortlist 0` on the command line); it takes several times longer.")
 
     def per_layer_figure(self) -> go.Figure:
         """Validation refusal score under ablation of each layer's last-position difference in means, the
@@ -586,3 +604,57 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
              if k in out}
     return RefusalEvaluation(rates, capability["hook"]["kl"], alpha, max_new_tokens, out,
                              judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system_record(system))
+
+
+def explain_relaxations(res: RefusalResult, model_name: str, n: int, command: str = "interp demo",
+                        n_option: str = "--n") -> list[str]:
+    """In plain words, for the person running the demo: which of Arditi et al.'s checks had to be loosened, what
+    that means for the direction they got, and what they can do about it. One line when nothing was loosened.
+
+    `n` is the number of training prompts of each class; `command` and `n_option` are how the user asks for more
+    (for `interp directions extract`: `--max-prompts`), so any command that runs the method can print the same."""
+    if not res.relaxations:
+        return ["Every check of Arditi et al.'s method passed as published: the direction was chosen without "
+                "loosening any filter."]
+    out = ["What the loosened checks mean for your result:"]
+    for name, c in res.filter_counts.items():
+        if not c.get("relaxed"):
+            continue
+        harmful = name.startswith("harmful")
+        which = "training" if name.endswith("train") else "validation"
+        used = ("the direction was estimated from" if which == "training" else
+                "the candidate directions were scored on")
+        if c["rule"] == "first_token" and harmful:
+            out.append(f"- The model refused few of the harmful {which} prompts with confidence (its refusal score "
+                       f"was positive for too few of them), so {used} the {c['kept']} of {c['given']} it refuses "
+                       "with its first word instead: fewer, less clear-cut examples, so the result is noisier.")
+        elif c["rule"] == "first_token":
+            out.append(f"- Too few harmless {which} prompts were answered with confidence, so {used} the "
+                       f"{c['kept']} of {c['given']} whose first word is not a refusal.")
+        else:
+            out.append(f"- Too few {'harmful' if harmful else 'harmless'} {which} prompts passed either test, so "
+                       f"{used} all {c['given']}, including some the model {'answers' if harmful else 'refuses'}. "
+                       + ("The direction then mixes 'refused' with 'sounds harmful', and ablating it may remove "
+                          "less of the refusal." if which == "training" else
+                          "Their scores are diluted, so the choice among the candidates is less sure."))
+    if res.chosen.get("relaxed"):
+        out.append("- No candidate direction passed every check (adding it should make harmless prompts refuse, and "
+                   "removing it should barely change harmless answers), so the selection was loosened: "
+                   f"{res.chosen['relaxed']}. The chosen direction lowers refusal on the validation prompts, but "
+                   "it may not be a clean on/off switch for refusal.")
+    out += ["What you can do:",
+            "- Judge the direction by refusal rates on held-out prompts with and without it"
+            + (" (printed above)" if command == "interp demo" else " (`refusal.evaluate`, or `interp steer --mode "
+               "ablate` on prompts of your own)") + ", not by the filters: if ablation barely lowers the rate, the "
+            "direction is weak on this model.",
+            f"- Give the method more prompts to choose from: `{command} {n_option} {max(2 * n, 128)}`.",
+            f"- Use a model that refuses more clearly, e.g. `{command} --model qwen2.5-coder-1.5b-instruct` "
+            "(see `interp models`).",
+            "- Try the prompts without a system turn, as Arditi et al. did: `interp directions extract --system none "
+            "...`; small models often refuse more clearly one way or the other.",
+            "Details: " + ("summary.json and refusal/result.json hold" if command == "interp demo" else
+                           "result.json holds") + " the filter counts (`filter_counts`) and every loosened check in "
+            "the method's own words (`relaxations`)."]
+    if model_name:
+        out[0] = f"What the loosened checks mean for your result on {model_name}:"
+    return out

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp.core.result import caption
+
 if TYPE_CHECKING:
     from probes.linear import ProbeReport
 
@@ -27,7 +29,9 @@ def accuracy_figure(report: "ProbeReport") -> go.Figure:
             fig.update_xaxes(title_text="head", row=1, col=i + 1)
             fig.update_yaxes(title_text="layer", row=1, col=i + 1)
         fig.update_layout(title=f"Per-head probe accuracy (n_train={report.n_train}, n_test={report.n_test})")
-        return fig
+        return caption(fig, "Held-out accuracy of one linear probe per attention head (rows: layers, columns: heads). "
+                            "A bright cell is a head whose output tells the two classes apart linearly; with few "
+                            "test examples, accuracies move in steps of 1 / n_test.")
     fig = go.Figure()
     for kind in report.kinds:
         color = _COLORS.get(kind)
@@ -38,4 +42,7 @@ def accuracy_figure(report: "ProbeReport") -> go.Figure:
     fig.add_hline(y=report.chance, line_dash="dash", line_color="gray", annotation_text="chance (majority class)")
     fig.update_layout(title=f"Linear probe accuracy by layer (n_train={report.n_train}, n_test={report.n_test})",
                       xaxis_title="layer", yaxis_title="accuracy", yaxis_range=[0, 1.05], template="plotly_white")
-    return fig
+    return caption(fig, "One linear probe per layer: held-out (solid) and training (dotted) accuracy, and the "
+                        "majority-class rate (dashed). Where the held-out accuracy is near 1 the two classes are "
+                        "linearly separable at that layer; training far above held-out means the probe overfits "
+                        "(too few examples for the width).")

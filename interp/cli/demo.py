@@ -11,9 +11,15 @@ from interp.cli import common
 
 def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="output folder (new or empty unless --overwrite)"),
          model: str = common.Model,
-         n: int = typer.Option(64, help="prompts per class (12 of each are held out for validation)"),
+         n: int = typer.Option(64, help="harmful and harmless training prompts, of each (validation prompts come from "
+                                        "separate splits); more give a steadier direction and more for the filters "
+                                        "to choose from"),
          overwrite: bool = common.Overwrite) -> None:
-    """The main job: capture harmful vs harmless prompts, per-layer separation, the refusal direction, steered answers."""
+    """The main job: capture harmful vs harmless prompts, per-layer separation, the refusal direction, steered answers.
+
+    Where the model refuses too weakly for a check of the method, the check is loosened openly; the demo ends by
+    saying in plain words what that means for the result and what to try (more prompts, another model).
+    """
     from analyses.demo import run_demo
 
     common.check_out(out, overwrite)

@@ -52,6 +52,9 @@ def directions_extract(
     c = result.chosen
     for line in result.messages():
         typer.echo(line)
+    for line in refusal.explain_relaxations(result, m.name, len(data.harmful), "interp directions extract",
+                                            "--max-prompts"):
+        typer.echo(line)
     typer.echo(f"chosen: layer {c['layer']}, position {c['position']} ({c['token']!r}); ablation refusal score "
                f"{c['ablation_score']:.2f} (baseline {result.baseline['harmful_refusal_score']:.2f}), addition "
                f"{c['addition_score']:.2f}, KL {c['kl']:.3f}; system={system!r}; {result.timings['total']:.0f} s")

@@ -349,10 +349,10 @@ def check_head(layer: int, head: int, n_layers: int, n_heads: int, what: str = "
 
 # Models of each family, for the documentation's table (`families_markdown`).
 EXAMPLES = {
-    "llama": "Llama 2/3, SmolLM2", "qwen2": "Qwen2, Qwen2.5 (the bundled Qwen2.5-Coder)", "mistral": "Mistral",
+    "llama": "Llama, SmolLM2", "qwen2": "Qwen2, Qwen2.5 (the bundled Qwen2.5-Coder)", "mistral": "Mistral",
     "gemma2": "Gemma 2", "gemma3_text": "Gemma 3 (text)", "gpt2": "GPT-2", "qwen3": "Qwen3", "gemma": "Gemma",
     "olmo": "OLMo", "olmo2": "OLMo 2", "stablelm": "StableLM", "starcoder2": "StarCoder2", "mixtral": "Mixtral",
-    "qwen2_moe": "Qwen1.5/2-MoE", "qwen3_moe": "Qwen3-MoE", "gpt_neox": "Pythia, GPT-NeoX", "phi": "Phi-1, 1.5, 2",
+    "qwen2_moe": "Qwen1.5-MoE, Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "gpt_neox": "Pythia, GPT-NeoX", "phi": "Phi-1, 1.5, 2",
     "phi3": "Phi-3, 3.5", "cohere": "Command R", "granite": "Granite 3", "falcon": "Falcon", "gptj": "GPT-J",
 }
 _NO_QKV = "no attn.hook_q/k/v (fused projection)"

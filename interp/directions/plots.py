@@ -8,17 +8,37 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from interp.core.result import caption as set_caption
 from interp.directions.estimators import pca
+
+GAP_COLOR = "#bdbdbd"  # heat-map cells with no value (NaN): grey, never a colour of the scale
 
 
 def heatmap(values: Tensor, x: Sequence, y: Sequence, title: str, xaxis: str = "layer", yaxis: str = "position",
-            colorscale: str = "RdBu_r", mark: tuple[int, int] | None = None) -> go.Figure:
-    """A [len(y), len(x)] heatmap; `mark` = (row, col) draws a box around the chosen cell."""
-    fig = go.Figure(go.Heatmap(z=values.tolist(), x=list(x), y=[str(v) for v in y], colorscale=colorscale))
+            colorscale: str = "RdBu_r", mark: tuple[int, int] | None = None, gaps: str | None = None,
+            caption: str | None = None) -> go.Figure:
+    """A [len(y), len(x)] heatmap; `mark` = (row, col) draws a box around the chosen cell.
+
+    NaN cells are drawn grey (`GAP_COLOR`), never in a colour of the scale; `gaps` names what they mean (e.g.
+    "not scored"), shown in the legend as a grey square and in the hover text. `caption` is attached to the
+    figure (`interp.core.result.caption`): reports print it under the figure."""
+    nan = torch.isnan(values.float())
+    z = [[None if bad else float(v) for v, bad in zip(row, row_nan)] for row, row_nan in zip(values.tolist(), nan.tolist())]
+    fig = go.Figure(go.Heatmap(z=z, x=list(x), y=[str(v) for v in y], colorscale=colorscale, hoverongaps=False,
+                               colorbar=dict(len=0.8, y=0.4)))
     if mark is not None:
         fig.add_trace(go.Scatter(x=[list(x)[mark[1]]], y=[str(list(y)[mark[0]])], mode="markers",
                                  marker=dict(symbol="square-open", size=18, color="black"), name="chosen"))
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
+    if bool(nan.any()):
+        fig.update_layout(plot_bgcolor=GAP_COLOR)
+        if gaps:
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{gaps} (grey)",
+                                     marker=dict(symbol="square", size=12, color=GAP_COLOR)))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, xaxis_showgrid=False, yaxis_showgrid=False,
+                      xaxis_zeroline=False, yaxis_zeroline=False,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    if caption:
+        set_caption(fig, caption)
     return fig
 
 
