@@ -17,6 +17,7 @@ the absolute tolerance for such a comparison on activations of unit scale.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,43 @@ def unit_tier_loads_no_bundled_weights(request, monkeypatch):
 
     monkeypatch.setattr(loading, "prepare", refuse)  # every load of a bundled name goes through it
     yield
+
+
+# Every report.html the suite writes (the first of each Result type) is drawn in headless Chromium when the session
+# ends (tests/test_browser.py's checker); a JavaScript error or a figure that did not draw fails the run.
+_REPORTS: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_reports():
+    from interp.core.result import Result
+
+    save = Result.save
+
+    def recording(self, directory):
+        out = save(self, directory)
+        _REPORTS.setdefault(type(self).__name__, Path(out) / "report.html")
+        return out
+
+    Result.save = recording  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Result.save = save  # type: ignore[method-assign]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    pages = [p for p in _REPORTS.values() if p.exists()]
+    if exitstatus != 0 or not pages:
+        return
+    from tests.test_browser import check_pages, chromium
+
+    if chromium() is None:  # tests/test_browser.py fails or skips on that, with the reason
+        return
+    bad = [c for c in check_pages(pages) if not c.ok]
+    for c in bad:
+        print(f"\nreport {c.path} does not draw in Chromium: {'; '.join(c.problems)}")
+    if bad:
+        session.exitstatus = 1
+    else:
+        print(f"\n{len(pages)} reports written by the tests ({', '.join(sorted(_REPORTS))}) draw in Chromium")
