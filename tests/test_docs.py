@@ -201,3 +201,24 @@ def test_the_readme_families_table_is_the_site_table():
     end = text.index("<!-- end of families table -->")
     assert text[start:end].strip() == families_markdown(), "README families table is stale: paste families_markdown()"
     assert len(FAMILIES) == 22
+
+
+def test_a_tutorial_keeps_its_plotly_figures(tmp_path):
+    """An executed notebook's plotly outputs (stored as plotly JSON only) reach the tutorial page as HTML that draws
+    once plotly.js, loaded after the content by the theme, is there."""
+    import importlib.util
+
+    import nbformat
+    import plotly.graph_objects as go
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("fig")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={hooks.PLOTLY: go.Figure(go.Bar(y=[1, 2])).to_plotly_json()})]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    text, _ = hooks.notebook_page(tmp_path / "t.ipynb")
+    assert 'class="plotly-graph-div"' in text and 'window.addEventListener("load", function () {' in text
+    assert "Run it to see the outputs" not in text

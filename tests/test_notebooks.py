@@ -9,7 +9,10 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from interp.io import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / "out" / "notebooks"  # the notebooks as this run executed them (docs/hooks.py reads them)
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
@@ -26,6 +29,8 @@ def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "a code cell did not run"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    EXECUTED.mkdir(parents=True, exist_ok=True)  # `make docs` renders these, outputs and all, as the tutorials
+    write_text(EXECUTED / name, nbformat.writes(nb))
     return nb
 
 
