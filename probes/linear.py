@@ -50,6 +50,7 @@ TENSORS = "probes.safetensors"
 META = "probes.json"
 FORMAT = "interp.probes/1"
 _HESSIAN_BYTES = 2**28  # float64 Hessians solved per chunk of probes: bounds memory for wide models
+_HESSIAN_EVERY = 2  # Newton iterations per Hessian (formed on the first, reused on the next)
 _STEPS = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 0.0], dtype=torch.float64)
 
 
@@ -65,37 +66,51 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     With fewer examples than dimensions (n < d) the optimal w lies in the span of the examples (the penalty
     only grows outside it, the logits do not change), so the problem is solved exactly in an orthonormal basis
     Q of that span, [n, n] instead of [n, d], and mapped back as w = Q a.
+
+    The passes over the data (logits, gradient, Hessian) run in float32, and the Hessian is formed every
+    `_HESSIAN_EVERY` iterations and reused in between; the parameters, the logits and the Cholesky solves are
+    float64. The optimum is the one the exact gradient defines, so the result is the same optimum as full Newton,
+    to float32 accuracy of the gradient; the line search (over `_STEPS`, the logits of each step computed from one
+    pass, z - s X step) never lets the loss rise, whatever the Hessian's age.
     """
     B, n, d = X.shape
-    X = X.to(torch.float64)
     if n < d:
-        Q, _ = torch.linalg.qr(X.transpose(1, 2))  # [b, d, n], orthonormal columns spanning the examples
-        a, b, it, conv = fit_logistic(X @ Q, y, C, max_iter, tol)
+        X64 = X.to(torch.float64)
+        Q, _ = torch.linalg.qr(X64.transpose(1, 2))  # [b, d, n], orthonormal columns spanning the examples
+        a, b, it, conv = fit_logistic(X64 @ Q, y, C, max_iter, tol)
         return (Q @ a[..., None])[..., 0], b, it, conv
-    Xt = torch.cat([X, X.new_ones(B, n, 1)], -1)  # [b, n, d + 1]
-    t = y.to(Xt.device, torch.float64)
-    beta = Xt.new_zeros(B, d + 1)
-    penalty = torch.ones(d + 1, dtype=torch.float64, device=Xt.device)
+    Xt = torch.cat([X.float(), X.new_ones(B, n, 1, dtype=torch.float32)], -1)  # [b, n, d + 1]
+    dev = Xt.device
+    t = y.to(dev, torch.float64)
+    beta = torch.zeros(B, d + 1, dtype=torch.float64, device=dev)
+    z = torch.zeros(B, n, dtype=torch.float64, device=dev)  # logits X beta, kept up to date without a pass
+    penalty = torch.ones(d + 1, dtype=torch.float64, device=dev)
     penalty[-1] = 0.0  # the intercept is not penalised
     jitter = torch.zeros_like(penalty)
     jitter[-1] = 1e-10 * C * n  # keeps H invertible when every probability saturates
-    steps = _STEPS.to(Xt.device)
-    converged = torch.zeros(B, dtype=torch.bool, device=Xt.device)
+    steps = _STEPS.to(dev)
+    rows = torch.arange(B, device=dev)
+    converged = torch.zeros(B, dtype=torch.bool, device=dev)
+    chol = None
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations run)
-        p = torch.sigmoid(torch.einsum("bnd,bd->bn", Xt, beta))
-        grad = C * torch.einsum("bnd,bn->bd", Xt, p - t) + penalty * beta
-        H = C * (Xt * (p * (1 - p))[..., None]).transpose(1, 2) @ Xt + torch.diag(penalty + jitter)
-        step = torch.linalg.solve(H, grad)
+        p = torch.sigmoid(z)
+        grad = C * torch.einsum("bnd,bn->bd", Xt, (p - t).float()).double() + penalty * beta
+        if chol is None or (it - 1) % _HESSIAN_EVERY == 0:
+            s = (p * (1 - p)).float()
+            H = (C * (Xt * s[..., None]).transpose(1, 2) @ Xt).double() + torch.diag(penalty + jitter)
+            chol = torch.linalg.cholesky(H)
+        step = torch.cholesky_solve(grad[..., None], chol)[..., 0]
         decrement = (grad * step).sum(-1)  # lambda^2: twice the predicted decrease
         converged = decrement / 2 <= tol
         if converged.all():
             break
+        z_step = torch.einsum("bnd,bd->bn", Xt, step.float()).double()
+        zc = z[None] - steps[:, None, None] * z_step[None]  # [steps, b, n]
         cand = beta[None] - steps[:, None, None] * step[None]  # [steps, b, d + 1]
-        zc = torch.einsum("bnd,sbd->sbn", Xt, cand)
         losses = _logistic_loss(zc, t, cand[..., :-1], C)  # [steps, b]
         best = losses.argmin(0)  # includes step 0 (stay), so the loss never rises
-        beta = cand[best, torch.arange(B, device=Xt.device)]
+        beta, z = cand[best, rows], zc[best, rows]
     return beta[:, :-1], beta[:, -1], it, converged
 
 
