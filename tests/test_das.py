@@ -1,6 +1,7 @@
 """Subspace patching, DAS and the interpretability-illusion diagnostics: SubspacePatch on SmolLM2, the toy networks
 where the truth is known, DAS's guarantees (orthonormal basis, frozen model, no hook left), bad inputs, the CLI
-and the notebook."""
+and the notebook. The reference's data (disjoint test items, both kinds of pair, user pairs) and the residual
+stream's readers: tests/test_das_faithful.py."""
 
 from __future__ import annotations
 
@@ -204,7 +205,9 @@ def test_bad_inputs_are_one_line_errors(smol):
              (lambda: das.fit(smol, uneven, RESID), "same token length"),
              (lambda: das.fit(smol, TASK, "blocks.3.attn.hook_z"), "DAS trains at"),
              (lambda: das.fit(smol, TASK, RESID, positions=[0]), "negative"),
-             (lambda: das.split_items(2), "at least 3 items")]
+             (lambda: das.split_items(2), "at least 3 items"),
+             (lambda: das.split_parts(["train", "test"]), "at least 2 items of the training part"),
+             (lambda: das.split_parts(["train", "train", "dev"]), "must be 'train' or 'test'")]
     for call, message in cases:
         with pytest.raises(InterpError, match=message) as e:
             call()
@@ -212,18 +215,27 @@ def test_bad_inputs_are_one_line_errors(smol):
 
 
 def test_cli_das_writes_the_subspace_and_the_result(smol, monkeypatch, tmp_path):
+    """The default: the position pairs of both kinds, the test items from the test vocabulary, the residual
+    stream decomposed against the reader heads named."""
     monkeypatch.setattr("interp.cli.common.load_model", lambda model, backend="hooks": smol)
     out = tmp_path / "das"
     res = CliRunner().invoke(app, ["das", "--model", "smollm2-135m-instruct", "--task", "ioi", "--site", RESID,
-                                   "--k", "2", "--n", "8", "--epochs", "2", "--out", str(out)])
+                                   "--k", "2", "--n", "24", "--epochs", "2", "--reader", "23.1", "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "test recovery" in res.output and "whole component" in res.output
+    assert "test recovery" in res.output and "whole component" in res.output and "disjoint split" in res.output
     sub = Subspace.load(out, model=smol)
     assert sub.k == 2 and sub.provenance["site"] == RESID and sub.provenance["method"] == "das"
+    assert sub.provenance["split"] == "disjoint"
     summary = json.loads((out / "result.json").read_text())
     assert set(summary["recovery"]) == {"das", "full", "diff_in_means", "probe", "random"}
     assert set(summary["verdicts"]) == {"das", "diff_in_means", "probe", "random"}
+    assert summary["options"]["task"]["corrupt"] == "position" and summary["readers"]["heads"] == ["23.1"]
+    assert summary["pair_kinds"]["test"]["kept"] == 0 and summary["pair_kinds"]["train"]["kept"] > 0
     assert (out / "report.html").stat().st_size > 10_000
+    old = CliRunner().invoke(app, ["das", "--site", RESID, "--n", "8", "--epochs", "1", "--corrupt", "swap",
+                                   "--split", "random", "--out", str(tmp_path / "old")])
+    assert old.exit_code == 0, old.output + repr(old.exception)
+    assert "departure: test items from the training distribution" in old.output
     bad = CliRunner().invoke(app, ["das", "--site", RESID, "--k", "0", "--n", "8", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and isinstance(bad.exception, InterpError)
 

@@ -30,7 +30,9 @@ from interp.circuits.tasks import (
 from interp.errors import InterpError
 
 VARIANTS = [("ioi", {}), ("ioi", {"corrupt": "swap"}), ("ioi", {"order": "BABA"}), ("capitals", {}),
-            ("laundry", {"length": 2}), ("laundry", {"length": 8})]
+            ("laundry", {"length": 2}), ("laundry", {"length": 8}), ("ioi", {"corrupt": "position", "test": 0.25}),
+            ("ioi", {"corrupt": "position", "preserve": "names"}), ("capitals", {"test": 0.5}),
+            ("laundry", {"length": 3, "vocab": "test"})]
 
 
 @pytest.mark.parametrize("which", ["smol", "qwen"])
@@ -52,8 +54,11 @@ def test_pairs_have_the_same_token_length(which, request):
         toks = task.tokens(model)
         assert len(toks) == 40 and toks.answer.shape == toks.wrong.shape == (40,)
         assert all(len(a) == len(b) for a, b in zip(toks.clean, toks.corrupted)), (name, options)
-        assert all(a != b for a, b in zip(toks.clean, toks.corrupted)), (name, options)
+        kept = [not item.changes for item in task.items]  # a kept-label pair may repeat its base prompt
+        assert all(a != b or k for a, b, k in zip(toks.clean, toks.corrupted, kept)), (name, options)
         assert (toks.answer != toks.wrong).all()
+        if toks.target is not None:
+            assert [len(t) for t in toks.target] == [len(c) for c in toks.corrupted], (name, options)
     for template in range(len(IOI_TEMPLATES)):  # one template: every item has the same length (positions line up)
         toks = make_task("ioi", 12, template=template).tokens(model)
         assert len({len(ids) for ids in toks.clean + toks.corrupted}) == 1, IOI_TEMPLATES[template]
@@ -80,12 +85,23 @@ def test_corruptions_do_what_they_say():
     country = {capital: c for c, capital in CAPITALS}
     for item in make_task("capitals", 20).items:
         assert country[item.answer.strip()] in item.clean and country[item.wrong.strip()] in item.corrupted
+    for item in make_task("ioi", 20, corrupt="position").items:  # the base's names in both prompts of a pair
+        assert _count(item.corrupted, item.answer) + _count(item.corrupted, item.wrong) == 3
+        assert (_count(item.corrupted, item.answer) == 2) == item.changes  # a changing pair's answer is the base's S
+        assert item.target is not None and _count(item.target, item.answer) == 1  # the target answers `answer`
 
 
 def test_seeded_determinism():
     for name, options in VARIANTS:
         assert make_task(name, 12, seed=3, **options) == make_task(name, 12, seed=3, **options)
         assert make_task(name, 12, seed=3, **options).items != make_task(name, 12, seed=4, **options).items
+
+
+def test_subset_keeps_per_item_meta():
+    task = make_task("ioi", 12, corrupt="position", test=0.25)
+    sub = task.subset([0, 11])
+    assert sub.meta["part"] == ["train", "test"] and sub.meta["variable"] == [task.meta["variable"][i] for i in (0, 11)]
+    assert sub.targets == [task.targets[0], task.targets[11]] and sub.parts == ["train", "test"]
 
 
 def test_logit_diff_and_normalisation(smol):
@@ -142,6 +158,12 @@ def test_bad_items_are_named(smol):
         make_task("ioi", 4, template=99)
     with pytest.raises(InterpError, match="length=1"):
         make_task("laundry", 4, length=1)
+    with pytest.raises(InterpError, match="kinds and preserve are options of corrupt='position'"):
+        make_task("ioi", 4, corrupt="swap", kinds="both")
+    with pytest.raises(InterpError, match="test=1.5"):
+        make_task("ioi", 4, test=1.5)
+    with pytest.raises(InterpError, match="vocab='dev'"):
+        make_task("ioi", 4, vocab="dev")
 
 
 def _write(path, rows: list) -> str:
@@ -154,7 +176,10 @@ def test_from_pairs(tmp_path, smol):
            "wrong_answer": " Madrid"}
     task = from_pairs(_write(tmp_path / "mine.jsonl", [row, "", row]), model=smol)
     assert task.name == "mine" and len(task) == 2 and task.items[0] == TaskItem(*row.values())
-    assert solve_rate(smol, task) == 1.0
+    assert solve_rate(smol, task) == 1.0 and task.parts is None and task.items[0].target is None
+    marked = from_pairs(_write(tmp_path / "parts.jsonl", [{**row, "part": "train"}, {**row, "part": "test",
+                                                                                     "target": row["clean"]}]))
+    assert marked.parts == ["train", "test"] and marked.items[1].target == row["clean"]
     cases = {
         "missing wrong_answer": [{k: v for k, v in row.items() if k != "wrong_answer"}],
         "line 2: not valid JSON": [row, "{clean: 1"],

@@ -11,11 +11,18 @@ moves, through a pathway the model never uses. The paper's signs of it, all repo
 
 - the split of each basis vector into the rowspace and the kernel of the reader (`null_norm`: ||P_null v||^2).
   At `mlp.hook_post` the reader is the MLP's output projection W_out ([d_model, d_mlp], down_proj), whose kernel
-  has d_mlp - d_model dimensions. The residual stream is read by every later layer at full rank (its kernel is
-  {0}): there the shares are 0 by definition and the Result says so;
-- the variance, over the activations of both runs (the data the patch moves between), of the coordinates along
-  the nullspace part and along the rowspace part (summed over the basis vectors); a dormant rowspace part has
-  near-zero variance. `null_variance_share` = var_null / (var_null + var_row): the share of what the patch moves
+  has d_mlp - d_model dimensions. At the residual stream (`hook_resid_pre|post`) the readers are the attention
+  heads the user names, as the reference decomposes its residual DAS direction against the name movers' W_Q
+  (github.com/amakelov/activation-patching-illusion, `ioi_analysis.ipynb`, `decompose_resid_along_namemovers`:
+  v = v Q Q^T + (v - v Q Q^T) with Q an orthonormal basis of the columns of the heads' stacked W_Q): the reader
+  is the heads' W_Q^T rows stacked ([heads * d_head, d], `reader_weight`; W_K and W_V as options), from
+  `interp.circuits.heads.head_weights` with the attention norm's weight folded in (as TransformerLens' fold_ln,
+  which the reference loads with). Without named readers the whole residual stream is the reader (every later
+  layer reads it at full rank; kernel {0}): the shares are 0 by definition, only the "beyond the component"
+  rule can fire, and the Result says so;
+- the variance, over the activations of both runs of the items judged (the data the patch moves between), of the
+  coordinates along the nullspace part and along the rowspace part (summed over the basis vectors); a dormant
+  rowspace part has near-zero variance. `null_variance_share` = var_null / (var_null + var_row): the share of what the patch moves
   along the subspace that the reader cannot see directly;
 - the effect (logit-difference recovery) of patching the rowspace part alone, the nullspace part alone (each
   orthonormalised), the whole subspace, and the whole component (plain activation patching). Patching the
@@ -24,15 +31,21 @@ moves, through a pathway the model never uses. The paper's signs of it, all repo
 
 Verdict per subspace: "possible illusion" when either rule fires, with the numbers that fired it, else
 "consistent":
-- dormant pathway: the subspace moves the output (whole >= MOVES), most of the variation it patches lies in the
-  kernel (null_variance_share > NULL_SHARE), and most of its effect needs that kernel part
-  (whole - rowspace > NEEDS_NULL * whole);
+- dormant pathway (at the residual stream: "outside the readers"): the subspace moves the output
+  (whole >= MOVES), most of the variation it patches lies in the kernel (null_variance_share > NULL_SHARE), and
+  most of its effect needs that kernel part (whole - rowspace > NEEDS_NULL * whole). At the residual stream the
+  kernel of the named heads is read by the rest of the model, so there the rule says that the subspace works
+  through something other than the readers named, not that nothing reads it;
 - beyond the component: the subspace restores more than patching the whole component does
   (whole - full > EXCESS); in particular the paper's red flag, a subspace that moves the output while patching
   the whole component does not. A faithful subspace cannot do much more than the component it is part of.
 Departure from the paper: it splits the subspace by norm and reads the variance off plots; here the variance share
 is what the rule uses, because the norm split of the canonical illusory direction (v_dis + v_dorm)/sqrt2 is 1/2 by
 construction, while its variance lies entirely in the kernel (the dormant part has none).
+
+The thresholds (`Thresholds`, defaults MOVES, NULL_SHARE, NEEDS_NULL, EXCESS) are fixed before a run: the
+analysis takes them from its config, never from the data it judges, and its Result records them and whether each
+was the default.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.circuits.das import Interchange
+from interp.circuits.heads import head_weights
 from interp.core.subspace import Subspace
 from interp.errors import InterpError
 
@@ -59,18 +73,82 @@ NULL_SHARE = 0.5  # above this share of its patched variance in the reader's ker
 NEEDS_NULL = 0.5  # above this share of the whole effect missing without the kernel part, the effect needs that part
 EXCESS = 0.2  # a subspace restoring this much more than the whole component does is suspect
 _RANK_TOL = 1e-6  # singular values below this share of the largest count as zero
+_PART_TOL = 1e-6  # a basis vector's rowspace or kernel part shorter than this is zero (float32 rounding)
+WEIGHTS = ("Q", "K", "V")  # which of a reading head's weights span what it reads
 
 
-def reader_weight(model: "Model", site: str) -> Tensor | None:
-    """The weights that read `site`, [d_out, d] (float64): the MLP's output projection at `mlp.hook_post`; None at
-    the residual stream (read at full rank by every later layer)."""
+@dataclass(frozen=True)
+class Thresholds:
+    """The verdict's thresholds (module docstring), fixed before the run they judge."""
+
+    moves: float = MOVES
+    null_share: float = NULL_SHARE
+    needs_null: float = NEEDS_NULL
+    excess: float = EXCESS
+
+    def to_json(self) -> dict[str, float]:
+        return {"moves": self.moves, "null_share": self.null_share, "needs_null": self.needs_null,
+                "excess": self.excess}
+
+
+def parse_heads(heads: Sequence) -> list[tuple[int, int]]:
+    """(layer, head) pairs from pairs or "L.H" strings ("9.6")."""
+    out = []
+    for h in heads:
+        if isinstance(h, str):
+            bits = h.replace(",", ".").split(".")
+            if len(bits) != 2 or not all(b.strip().lstrip("-").isdigit() for b in bits):
+                raise InterpError(f"reader head {h!r}: write a head as LAYER.HEAD, e.g. 9.6")
+            h = (int(bits[0]), int(bits[1]))
+        if not (isinstance(h, (tuple, list)) and len(h) == 2 and all(isinstance(x, int) for x in h)):
+            raise InterpError(f"reader head {h!r}: give (layer, head) or 'LAYER.HEAD'")
+        out.append((int(h[0]), int(h[1])))
+    return list(dict.fromkeys(out))
+
+
+def reader_weight(model: "Model", site: str, readers: Sequence = (), weights: Sequence[str] = ("Q",)
+                  ) -> Tensor | None:
+    """The weights that read `site`, [d_out, d] (float64): the MLP's output projection at `mlp.hook_post`; at the
+    residual stream the rows of W_Q^T (and/or W_K^T, W_V^T: `weights`) of the heads `readers` ((layer, head) or
+    "L.H"; heads of the layers that read the site), stacked, with the attention norm's weight folded in
+    (`interp.circuits.heads.head_weights`), or None when no readers are named (the whole stream: full rank)."""
     (s,) = model.sites(site)
     if s.kind == "mlp.hook_post":
+        if readers:
+            raise InterpError(f"{s} is read by its MLP's output projection; reader heads apply to the residual stream")
         w: Tensor = model.layers[s.layer].get_submodule(model.family.down_proj).weight.detach()  # type: ignore[operator]
         return (w.T if model.family.conv1d else w).to("cpu", torch.float64)
-    if s.kind in ("hook_resid_pre", "hook_resid_post"):
+    if s.kind not in ("hook_resid_pre", "hook_resid_post"):
+        raise InterpError(f"no reader is known for {s}; the diagnostics cover hook_resid_pre|post and mlp.hook_post")
+    heads = parse_heads(readers)
+    if not heads:
         return None
-    raise InterpError(f"no reader is known for {s}; the diagnostics cover hook_resid_pre|post and mlp.hook_post")
+    weights = list(dict.fromkeys(w.upper() for w in weights))
+    if not weights or any(w not in WEIGHTS for w in weights):
+        raise InterpError(f"reader weights {weights}; choose from {', '.join(WEIGHTS)}")
+    first = s.layer + (s.kind == "hook_resid_post")  # the first layer whose heads read the site
+    for layer, head in heads:
+        if not first <= layer < model.n_layers or not 0 <= head < model.n_heads:
+            raise InterpError(f"head {layer}.{head} cannot read {s}: give heads of layers {first}..{model.n_layers - 1} "
+                              f"with indices 0..{model.n_heads - 1}")
+    hw = head_weights(model, fold_norm=True, dtype=torch.float64)
+    group = hw.n_heads // hw.n_kv_heads
+    mats = {"Q": hw.W_Q, "K": hw.W_K, "V": hw.W_V}
+    rows = [mats[w][layer, head if w == "Q" else head // group].T for layer, head in heads for w in weights]
+    return torch.cat(rows).cpu()
+
+
+def describe_reader(site: str, readers: Sequence = (), weights: Sequence[str] = ("Q",)) -> str:
+    """What `reader_weight` read for `site`, in words (for the Result)."""
+    if "mlp.hook_post" in site:
+        return "the MLP's output projection W_out (down_proj): its kernel is what nothing downstream reads"
+    heads = parse_heads(readers)
+    if not heads:
+        return ("no readers named: the residual stream is read at full rank by the layers above (no kernel, "
+                "nullspace shares 0 by definition); only the 'beyond the component' rule can fire")
+    names = ", ".join(f"{layer}.{head}" for layer, head in heads)
+    return (f"the {'/'.join(w.upper() for w in weights)} weights of heads {names} (attention norm folded in): the "
+            f"rowspace is what they read, the kernel what they do not")
 
 
 def rowspace(reader: Float[Tensor, "out d"]) -> Float[Tensor, "r d"]:
@@ -107,6 +185,8 @@ class Diagnosis:
     full_rank_reader: bool
     verdict: str = "consistent"
     reasons: list[str] = field(default_factory=list)
+    reader: str = ""  # what reads the site (`describe_reader`); "" = the site's default reader
+    rule: str = "dormant pathway"  # the kernel rule's name: "outside the readers" at the residual stream
 
     @property
     def null_norm_share(self) -> float:
@@ -122,37 +202,59 @@ class Diagnosis:
         return self.verdict != "consistent"
 
     def to_json(self) -> dict:
-        note = ("the residual stream is read at full rank by the layers above: no kernel, nullspace shares 0 by "
-                "definition" if self.full_rank_reader else "split by the kernel of the weights that read the site")
+        note = self.reader or ("the residual stream is read at full rank by the layers above: no kernel, nullspace "
+                               "shares 0 by definition" if self.full_rank_reader
+                               else "split by the kernel of the weights that read the site")
         return {"k": self.k, "verdict": self.verdict, "reasons": self.reasons, "null_norm": self.null_norm,
                 "null_norm_share": self.null_norm_share, "var_null": self.var_null, "var_row": self.var_row,
                 "null_variance_share": self.null_variance_share, "effect": self.effect, "reader": note}
 
 
-def verdict(d: Diagnosis) -> Diagnosis:
-    """Fill in `d.verdict` and `d.reasons` by the two rules of the module docstring."""
+def verdict(d: Diagnosis, thresholds: Thresholds | None = None) -> Diagnosis:
+    """Fill in `d.verdict` and `d.reasons` by the two rules of the module docstring, with `thresholds` (default
+    `Thresholds()`)."""
+    t = thresholds or Thresholds()
     e = d.effect
     reasons = []
     needs = e["whole"] - e["rowspace"]
-    if e["whole"] >= MOVES and d.null_variance_share > NULL_SHARE and needs > NEEDS_NULL * e["whole"]:
-        reasons.append(f"dormant pathway: the subspace restores {e['whole']:.2f}, {d.null_variance_share:.0%} of the "
-                       f"variation it patches lies in the reader's kernel (> {NULL_SHARE:.0%}), and its rowspace part "
-                       f"alone restores {e['rowspace']:.2f}, so {needs:.2f} (> {NEEDS_NULL:.0%} of the whole) needs "
+    if e["whole"] >= t.moves and d.null_variance_share > t.null_share and needs > t.needs_null * e["whole"]:
+        where = "the reader's kernel" if d.rule == "dormant pathway" else "the kernel of the readers named"
+        reasons.append(f"{d.rule}: the subspace restores {e['whole']:.2f}, {d.null_variance_share:.0%} of the "
+                       f"variation it patches lies in {where} (> {t.null_share:.0%}), and its rowspace part "
+                       f"alone restores {e['rowspace']:.2f}, so {needs:.2f} (> {t.needs_null:.0%} of the whole) needs "
                        f"the kernel part")
-    if e["whole"] - e["full"] > EXCESS:
+    if e["whole"] - e["full"] > t.excess:
         reasons.append(f"beyond the component: the subspace restores {e['whole']:.2f}, patching the whole component "
-                       f"{e['full']:.2f} (more than {EXCESS} below)")
+                       f"{e['full']:.2f} (more than {t.excess} below)")
     d.reasons = reasons
     d.verdict = "possible illusion" if reasons else "consistent"
     return d
 
 
+def decompose(v: Float[Tensor, "... d"], reader: Float[Tensor, "out d"] | None = None,
+              rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(rowspace part, kernel part) of the vectors `v` against `reader` (or its orthonormal `rows`,
+    `rowspace(reader)`), in float64; the parts sum to `v`. No reader: everything in the rowspace."""
+    v = v.to(torch.float64)
+    if rows is not None:
+        q = rows.to(torch.float64)
+    elif reader is not None:
+        q = rowspace(reader)
+    else:
+        return v, torch.zeros_like(v)
+    row = (v @ q.T) @ q
+    return row, v - row
+
+
 def diagnose(problem: Interchange, subspace: Subspace | Tensor, reader: Tensor | None, items: Sequence[int],
-             name: str = "subspace", full: float | None = None, rows: Tensor | None = None) -> Diagnosis:
+             name: str = "subspace", full: float | None = None, rows: Tensor | None = None,
+             thresholds: Thresholds | None = None, reader_note: str = "", rule: str = "dormant pathway") -> Diagnosis:
     """The diagnostics and verdict of `subspace` patched in `problem` (at its site and positions), with effects
     measured on `items`. reader: the weights reading the site [d_out, d] (`reader_weight`), None for a full-rank
     reader. full: the whole component's recovery on `items` when already known (else measured here); rows:
-    `rowspace(reader)` when already computed (one eigendecomposition of the reader per site, not per subspace)."""
+    `rowspace(reader)` when already computed (one eigendecomposition of the reader per site, not per subspace).
+    thresholds: the verdict's (fixed in advance; default `Thresholds()`); reader_note, rule: how the Result names
+    the reader and the kernel rule ("outside the readers" for heads reading the residual stream)."""
     basis = subspace.basis if isinstance(subspace, Subspace) else subspace.detach()
     basis = basis.to("cpu", torch.float64)
     if basis.dim() != 2 or basis.shape[1] != problem.width:
@@ -160,13 +262,11 @@ def diagnose(problem: Interchange, subspace: Subspace | Tensor, reader: Tensor |
                           f"whose activations are {problem.width} wide")
     if reader is not None and reader.shape[-1] != problem.width:
         raise InterpError(f"the reader is {reader.shape[-1]} wide, the site {problem.site} {problem.width}")
-    if reader is None:
-        row, null = basis, torch.zeros_like(basis)
-    else:
-        q = rowspace(reader) if rows is None else rows.to(torch.float64)
-        row = (basis @ q.T) @ q
-        null = basis - row
-    acts = torch.cat([problem.source, problem.base]).reshape(-1, problem.width).to(torch.float64)
+    row, null = decompose(basis, reader, rows)
+    for part in (row, null):  # a part of a unit vector this short is rounding, not a direction to patch
+        part[part.norm(dim=-1) < _PART_TOL] = 0
+    index = torch.tensor(list(items))
+    acts = torch.cat([problem.source[index], problem.base[index]]).reshape(-1, problem.width).to(torch.float64)
     var_row = float((acts @ row.T).var(0, unbiased=False).sum())
     var_null = float((acts @ null.T).var(0, unbiased=False).sum())
     whole = problem.recovery(items, basis.float())
@@ -175,4 +275,5 @@ def diagnose(problem: Interchange, subspace: Subspace | Tensor, reader: Tensor |
               "nullspace": problem.recovery(items, orthonormal_span(null)),  # 0.0 without a forward when empty
               "full": problem.recovery(items, None) if full is None else float(full)}
     null_norm = [float(v) for v in (null**2).sum(-1)]
-    return verdict(Diagnosis(name, basis.shape[0], null_norm, var_null, var_row, effect, reader is None))
+    return verdict(Diagnosis(name, basis.shape[0], null_norm, var_null, var_row, effect, reader is None,
+                             reader=reader_note, rule=rule), thresholds)

@@ -28,6 +28,30 @@ model):
 - "capitals": country -> capital factual recall, "The capital of France is" -> " Paris"; the corrupted
   prompt names another country, whose capital is the wrong answer.
 
+Interchange pairs of a causal variable (for DAS, `interp.circuits.das`): `make_task("ioi", corrupt="position")` gives
+the pairs of Makelov et al. 2024 (code: github.com/amakelov/activation-patching-illusion, `data_utils.py`,
+`PromptDistribution.sample_das` with `labels="position"`). The variable is the position of the subject in the
+first clause (ABB: "When Mary and John ..., John ..." has S second; BAB: "When John and Mary ..., John ..." has it
+first). The base prompt (`corrupted`) is ABB or BAB; the source prompt (`clean`) has the same names, place,
+object and template in either pattern. When the patterns differ the label changes: patching the source's value
+into the base moves the answer from the base's IO to its S (`answer` = the base's S, `wrong` = its IO); when they
+agree the label is kept (`answer` = the base's IO). `kinds="both"` (default) cycles through the four
+combinations (both directions of the change, both patterns kept); `kinds="changing"` gives the two changing
+ones. A kept-label pair's source is the base prompt itself (`preserve="same"`, as the reference's `sample_das`
+builds it from an equal pattern, so such a pair adds to the loss but gives the subspace no gradient) or the same
+pattern with two new names (`preserve="names"`, the reference's "CDD" source patterns). Each such item also names
+its `target`: the prompt whose own run answers as a full transfer of the variable should (the base with its S
+repeated in the other clause position when the label changes, the base itself when it does not); recovery is
+normalised against it. `meta["variable"]` holds each item's (source, base) values ("ABB"/"BAB").
+
+Disjoint test distributions (the reference's `train_distribution` / `test_distribution`): every task's word lists
+and templates are split in two (`vocabulary(task, part)`: the first half of the names, places and objects and of
+IOI_TEMPLATES for "train", the second half for "test"; the capitals and their templates likewise; the Laundry
+List's items and shoppers, its one template shared). `make_task(..., vocab="train")` draws only from one part;
+`make_task(..., test=0.25)` draws that share of the items from the test part and the rest from the train part
+and marks each item in `meta["part"]`. On the position task the test part holds label-changing pairs only (both
+directions), as the reference's test set does.
+
 Prompts are plain-text continuations (no chat template) unless `chat=True`. `solve_rate` reports how often
 a model solves a task (the share of clean prompts with a positive logit difference), `solvable` keeps only the
 items a model solves and refuses a task it cannot, and `report` measures every task (and list length) at once.
@@ -103,28 +127,76 @@ CAPITAL_TEMPLATES: tuple[str, ...] = ("The capital of {country} is", "The capita
 
 TASKS: tuple[str, ...] = ("ioi", "laundry", "capitals")
 PAIR_FIELDS: tuple[str, ...] = ("clean", "corrupted", "answer", "wrong_answer")
+OPTIONAL_PAIR_FIELDS: tuple[str, ...] = ("target", "part")  # a pairs file may give these on every line
+PARTS: tuple[str, ...] = ("all", "train", "test")
+PER_ITEM: tuple[str, ...] = ("choices", "part", "variable")  # meta lists with one entry per item
+
+
+def _halves(words: Sequence, part: str) -> tuple:
+    half = len(words) // 2
+    return tuple(words) if part == "all" else tuple(words[:half] if part == "train" else words[half:])
+
+
+def vocabulary(task: str, part: str = "all") -> dict[str, tuple]:
+    """The word lists and templates task `task` draws from: all of them, or the "train" or "test" part (disjoint
+    halves; module docstring). The Laundry List has one template, which both parts share."""
+    if part not in PARTS:
+        raise InterpError(f"vocabulary part {part!r}; choose one of {', '.join(PARTS)}")
+    if task == "ioi":
+        return {"names": _halves(NAMES, part), "places": _halves(PLACES, part), "objects": _halves(OBJECTS, part),
+                "templates": _halves(IOI_TEMPLATES, part)}
+    if task == "laundry":  # shoppers interleaved, so both parts have both pronouns
+        shoppers = SHOPPERS if part == "all" else SHOPPERS[::2] if part == "train" else SHOPPERS[1::2]
+        return {"items": _halves(ITEMS, part), "shoppers": tuple(shoppers)}
+    if task == "capitals":
+        templates = CAPITAL_TEMPLATES if part == "all" else CAPITAL_TEMPLATES[:2] if part == "train" \
+            else CAPITAL_TEMPLATES[2:]
+        return {"capitals": _halves(CAPITALS, part), "templates": tuple(templates)}
+    raise InterpError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+SHARED: dict[str, tuple[str, ...]] = {"ioi": (), "laundry": ("template",), "capitals": ()}  # what the parts share
 
 
 # ----- the data types -----
 
 @dataclass(frozen=True)
 class TaskItem:
-    """One clean/corrupted pair; answers are the strings the model should continue with (" Mary")."""
+    """One clean/corrupted pair; answers are the strings the model should continue with (" Mary").
+
+    target: the prompt whose own run answers as the patched run should (its logit difference answer - wrong is
+    a patch's full recovery); None means the clean prompt. A pair whose label does not change names its corrupted
+    prompt (`changes` is False)."""
 
     clean: str
     corrupted: str
     answer: str
     wrong: str
+    target: str | None = None
+
+    @property
+    def changes(self) -> bool:
+        """Whether patching the clean run into the corrupted one should change the answer."""
+        return self.target is None or self.target != self.corrupted
 
 
 @dataclass
 class TaskTokens:
-    """A task's token ids, checked: clean[i] and corrupted[i] have the same length, answers are one token."""
+    """A task's token ids, checked: clean[i] and corrupted[i] (and target[i]) have the same length, answers are
+    one token. target: the target prompts' ids where the items name them (`TaskItem.target`), else None."""
 
     clean: list[list[int]]
     corrupted: list[list[int]]
     answer: Int[Tensor, "n"]
     wrong: Int[Tensor, "n"]
+    target: list[list[int]] | None = None
+
+    @property
+    def changes(self) -> list[bool]:
+        """Per item: whether its label changes (its target is not its corrupted prompt)."""
+        if self.target is None:
+            return [True] * len(self.clean)
+        return [t != c for t, c in zip(self.target, self.corrupted)]
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -150,11 +222,24 @@ class TaskSet:
     def corrupted(self) -> list[str]:
         return [item.corrupted for item in self.items]
 
+    @property
+    def targets(self) -> list[str]:
+        """Per item, the prompt whose run a full patch should match (`TaskItem.target`, else the clean prompt)."""
+        return [item.clean if item.target is None else item.target for item in self.items]
+
+    @property
+    def parts(self) -> list[str] | None:
+        """Per item, "train" or "test" (`make_task(..., test=...)`, or a pairs file's `part`); None without parts."""
+        parts = self.meta.get("part")
+        return None if parts is None else list(parts)
+
     def subset(self, keep: Sequence[int]) -> "TaskSet":
-        """The items at the indices `keep`, same name, chat flag and meta (per-item `choices` follow the items)."""
+        """The items at the indices `keep`, same name, chat flag and meta (per-item lists, `PER_ITEM`, follow the
+        items)."""
         meta = dict(self.meta)
-        if "choices" in meta:
-            meta["choices"] = [meta["choices"][i] for i in keep]
+        for key in PER_ITEM:
+            if key in meta:
+                meta[key] = [meta[key][i] for i in keep]
         return replace(self, items=[self.items[i] for i in keep], meta=meta)
 
     def tokens(self, model: "Model") -> TaskTokens:
@@ -173,13 +258,20 @@ class TaskSet:
                     f"task {self.name!r} item {i}: the clean prompt is {len(a)} tokens and the corrupted one {len(b)} "
                     f"with {model.name}'s tokenizer ({item.clean!r} vs {item.corrupted!r}); patching needs pairs of "
                     f"the same token length")
+        target = None
+        if any(item.target is not None for item in self.items):
+            target = model.encode(model.prepare_prompts(self.targets, chat=self.chat))
+            for i, (item, t, b) in enumerate(zip(self.items, target, corrupted)):
+                if len(t) != len(b):
+                    raise InterpError(f"task {self.name!r} item {i}: the target prompt is {len(t)} tokens and the "
+                                      f"corrupted one {len(b)} ({item.target!r}); give a target of the same length")
         answer = [_one_token(model, item.answer, self.name, i, "answer") for i, item in enumerate(self.items)]
         wrong = [_one_token(model, item.wrong, self.name, i, "wrong answer") for i, item in enumerate(self.items)]
         for i, (a_id, w_id) in enumerate(zip(answer, wrong)):
             if a_id == w_id:
                 raise InterpError(f"task {self.name!r} item {i}: answer {self.items[i].answer!r} and wrong answer "
                                   f"{self.items[i].wrong!r} are the same token; give two different answers")
-        return TaskTokens(clean, corrupted, torch.tensor(answer), torch.tensor(wrong))
+        return TaskTokens(clean, corrupted, torch.tensor(answer), torch.tensor(wrong), target)
 
 
 def _one_token(model: "Model", text: str, task: str, index: int, what: str) -> int:
@@ -216,14 +308,16 @@ def normalise(value, clean, corrupted):
 
 @torch.no_grad()
 def logit_diffs(model: "Model", task: TaskSet, corrupted: bool = False, batch_size: int = 16) -> Float[Tensor, "n"]:
-    """The last-position logit difference of every clean (or corrupted) prompt, batched."""
+    """The last-position logit difference of every target prompt (the clean one unless an item names another,
+    `TaskItem.target`), or of every corrupted prompt, batched."""
     toks = task.tokens(model)
-    logits = model.logits(task.corrupted if corrupted else task.clean, chat=task.chat, batch_size=batch_size)
+    logits = model.logits(task.corrupted if corrupted else task.targets, chat=task.chat, batch_size=batch_size)
     return logit_diff(logits, toks.answer, toks.wrong)
 
 
 def solve_rate(model: "Model", task: TaskSet) -> float:
-    """The share of clean prompts whose logit difference is positive (the model prefers the answer)."""
+    """The share of target prompts (the clean ones unless items name others) whose logit difference is positive
+    (the model prefers the answer)."""
     return (logit_diffs(model, task) > 0).float().mean().item()
 
 
@@ -250,7 +344,8 @@ def accuracy(model: "Model", task: TaskSet) -> float:
 
 
 def solvable(model: "Model", task: TaskSet, min_rate: float = 0.5) -> TaskSet:
-    """The items the model solves (positive clean logit difference), with the solve rate in `meta`.
+    """The items the model solves (positive logit difference on the target prompt, the clean one unless the item
+    names another), with the solve rate in `meta`.
 
     Raises InterpError when the model solves fewer than `min_rate` of the items: an analysis of a task the model
     cannot do would explain noise.
@@ -280,12 +375,20 @@ def report(model: "Model", n: int = 24, seed: int = 0, lengths: Sequence[int] = 
 
 # ----- generators -----
 
+CORRUPTIONS: tuple[str, ...] = ("abc", "swap", "position")
+KINDS: tuple[str, ...] = ("both", "changing")
+PRESERVE: tuple[str, ...] = ("same", "names")
+
+
 def make_task(name: str, n: int, seed: int = 0, **options) -> TaskSet:
     """`n` items of task `name` ("ioi", "laundry" or "capitals"), the same for the same seed.
 
-    Options: chat (all tasks); ioi: corrupt="abc"|"swap", order="mixed"|"ABBA"|"BABA", template (an index of
-    IOI_TEMPLATES: every item in one template, so positions line up across items; default a random one each);
-    laundry: length (items in the list, 2 or more).
+    Options: chat (all tasks); vocab="all"|"train"|"test" (the word lists and templates drawn from,
+    `vocabulary`); test (a share in (0, 1): that many items drawn from the test part and the rest from the train
+    part, each marked in meta["part"]; module docstring); ioi: corrupt="abc"|"swap"|"position",
+    order="mixed"|"ABBA"|"BABA", template (an index of IOI_TEMPLATES: every item in one template, so positions line
+    up across items; default a random one each), and for corrupt="position" kinds="both"|"changing" and
+    preserve="same"|"names"; laundry: length (items in the list, 2 or more).
     """
     makers: dict[str, Callable[..., tuple[list[TaskItem], dict]]] = {"ioi": _ioi, "laundry": _laundry,
                                                                       "capitals": _capitals}
@@ -294,33 +397,69 @@ def make_task(name: str, n: int, seed: int = 0, **options) -> TaskSet:
     if not isinstance(n, int) or n < 1:
         raise InterpError(f"n={n!r} items asked for; give a positive integer")
     chat = bool(options.pop("chat", False))
+    vocab = options.pop("vocab", "all")
+    test = options.pop("test", None)
+    if vocab not in PARTS:
+        raise InterpError(f"vocab={vocab!r}; choose one of {', '.join(PARTS)}")
     rng = random.Random(seed)
-    items, meta = makers[name](rng, n, **options)
-    return TaskSet(name, items, chat=chat, meta={"seed": seed, **meta})
+    if test is None:
+        items, meta = makers[name](rng, n, vocabulary(name, vocab), **options)
+        return TaskSet(name, items, chat=chat, meta={"seed": seed, **meta, **({} if vocab == "all" else {"vocab": vocab})})
+    if isinstance(test, bool) or not isinstance(test, (int, float)) or not 0 < test < 1 or vocab != "all":
+        raise InterpError(f"test={test!r}: give the share of items drawn from the test vocabulary, in (0, 1), with "
+                          f"vocab='all' (got vocab={vocab!r})")
+    if options.get("template") is not None:
+        raise InterpError("template fixes one template for every item, so the test part could not have its own; "
+                          "give template=None with test=..., or vocab='train'/'test' with a template of that part")
+    if n < 2:
+        raise InterpError(f"n={n}: a train and a test part need at least 2 items")
+    n_test = min(n - 1, max(1, round(n * test)))
+    items, meta = makers[name](rng, n - n_test, vocabulary(name, "train"), **options)
+    if name == "ioi" and options.get("corrupt") == "position":
+        options = {**options, "kinds": "changing"}  # the reference's test set: label-changing pairs, both directions
+    test_items, test_meta = makers[name](rng, n_test, vocabulary(name, "test"), **options)
+    for key in PER_ITEM:
+        if key in meta:
+            meta[key] = list(meta[key]) + list(test_meta[key])
+    meta = {"seed": seed, **meta, "test": test, "part": ["train"] * (n - n_test) + ["test"] * n_test,
+            "shared_by_parts": list(SHARED[name])}
+    if "kinds" in test_meta:
+        meta["test_kinds"] = test_meta["kinds"]
+    return TaskSet(name, items + test_items, chat=chat, meta=meta)
 
 
 def _check_options(task: str, options: dict, allowed: Sequence[str]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InterpError(f"task {task!r} has no option {', '.join(unknown)}; its options are "
-                          f"{', '.join(['chat', *allowed])}")
+                          f"{', '.join(['chat', 'vocab', 'test', *allowed])}")
 
 
-def _ioi(rng: random.Random, n: int, corrupt: str = "abc", order: str = "mixed", template: int | None = None,
+def _ioi(rng: random.Random, n: int, vocab: dict[str, tuple], corrupt: str = "abc", order: str = "mixed",
+         template: int | None = None, kinds: str | None = None, preserve: str | None = None,
          **options) -> tuple[list[TaskItem], dict]:
-    _check_options("ioi", options, ["corrupt", "order", "template"])
+    _check_options("ioi", options, ["corrupt", "order", "template", "kinds", "preserve"])
+    templates, names = vocab["templates"], vocab["names"]
     if template is not None and (not isinstance(template, int) or not 0 <= template < len(IOI_TEMPLATES)):
         raise InterpError(f"ioi: template={template!r}; give an index 0..{len(IOI_TEMPLATES) - 1} of IOI_TEMPLATES, "
                           f"or None for a random template per item")
-    if corrupt not in ("abc", "swap"):
-        raise InterpError(f"ioi: corrupt={corrupt!r}; use 'abc' (three new names) or 'swap' (the IO is repeated instead of S)")
+    if template is not None and IOI_TEMPLATES[template] not in templates:
+        raise InterpError(f"ioi: template {template} is not in this vocabulary part; choose one of "
+                          f"{[IOI_TEMPLATES.index(t) for t in templates]}")
+    if corrupt not in CORRUPTIONS:
+        raise InterpError(f"ioi: corrupt={corrupt!r}; use 'abc' (three new names), 'swap' (the IO is repeated instead "
+                          f"of S) or 'position' (the position of S, both ways; module docstring)")
     if order not in ("mixed", "ABBA", "BABA"):
         raise InterpError(f"ioi: order={order!r}; use 'mixed', 'ABBA' (IO named first) or 'BABA' (S named first)")
+    if corrupt == "position":
+        return _ioi_position(rng, n, vocab, template, order, kinds or "both", preserve or "same")
+    if kinds is not None or preserve is not None:
+        raise InterpError("ioi: kinds and preserve are options of corrupt='position'")
     items = []
     for i in range(n):
-        text = rng.choice(IOI_TEMPLATES) if template is None else IOI_TEMPLATES[template]
-        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
-        io, s, c, d, e = rng.sample(NAMES, 5)
+        text = rng.choice(templates) if template is None else IOI_TEMPLATES[template]
+        place, obj = rng.choice(vocab["places"]), rng.choice(vocab["objects"])
+        io, s, c, d, e = rng.sample(names, 5)
         abba = order == "ABBA" or (order == "mixed" and i % 2 == 0)
 
         def fill(io: str, s: str, s2: str) -> str:
@@ -333,14 +472,50 @@ def _ioi(rng: random.Random, n: int, corrupt: str = "abc", order: str = "mixed",
     return items, {"corrupt": corrupt, "order": order, "template": template}
 
 
-def _laundry(rng: random.Random, n: int, length: int = 3, **options) -> tuple[list[TaskItem], dict]:
+def _ioi_position(rng: random.Random, n: int, vocab: dict[str, tuple], template: int | None, order: str, kinds: str,
+                  preserve: str) -> tuple[list[TaskItem], dict]:
+    """The position-variable pairs (module docstring): base = corrupted, source = clean."""
+    if kinds not in KINDS:
+        raise InterpError(f"ioi: kinds={kinds!r}; use 'both' (label-changing and label-preserving pairs) or 'changing'")
+    if preserve not in PRESERVE:
+        raise InterpError(f"ioi: preserve={preserve!r}; use 'same' (the source is the base prompt) or 'names' (the "
+                          f"same pattern with new names)")
+    if order != "mixed":
+        raise InterpError("ioi: corrupt='position' uses both name orders (ABB and BAB); leave order='mixed'")
+    # (base is ABB, source is ABB): the two changing directions first, then the two kept patterns
+    combos = [(True, False), (False, True)] + ([(True, True), (False, False)] if kinds == "both" else [])
+    items, values = [], []
+    for i in range(n):
+        text = rng.choice(vocab["templates"]) if template is None else IOI_TEMPLATES[template]
+        place, obj = rng.choice(vocab["places"]), rng.choice(vocab["objects"])
+        io, s, c, d = rng.sample(vocab["names"], 4)
+        base_abb, source_abb = combos[i % len(combos)]
+
+        def fill(io: str, s: str, s2: str, abb: bool) -> str:
+            a, b = (io, s) if abb else (s, io)
+            return text.format(A=a, B=b, S=s2, place=place, object=obj)
+
+        base = fill(io, s, s, base_abb)
+        if base_abb != source_abb:  # the answer moves from the base's IO to its S
+            item = TaskItem(fill(io, s, s, source_abb), base, " " + s, " " + io, target=fill(io, s, io, base_abb))
+        else:
+            source = base if preserve == "same" else fill(c, d, d, source_abb)
+            item = TaskItem(source, base, " " + io, " " + s, target=base)
+        items.append(item)
+        values.append(["ABB" if source_abb else "BAB", "ABB" if base_abb else "BAB"])
+    return items, {"corrupt": "position", "kinds": kinds, "preserve": preserve, "template": template,
+                   "variable": values}
+
+
+def _laundry(rng: random.Random, n: int, vocab: dict[str, tuple], length: int = 3,
+             **options) -> tuple[list[TaskItem], dict]:
     _check_options("laundry", options, ["length"])
-    if not isinstance(length, int) or not 2 <= length <= len(ITEMS):
-        raise InterpError(f"laundry: length={length!r}; the list needs 2 to {len(ITEMS)} items")
+    if not isinstance(length, int) or not 2 <= length <= len(vocab["items"]):
+        raise InterpError(f"laundry: length={length!r}; the list needs 2 to {len(vocab['items'])} items")
     items, choices = [], []
     for _ in range(n):
-        shopper, pronoun = rng.choice(SHOPPERS)
-        bought = rng.sample(ITEMS, length)
+        shopper, pronoun = rng.choice(vocab["shoppers"])
+        bought = rng.sample(vocab["items"], length)
         answer = rng.choice(bought)
         again = [x for x in bought if x != answer]
         rng.shuffle(again)
@@ -358,12 +533,12 @@ def _laundry(rng: random.Random, n: int, length: int = 3, **options) -> tuple[li
     return items, {"length": length, "choices": choices}
 
 
-def _capitals(rng: random.Random, n: int, **options) -> tuple[list[TaskItem], dict]:
+def _capitals(rng: random.Random, n: int, vocab: dict[str, tuple], **options) -> tuple[list[TaskItem], dict]:
     _check_options("capitals", options, [])
     items = []
     for _ in range(n):
-        (country, capital), (other, other_capital) = rng.sample(CAPITALS, 2)
-        template = rng.choice(CAPITAL_TEMPLATES)
+        (country, capital), (other, other_capital) = rng.sample(vocab["capitals"], 2)
+        template = rng.choice(vocab["templates"])
         items.append(TaskItem(template.format(country=country), template.format(country=other),
                               " " + capital, " " + other_capital))
     return items, {}
@@ -372,7 +547,10 @@ def _capitals(rng: random.Random, n: int, **options) -> tuple[list[TaskItem], di
 # ----- the user's own pairs -----
 
 def from_pairs(path: str | os.PathLike, chat: bool = False, model: "Model | None" = None) -> TaskSet:
-    """A task from a JSONL file: one object per line with the strings clean, corrupted, answer, wrong_answer.
+    """A task from a JSONL file: one object per line with the strings clean, corrupted, answer, wrong_answer, and
+    optionally target (the prompt whose run a full patch should match, `TaskItem.target`; the corrupted prompt for
+    a pair whose label does not change) and part ("train" or "test": a split chosen by the user, which DAS then
+    keeps; given on every line or on none).
 
     With `model`, the pairs are also checked against its tokenizer (`TaskSet.tokens`): same token length per
     pair, one-token answers. Every bad line raises InterpError naming the file and the line.
@@ -380,20 +558,43 @@ def from_pairs(path: str | os.PathLike, chat: bool = False, model: "Model | None
     path = Path(path)
     if not path.is_file():
         raise InterpError(f"pairs file {path} does not exist; give a .jsonl file with {', '.join(PAIR_FIELDS)} per line")
-    items = []
+    items, parts = [], []
     for number, row in jsonl_lines(path):
         if not isinstance(row, dict):
             raise InterpError(f"{path}, line {number}: a {type(row).__name__}, not an object with {', '.join(PAIR_FIELDS)}")
         missing = [k for k in PAIR_FIELDS if k not in row]
         if missing:
             raise InterpError(f"{path}, line {number}: missing {', '.join(missing)}; every line needs {', '.join(PAIR_FIELDS)}")
-        bad = [k for k in PAIR_FIELDS if not isinstance(row[k], str) or not row[k].strip()]
+        bad = [k for k in PAIR_FIELDS + OPTIONAL_PAIR_FIELDS
+               if (k in row or k in PAIR_FIELDS) and (not isinstance(row[k], str) or not row[k].strip())]
         if bad:
             raise InterpError(f"{path}, line {number}: {', '.join(bad)} must be non-empty strings")
-        items.append(TaskItem(row["clean"], row["corrupted"], row["answer"], row["wrong_answer"]))
+        if row.get("part", "train") not in ("train", "test"):
+            raise InterpError(f"{path}, line {number}: part={row['part']!r}; use 'train' or 'test'")
+        items.append(TaskItem(row["clean"], row["corrupted"], row["answer"], row["wrong_answer"], row.get("target")))
+        parts.append(row.get("part"))
     if not items:
         raise InterpError(f"pairs file {path} has no pairs; write one JSON object per line with {', '.join(PAIR_FIELDS)}")
-    task = TaskSet(path.stem, items, chat=chat, meta={"source": str(path)})
+    meta: dict = {"source": str(path)}
+    if any(p is not None for p in parts):
+        if any(p is None for p in parts) or len(set(parts)) < 2:
+            raise InterpError(f"pairs file {path}: give part ('train' or 'test') on every line, with both parts "
+                              f"present, or on none")
+        meta["part"] = parts
+    task = TaskSet(path.stem, items, chat=chat, meta=meta)
     if model is not None:
         task.tokens(model)
     return task
+
+
+def load_task(task: str | None, pairs: str | os.PathLike | None, n: int, seed: int = 0, default: str | None = None,
+              **options) -> TaskSet:
+    """The items of a command: `n` generated items of the task named `task` (with `options`), or the pairs file
+    `pairs` (`from_pairs`); exactly one of the two, or neither when `default` names the task to generate."""
+    if task is not None and pairs is not None or task is None and pairs is None and default is None:
+        raise InterpError(f"give exactly one of --task ({', '.join(TASKS)}) and --pairs FILE.jsonl")
+    if pairs is not None:
+        return from_pairs(pairs)
+    name = task if task is not None else default
+    assert name is not None  # checked above
+    return make_task(name, n, seed, **options)
