@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import interp
 from analyses import truthful as T
@@ -32,12 +35,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--val-ratio", type=float, default=0.25)
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions of the comparison (median reported)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--acts", default="out/bench/probes_acts.safetensors",
+                   help="cache of the head activations (safetensors; reused for the same model and questions)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = interp.load(args.model, device="cpu", dtype=torch.float32)
     questions = read_questions(n=args.questions)
+    cache = Path(args.acts) if args.acts else None
+    key = {"model": args.model, "questions": str(len(questions))}
     t = time.perf_counter()
-    acts = T.head_activations(model, questions, progress=True)
+    if cache is not None and cache.exists() and safe_open(str(cache), "pt").metadata() == key:
+        acts = load_file(str(cache))["acts"]  # the same model and questions, captured by an earlier run
+    else:
+        acts = T.head_activations(model, questions, progress=True)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            save_file({"acts": acts.contiguous()}, str(tmp), metadata=key)
+            tmp.replace(cache)
     capture_s = time.perf_counter() - t
     labels = torch.tensor([lab for q in questions for lab in q.labels])
     pair_question = torch.tensor([i for i, q in enumerate(questions) for _ in q.labels])

@@ -67,11 +67,10 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     only grows outside it, the logits do not change), so the problem is solved exactly in an orthonormal basis
     Q of that span, [n, n] instead of [n, d], and mapped back as w = Q a.
 
-    The passes over the data (logits, gradient, Hessian) run in float32, and the Hessian is formed every
-    `_HESSIAN_EVERY` iterations and reused in between; the parameters, the logits and the Cholesky solves are
-    float64. The optimum is the one the exact gradient defines, so the result is the same optimum as full Newton,
-    to float32 accuracy of the gradient; the line search (over `_STEPS`, the logits of each step computed from one
-    pass, z - s X step) never lets the loss rise, whatever the Hessian's age.
+    The Hessian is formed in float32, every `_HESSIAN_EVERY` iterations, and reused in between; the gradient, the
+    logits, the parameters and the Cholesky solves are float64, so the fixed point is full Newton's. The line search
+    (over `_STEPS`, each step's logits from one pass, z - s X step) never lets the loss rise, whatever the Hessian's
+    age; when no step lowers any probe's loss the optimum is reached to machine precision and the fit stops.
     """
     B, n, d = X.shape
     if n < d:
@@ -79,7 +78,8 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
         Q, _ = torch.linalg.qr(X64.transpose(1, 2))  # [b, d, n], orthonormal columns spanning the examples
         a, b, it, conv = fit_logistic(X64 @ Q, y, C, max_iter, tol)
         return (Q @ a[..., None])[..., 0], b, it, conv
-    Xt = torch.cat([X.float(), X.new_ones(B, n, 1, dtype=torch.float32)], -1)  # [b, n, d + 1]
+    Xt = torch.cat([X.to(torch.float64), X.new_ones(B, n, 1, dtype=torch.float64)], -1)  # [b, n, d + 1]
+    X32 = Xt.float()  # the Hessian's pass only
     dev = Xt.device
     t = y.to(dev, torch.float64)
     beta = torch.zeros(B, d + 1, dtype=torch.float64, device=dev)
@@ -95,22 +95,25 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations run)
         p = torch.sigmoid(z)
-        grad = C * torch.einsum("bnd,bn->bd", Xt, (p - t).float()).double() + penalty * beta
+        grad = C * torch.einsum("bnd,bn->bd", Xt, p - t) + penalty * beta
         if chol is None or (it - 1) % _HESSIAN_EVERY == 0:
             s = (p * (1 - p)).float()
-            H = (C * (Xt * s[..., None]).transpose(1, 2) @ Xt).double() + torch.diag(penalty + jitter)
+            H = (C * (X32 * s[..., None]).transpose(1, 2) @ X32).double() + torch.diag(penalty + jitter)
             chol = torch.linalg.cholesky(H)
         step = torch.cholesky_solve(grad[..., None], chol)[..., 0]
         decrement = (grad * step).sum(-1)  # lambda^2: twice the predicted decrease
         converged = decrement / 2 <= tol
         if converged.all():
             break
-        z_step = torch.einsum("bnd,bd->bn", Xt, step.float()).double()
+        z_step = torch.einsum("bnd,bd->bn", Xt, step)
         zc = z[None] - steps[:, None, None] * z_step[None]  # [steps, b, n]
         cand = beta[None] - steps[:, None, None] * step[None]  # [steps, b, d + 1]
         losses = _logistic_loss(zc, t, cand[..., :-1], C)  # [steps, b]
         best = losses.argmin(0)  # includes step 0 (stay), so the loss never rises
         beta, z = cand[best, rows], zc[best, rows]
+        if (best == len(steps) - 1).all():  # no step lowers any loss: the optimum to machine precision
+            converged = torch.ones_like(converged)
+            break
     return beta[:, :-1], beta[:, -1], it, converged
 
 
