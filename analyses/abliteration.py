@@ -13,7 +13,9 @@ The method, as heretic does it (v1.0, the version behind its README's results):
    layers away, and 0 beyond. Layer l's output projection becomes W <- W - w_l r r^T W.
 3. Objectives, both minimised: refusals on harmful prompts and first-token KL(plain || edited) on harmless
    prompts (heretic: `F.kl_div(edited, plain, log_target=True, reduction="batchmean")`). Optuna
-   `TPESampler(multivariate=True, n_startup_trials=60, n_ei_candidates=128)`; heretic runs 200 trials.
+   `TPESampler(multivariate=True, n_startup_trials=60, n_ei_candidates=128)`; heretic runs 200 trials. Here the
+   sampler is seeded per trial from `seed` and the trial's index (`_sampler`), so a study resumed from its SQLite
+   storage asks the trials an uninterrupted one asks.
 4. The Pareto front of the trials; heretic lets the user pick a point from it.
 
 Which prompts decide what (each split is named in the Result: `splits`, the figure titles):
@@ -48,7 +50,10 @@ Departures, each a named option recorded in the Result (`config` and `departures
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +67,7 @@ from tqdm.auto import tqdm
 
 from interp.core.interventions import Intervention, WeightedAblate
 from interp.core.model import DEFAULT_SYSTEM, System, system_option, system_record
+from interp.core.progress import Checkpoint, Progress, digest, model_settings
 from interp.core.result import Result
 from interp.directions.estimators import DiffInMeans
 from interp.directions.scoring import Reference, capability_cost, kl_rows, reference_completions
@@ -424,6 +430,51 @@ class AbliterationData:
     reference_name: str = "reference"
 
 
+def _sampler(cfg: AbliterationConfig, index: int):
+    """The TPE sampler that asks trial `index`, seeded from (`cfg.seed`, index): a sampler's random state is not
+    part of the study's record, so each trial gets its own, and trial `index` samples the same point from the
+    same finished trials whether the study ran uninterrupted or was resumed."""
+    import optuna
+
+    return optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, n_ei_candidates=128, multivariate=True,
+                                      seed=(cfg.seed * 1_000_003 + index) % 2 ** 32)
+
+
+def _search(model: "Model", directions: Tensor, evaluate, cfg: AbliterationConfig, progress: Progress) -> list[dict]:
+    """The Optuna study: `cfg.n_trials` trials, each scored by `evaluate`; with a checkpoint the study lives in
+    SQLite storage there and a rerun continues it (a trial left running by a kill is marked failed and asked
+    again). Returns every trial's record ({"trial": its index among the finished trials, "refusals", "kl",
+    "params", "point"}), in order."""
+    import optuna
+    from optuna.trial import TrialState
+
+    path = progress.file("study.db")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial; restored below, also on error
+    try:
+        study = optuna.create_study(storage=None if path is None else f"sqlite:///{path.resolve()}",
+                                    study_name="abliteration", load_if_exists=True,
+                                    directions=["minimize", "minimize"], sampler=_sampler(cfg, 0))
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            study.tell(stale.number, state=TrialState.FAIL)  # cut short by a kill: asked again below
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials: list[dict] = [t.user_attrs["record"] for t in sorted(done, key=lambda t: t.number)]
+        for index in tqdm(range(len(trials), cfg.n_trials), desc="abliteration trials", unit="trial",
+                          initial=len(trials), total=cfg.n_trials):
+            study.sampler = _sampler(cfg, index)
+            trial = study.ask()
+            point = _suggest(trial, model.n_layers)
+            refusals, kl = evaluate(point.intervention(directions))
+            record = json.loads(json.dumps({"trial": index, "refusals": refusals, "kl": kl,
+                                            "params": dict(trial.params), "point": point.to_dict()}))
+            trial.set_user_attr("record", record)  # the study's own record of the trial: read back on a resume
+            study.tell(trial, [refusals, kl])
+            trials.append(record)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return trials
+
+
 def _front_points(trials: list[dict], pareto: list[int], k: int | None) -> list[int]:
     """The Pareto points to judge by generation: all, or `k` spread evenly along the front by KL (both ends
     included), so a budget of a few points still spans the trade-off."""
@@ -434,11 +485,16 @@ def _front_points(trials: list[dict], pareto: list[int], k: int | None) -> list[
     return order
 
 
-def run(model: "Model", data: AbliterationData, config: AbliterationConfig | None = None) -> AbliterationSearchResult:
+def run(model: "Model", data: AbliterationData, config: AbliterationConfig | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None) -> AbliterationSearchResult:
     """heretic's abliteration search on the toolkit's batched scoring; see the module docstring and
-    `AbliterationData` for the inputs."""
-    import optuna
+    `AbliterationData` for the inputs.
 
+    `checkpoint`: a folder where the run records its progress as it goes (`interp.core.progress`): the Optuna
+    study in SQLite storage (`progress.study.db`; every finished trial with its record) and each judgement on
+    the validation and test prompts. A rerun with the same folder and settings resumes there (a trial cut short
+    is marked failed and asked again) and returns the Result an uninterrupted run returns; other settings are
+    refused."""
     cfg = config or AbliterationConfig()
     reference, reference_name = data.reference, data.reference_name
     harmful, harmless = _check_set("harmful", data.harmful), _check_set("harmless", data.harmless)
@@ -457,6 +513,8 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     if cfg.n_trials < 1:
         raise InterpError(f"n_trials must be at least 1, got {cfg.n_trials}")
     refusal = data.refusal
+    progress = Progress.open(checkpoint, "abliteration", {"config": asdict(cfg), "model": model_settings(model),
+                                                          "data": digest(data)})
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -473,22 +531,7 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     timings["baseline"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial; restored below, also on error
-    try:
-        sampler = optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, n_ei_candidates=128,
-                                             multivariate=True, seed=cfg.seed)
-        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-        trials: list[dict] = []
-        for _ in tqdm(range(cfg.n_trials), desc="abliteration trials", unit="trial"):
-            trial = study.ask()
-            point = _suggest(trial, model.n_layers)
-            refusals, kl = evaluate(point.intervention(directions))
-            study.tell(trial, [refusals, kl])
-            trials.append({"trial": trial.number, "refusals": refusals, "kl": kl, "params": dict(trial.params),
-                           "point": point.to_dict()})
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    trials = _search(model, directions, evaluate, cfg, progress)
     timings["trials"] = time.perf_counter() - t
     pareto = pareto_front([(r["refusals"], r["kl"]) for r in trials])
 
@@ -497,19 +540,27 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
         return Point(p["direction_index"], {c: Kernel(**k) for c, k in p["kernels"].items()}).intervention(directions)
 
     # validation: the Pareto points judged by generation on the validation prompts; the choice is made here
+    # (each judgement is one recorded unit; the plain model's completions are made only when one is computed)
     t = time.perf_counter()
-    clean_val = reference_completions(model, harmless_val, batch_size=min(cfg.batch_size, 16), system=cfg.system_value)
-    baseline["validation"] = _brief(judge_point(model, None, harmful_val, clean_val, cfg, "validation"))
-    validation = [{"trial": i, **judge_point(model, intervention(i), harmful_val, clean_val, cfg, "validation")}
+    clean_val = functools.cache(lambda: reference_completions(model, harmless_val, batch_size=min(cfg.batch_size, 16),
+                                                              system=cfg.system_value))
+    baseline["validation"] = _brief(progress.unit("validation/no edit", lambda: judge_point(
+        model, None, harmful_val, clean_val(), cfg, "validation")))
+    validation = [progress.unit(f"validation/trial {i}", lambda: {"trial": i, **judge_point(
+        model, intervention(i), harmful_val, clean_val(), cfg, "validation")})
                   for i in tqdm(_front_points(trials, pareto, cfg.final_points), desc="judge Pareto points (validation)",
                                 unit="point")]
     ref: dict | None = None
     if isinstance(reference, tuple):
         ref = {"name": reference_name, "given": {"refusal_rate": float(reference[0]), "kl": float(reference[1])}}
     elif reference is not None:
-        ref_refusals, ref_kl = evaluate(reference)
-        ref = {"name": reference_name, "proxy_refusals": ref_refusals, "proxy_kl": ref_kl,
-               "validation": judge_point(model, reference, harmful_val, clean_val, cfg, "validation")}
+        def judge_reference() -> dict:
+            assert reference is not None and not isinstance(reference, tuple)
+            ref_refusals, ref_kl = evaluate(reference)
+            return {"proxy_refusals": ref_refusals, "proxy_kl": ref_kl,
+                    "validation": judge_point(model, reference, harmful_val, clean_val(), cfg, "validation")}
+
+        ref = {"name": reference_name, **progress.unit("validation/reference", judge_reference)}
     timings["validation"] = time.perf_counter() - t
     chosen = choose([_brief(f) for f in validation], cfg.kl_budget)  # type: ignore[misc]
     chosen["chosen_on"] = "validation"
@@ -518,15 +569,17 @@ def run(model: "Model", data: AbliterationData, config: AbliterationConfig | Non
     t = time.perf_counter()
     test: dict | None = None
     if has_test:
-        clean_test = reference_completions(model, harmless_test, batch_size=min(cfg.batch_size, 16),
-                                           system=cfg.system_value)
+        clean_test = functools.cache(lambda: reference_completions(model, harmless_test, system=cfg.system_value,
+                                                                   batch_size=min(cfg.batch_size, 16)))
         test = {"n_harmful": len(harmful_test), "n_harmless": len(harmless_test),
-                "baseline": judge_point(model, None, harmful_test, clean_test, cfg, "test"),
-                "chosen": {"trial": chosen["trial"],
-                           **judge_point(model, intervention(chosen["trial"]), harmful_test, clean_test, cfg, "test")},
+                "baseline": progress.unit("test/no edit", lambda: judge_point(model, None, harmful_test, clean_test(),
+                                                                               cfg, "test")),
+                "chosen": progress.unit("test/chosen", lambda: {"trial": chosen["trial"], **judge_point(
+                    model, intervention(chosen["trial"]), harmful_test, clean_test(), cfg, "test")}),
                 "reference": None}
         if ref is not None and "validation" in ref:
-            test["reference"] = judge_point(model, reference, harmful_test, clean_test, cfg, "test")  # type: ignore[arg-type]
+            test["reference"] = progress.unit("test/reference", lambda: judge_point(
+                model, reference, harmful_test, clean_test(), cfg, "test"))  # type: ignore[arg-type]
             ref["test"] = _brief(test["reference"])
         baseline["test"] = _brief(test["baseline"])
         chosen["test"] = {k: test["chosen"][k] for k in ("split", "refusal_rate", "refusals", "n_harmful", "kl", "ce",

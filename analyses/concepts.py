@@ -60,6 +60,7 @@ code share without writing broken code.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -76,6 +77,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.core.interventions import RowwiseAdd
+from interp.core.progress import Checkpoint, Progress, digest, model_settings
 from interp.core.result import Result
 from interp.core.runner import forward
 from interp.data.prompts import Behavior, dataset_path, read_behaviors
@@ -543,13 +545,21 @@ class ConceptsResult(Result):
         write_text(directory / "answers.jsonl", "".join(json.dumps(a) + "\n" for a in self.answers))
 
 
-def run(model: "Model", data: Sequence[Behavior] | None = None, config: ConceptsConfig | None = None) -> ConceptsResult:
+def run(model: "Model", data: Sequence[Behavior] | None = None, config: ConceptsConfig | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None) -> ConceptsResult:
     """The whole comparison on the programming tasks `data` (default: the bundled code_tasks); see the module
-    docstring."""
+    docstring.
+
+    `checkpoint`: a folder where the run records its finished units as it goes (`interp.core.progress`): the
+    captures, each language's clusters and probes, the selection, each refinement, each set of test answers and
+    the timing. A rerun with the same folder and settings resumes there and returns the Result an uninterrupted
+    run returns; other settings are refused."""
     options = config or ConceptsConfig()
     tasks = list(data) if data is not None else read_behaviors(dataset_path("code_tasks"))
     options.check(len(tasks), model)
     split = split_tasks(tasks, options.n_val, options.n_test, options.n_train, options.seed)
+    progress = Progress.open(checkpoint, "concepts", {"config": asdict(options), "model": model_settings(model),
+                                                      "tasks": digest(tasks)})
     seconds: dict[str, float] = {}
     bs = options.batch_size
     provenance = {"model": model.fingerprint, "kind": SITE, "seed": options.seed, "k": options.k,
@@ -558,25 +568,32 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     t = time.perf_counter()
     fit_tasks = [x.behavior for x in split.train + split.val]
     n_tr = len(split.train)
-    neutral = last_token_acts(model, fit_tasks, bs)
-    diffs = {lang: last_token_acts(model, [render(x, lang) for x in fit_tasks], bs) - neutral for lang in options.targets}
+    neutral = progress.unit("capture/neutral", lambda: last_token_acts(model, fit_tasks, bs))
+    diffs = {lang: progress.unit(f"capture/{lang}", lambda: last_token_acts(
+        model, [render(x, lang) for x in fit_tasks], bs) - neutral) for lang in options.targets}
     seconds["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
     means = {lang: d[:n_tr].double().mean(0).float() for lang, d in diffs.items()}
     clusters, probes, accuracy, chance = {}, {}, {}, {}
-    for lang, d in diffs.items():
+
+    def fit_clusters(d: Tensor) -> dict:
         centroids, labels = cluster(d[:n_tr], options.k, options.seed)
         probe = fit_probes(neutral[:n_tr], labels, options.k, options.C)
         val_labels = assign(d[n_tr:], centroids)
-        clusters[lang], probes[lang] = centroids, probe
-        accuracy[lang] = probe_accuracy(probe, neutral[n_tr:], val_labels)
-        chance[lang] = majority_share(val_labels, options.k)
+        return {"centroids": centroids, "probe": probe, "accuracy": probe_accuracy(probe, neutral[n_tr:], val_labels),
+                "chance": majority_share(val_labels, options.k)}
+
+    for lang, d in diffs.items():
+        fitted = progress.unit(f"clusters/{lang}", lambda: fit_clusters(d))
+        clusters[lang], probes[lang], accuracy[lang], chance[lang] = (fitted["centroids"], fitted["probe"],
+                                                                      fitted["accuracy"], fitted["chance"])
     seconds["clusters_and_probes"] = time.perf_counter() - t
 
     t = time.perf_counter()
     candidates = list(product(options.layers_for(model), options.candidate_alphas))
-    chosen = select(model, [x.behavior for x in split.val[:options.n_select]], means, candidates, options)
+    chosen = progress.unit("selection", lambda: select(model, [x.behavior for x in split.val[:options.n_select]], means,
+                                                       candidates, options))
     seconds["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -596,17 +613,26 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
             router = ConceptRouter(tuple(layers), clusters[lang][layers], p["weight"], p["bias"], p["center"],
                                    p["scale"], alpha, {**prov, "method": "gact", "refined": options.refine})
             if options.refine:
-                targets = refine_targets(model, refine_tasks, lang, options.refine_target, options.refine_tokens)
-                acts = neutral[:len(refine_tasks)][:, layers]
-                mean_router = ConceptRouter.fixed(means[lang][layers], layers, alpha)
-                check = {"before": pick_loss(model, router, refine_tasks, targets, acts, options.refine_batch),
-                         "mean_vector": pick_loss(model, mean_router, refine_tasks, targets, acts, options.refine_batch)}
-                router, curve = refine(model, router, refine_tasks, targets, acts, n_tr, options)
-                check["after"] = pick_loss(model, router, refine_tasks, targets, acts, options.refine_batch)
-                val_labels = assign(diffs[lang][n_tr:][:, layers], router.centroids)
-                picks = router.choose(neutral[n_tr:][:, layers])
-                refined_acc = {layer: float((picks[:, j] == val_labels[:, j]).float().mean())
-                               for j, layer in enumerate(layers)}
+                def refined(lang: str = lang, layers: list[int] = layers, alpha: float = alpha,
+                            router: ConceptRouter = router) -> dict:
+                    targets = refine_targets(model, refine_tasks, lang, options.refine_target, options.refine_tokens)
+                    acts = neutral[:len(refine_tasks)][:, layers]
+                    mean_router = ConceptRouter.fixed(means[lang][layers], layers, alpha)
+                    check = {"before": pick_loss(model, router, refine_tasks, targets, acts, options.refine_batch),
+                             "mean_vector": pick_loss(model, mean_router, refine_tasks, targets, acts, options.refine_batch)}
+                    router, curve = refine(model, router, refine_tasks, targets, acts, n_tr, options)
+                    check["after"] = pick_loss(model, router, refine_tasks, targets, acts, options.refine_batch)
+                    val_labels = assign(diffs[lang][n_tr:][:, layers], router.centroids)
+                    picks = router.choose(neutral[n_tr:][:, layers])
+                    accuracy = {str(layer): float((picks[:, j] == val_labels[:, j]).float().mean())
+                                for j, layer in enumerate(layers)}
+                    return {"weight": router.weight, "bias": router.bias, "curve": curve, "check": check,
+                            "accuracy": accuracy}
+
+                tuned = progress.unit(f"refine/{lang}", refined)
+                router = router.with_probe(tuned["weight"], tuned["bias"])
+                curve, check = tuned["curve"], tuned["check"]
+                refined_acc = {int(layer): a for layer, a in tuned["accuracy"].items()}
             routers["gact"] = router
         fits[lang] = LanguageFit(lang, layers, alpha, chosen[lang], accuracy[lang].tolist(), chance[lang].tolist(),
                                  refined_acc, curve, check, routers)
@@ -616,12 +642,14 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     test = split.test
     neutral_prompts = [x.behavior for x in test]
     answers: dict[tuple[str, str], Sequence[str]] = {}
-    answers[("", "baseline")] = model.generate(neutral_prompts, max_new_tokens=options.max_new_tokens, batch_size=bs)
+    answers[("", "baseline")] = progress.unit("answers/baseline", lambda: list(model.generate(
+        neutral_prompts, max_new_tokens=options.max_new_tokens, batch_size=bs)))
     for lang in options.targets:
-        answers[(lang, "prompt")] = model.generate([render(p, lang) for p in neutral_prompts],
-                                                   max_new_tokens=options.max_new_tokens, batch_size=bs)
+        answers[(lang, "prompt")] = progress.unit(f"answers/{lang}/prompt", lambda: list(model.generate(
+            [render(p, lang) for p in neutral_prompts], max_new_tokens=options.max_new_tokens, batch_size=bs)))
         for method, router in fits[lang].routers.items():
-            answers[(lang, method)] = router.generate(model, neutral_prompts, options.max_new_tokens, bs)
+            answers[(lang, method)] = progress.unit(f"answers/{lang}/{method}", lambda: list(router.generate(
+                model, neutral_prompts, options.max_new_tokens, bs)))
     seconds["test_generation"] = time.perf_counter() - t
 
     table = {lang: {"baseline": shares(answers[("", "baseline")], lang),
@@ -641,8 +669,9 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
 
     t = time.perf_counter()
     timed = fits[first].routers.get("gact") or fits[first].routers[options.methods[0]]
-    timing = time_per_token(model, timed, neutral_prompts[:options.n_timing],
-                            min(options.timing_tokens, options.max_new_tokens), options.timing_runs)
+    timing = progress.unit("timing", lambda: time_per_token(model, timed, neutral_prompts[:options.n_timing],
+                                                            min(options.timing_tokens, options.max_new_tokens),
+                                                            options.timing_runs))
     timing["router"] = f"{first}/{timed.provenance.get('method')}"
     seconds["timing"] = time.perf_counter() - t
 

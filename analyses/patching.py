@@ -25,15 +25,18 @@ Only the items the model solves are kept (`interp.circuits.tasks.solvable`); a t
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import plotly.graph_objects as go
+import torch
 from torch import Tensor
 
 from interp.circuits import patching as P
 from interp.circuits.tasks import TaskSet, solvable
+from interp.core.progress import Checkpoint, Progress, digest, model_settings
 from interp.core.result import Result
 from interp.directions.plots import heatmap
 from interp.errors import InterpError
@@ -133,9 +136,14 @@ class PatchingConfig:
     min_solve_rate: float = 0.5  # refuse a task the model solves less often than this
 
 
-def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None) -> PatchingResult:
+def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None) -> PatchingResult:
     """Patching grids of the task `data` on `model`: exact (batched) and, with `config.attribution`,
-    attribution-patching estimates with their correlation (see `PatchingConfig`)."""
+    attribution-patching estimates with their correlation (see `PatchingConfig`).
+
+    `checkpoint`: a folder where the run records each forward of the sweeps and the attribution estimates as it
+    goes (`interp.core.progress`); a rerun with the same folder and settings resumes there and returns the
+    Result an uninterrupted run returns; other settings are refused."""
     cfg = config or PatchingConfig()
     task, layers, n_positions = data, cfg.layers, cfg.n_positions
     head_position, attribution, rows_per_forward, min_solve_rate = (cfg.head_position, cfg.attribution,
@@ -153,6 +161,8 @@ def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None) -> 
         raise InterpError(f"n_positions={n_positions}: the shortest prompt has {shortest} tokens; choose 1..{shortest}")
     if head_position is not None and -head_position > shortest:
         raise InterpError(f"head_position {head_position} is outside the shortest prompt ({shortest} tokens)")
+    progress = Progress.open(checkpoint, "patching", {"config": asdict(cfg), "model": model_settings(model),
+                                                      "task": digest(data)})
     prepared = [s for name in sites for s in model.sites([f"blocks.{i}.{P.GRIDS[name]}" for i in layer_list])]
     runs = P.prepare(model, tokens, prepared)
     timings = {"prepare": time.perf_counter() - start}
@@ -163,13 +173,14 @@ def run(model: "Model", data: TaskSet, config: PatchingConfig | None = None) -> 
         cols = labels if name != "heads" else [str(h) for h in range(model.n_heads)]
         axis = AXES[name] if name != "heads" or head_position is None else f"head (at position {head_position})"
         t = time.perf_counter()
-        exact = P.sweep(model, runs, locs, rows_per_forward=rows_per_forward)
+        exact = P.sweep(model, runs, locs, rows_per_forward=rows_per_forward, progress=progress, key=f"sweep {name}")
         timings[name] = time.perf_counter() - t
         grids[name] = Grid(exact.view(len(layer_list), len(cols)), layer_list, cols, axis)
     if attribution:  # every grid from one backward pass
         t = time.perf_counter()
-        est = P.attribution(model, runs, [loc for locs in all_locs.values() for loc in locs]).split(
-            [len(locs) for locs in all_locs.values()])
+        every = [loc for locs in all_locs.values() for loc in locs]
+        est = torch.tensor(progress.unit("attribution", lambda: P.attribution(model, runs, every).tolist()),
+                           dtype=torch.float32).split([len(locs) for locs in all_locs.values()])
         timings["attribution"] = time.perf_counter() - t
         for name, e in zip(all_locs, est):
             g = grids[name]

@@ -48,6 +48,7 @@ What runs here, and how it departs from the reference (all in the Result's `depa
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.core.likelihood import continuations
+from interp.core.progress import Checkpoint, Progress, digest, model_settings
 from interp.core.result import Result
 from interp.data.prompts import dataset
 from interp.data.truthfulqa import Question, check_form, folds, mc_prompts, mc_scores, probe_prompts, read_questions
@@ -119,23 +121,26 @@ class TruthfulConfig:
 
 # ----- the steps -----
 
-def head_activations(model: "Model", questions: Sequence[Question], form: str = "qa") -> Float[Tensor, "pair layer head d_head"]:
+def head_activations(model: "Model", questions: Sequence[Question], form: str = "qa",
+                     progress: bool | None = None) -> Float[Tensor, "pair layer head d_head"]:
     """`attn.hook_z` of every layer at the last token of every (question, answer) pair, in `Question.answers` order."""
     prompts, answers = probe_prompts(model, questions, form)
-    got = continuations(model, prompts, answers, sites="attn.hook_z", logprobs=False, desc="head activations")
+    got = continuations(model, prompts, answers, sites="attn.hook_z", logprobs=False, desc="head activations",
+                        progress=progress)
     return torch.stack([got.acts[f"blocks.{layer}.attn.hook_z"] for layer in range(model.n_layers)], 1)
 
 
 def mc_eval(model: "Model", questions: Sequence[Question], steering: HeadSteering | None = None,
-            form: str = "qa", desc: str = "multiple choice") -> list[dict[str, float]]:
+            form: str = "qa", desc: str = "multiple choice", progress: bool | None = None) -> list[dict[str, float]]:
     """MC1/MC2/MC3 per question, with `steering` applied (None: the plain model): a "last" steering (the
     reference's positions) shifts the answers' tokens only, an "all" one every position of prompt and answer."""
     prompts, answers = mc_prompts(model, questions, form)
     if steering is not None and steering.positions == "last":
-        got = continuations(model, prompts, answers, desc=desc, continuation_edits=[steering.at("all")])
+        got = continuations(model, prompts, answers, desc=desc, continuation_edits=[steering.at("all")],
+                            progress=progress)
     else:
         with model.intervene(steering) if steering is not None else contextlib.nullcontext():
-            got = continuations(model, prompts, answers, desc=desc)
+            got = continuations(model, prompts, answers, desc=desc, progress=progress)
     return mc_scores(questions, got.logprobs)
 
 
@@ -375,26 +380,44 @@ def _split(train: list[int], ratio: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), order[:n_val]
 
 
-def run(model: "Model", data: Sequence[Question] | None = None, config: TruthfulConfig | None = None) -> TruthfulResult:
+CHUNK = 64  # questions per recorded unit of the capture and the multiple choice (a multiple of the prefix groups)
+
+
+def run(model: "Model", data: Sequence[Question] | None = None, config: TruthfulConfig | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None) -> TruthfulResult:
     """ITI end to end on the questions `data` (default: the bundled TruthfulQA) with `config.folds`-fold
-    cross-validation by question; see the module docstring."""
+    cross-validation by question; see the module docstring.
+
+    `checkpoint`: a folder where the run records its finished units as it goes (`interp.core.progress`): the
+    capture and the multiple choice in chunks of `CHUNK` questions, the reference answers, and per fold its fit,
+    each grid point, its held-out scores and its cost. A rerun with the same folder and settings resumes there
+    and returns the Result an uninterrupted run returns; other settings are refused."""
     options = config or TruthfulConfig()
     questions = list(data) if data is not None else read_questions()
     options.check(model, len(questions))
+    progress = Progress.open(checkpoint, "truthful", {"config": asdict(options), "model": model_settings(model),
+                                                      "questions": digest(questions)})
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    acts = head_activations(model, questions, options.form)
+    acts = torch.cat([c["acts"] for c in progress.chunks(
+        "capture", questions, CHUNK, lambda qs: {"acts": head_activations(model, qs, options.form, progress=False)},
+        desc="head activations", unit="question")])
     labels = torch.tensor([lab for q in questions for lab in q.labels])
     pair_question = torch.tensor([i for i, q in enumerate(questions) for _ in q.answers])
     seconds["capture"] = time.perf_counter() - t
     t = time.perf_counter()
-    baseline = mc_eval(model, questions, None, options.form, desc="MC baseline")
+    baseline = _mc_chunks(progress, "mc_baseline", model, questions, None, options.form, "MC baseline")
     seconds["mc_baseline"] = time.perf_counter() - t
     t = time.perf_counter()
-    tune_prompts = dataset("harmless_train", n=options.n_cost, seed=options.seed)
-    cost_prompts = dataset("harmless_val", n=options.n_cost, seed=options.seed)
-    tune_ref = reference(model, tune_prompts, options.cost_tokens)
-    cost_ref = reference(model, cost_prompts, options.cost_tokens)
+
+    def references() -> dict[str, list[str]]:
+        tune_prompts = dataset("harmless_train", n=options.n_cost, seed=options.seed)
+        cost_prompts = dataset("harmless_val", n=options.n_cost, seed=options.seed)
+        return {"tune": reference(model, tune_prompts, options.cost_tokens).texts,
+                "cost": reference(model, cost_prompts, options.cost_tokens).texts}
+
+    refs = progress.unit("reference_answers", references)
+    tune_ref, cost_ref = Reference(refs["tune"]), Reference(refs["cost"])
     seconds["reference_answers"] = time.perf_counter() - t
     ks = [options.heads] if options.heads is not None else list(options.grid_heads)
     alphas = [options.alpha] if options.alpha is not None else list(options.grid_alphas)
@@ -406,39 +429,64 @@ def run(model: "Model", data: Sequence[Question] | None = None, config: Truthful
     for f, test in enumerate(folds(len(questions), options.folds, options.seed)):
         held = set(test)
         train, val = _split([i for i in range(len(questions)) if i not in held], options.val_ratio, options.seed + f)
-        fit = fit_heads(acts, labels, pair_question, train, val, options.direction, options.C,
+        fit = _fit_unit(progress, f"fold {f}/fit", acts, labels, pair_question, train, val, options,
                         {**provenance, "fold": f, "fitted_questions": [questions[i].question for i in sorted(train + val)]})
         grid: list[dict] = []
         tune = val[:options.n_tune]
         base_tune = mean_scores([baseline[i] for i in tune])
-        for k, alpha in product(ks, alphas):
+
+        def grid_point(k: int, alpha: float) -> dict:
             steer = fit.steering(k, alpha, options.positions)
             scores = mean_scores(mc_eval(model, [questions[i] for i in tune], steer, options.form, desc=f"grid K={k} a={alpha:g}"))
             c = cost(model, steer, tune_ref) if len(ks) * len(alphas) > 1 else None
-            grid.append({"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
-                         "kl": round(c["kl"], 5) if c else None,
-                         "mc1_baseline": round(base_tune["mc1"], 4), "mc2_baseline": round(base_tune["mc2"], 4)})
+            return {"k": k, "alpha": alpha, **{m: round(scores[m], 4) for m in METRICS},
+                    "kl": round(c["kl"], 5) if c else None,
+                    "mc1_baseline": round(base_tune["mc1"], 4), "mc2_baseline": round(base_tune["mc2"], 4)}
+
+        for k, alpha in product(ks, alphas):
+            grid.append(progress.unit(f"fold {f}/grid K={k} alpha={alpha!r}", lambda: grid_point(k, alpha)))
         chosen, why = _choose(grid, options.kl_budget) if len(grid) > 1 else (grid[0], "given")
         steer = fit.steering(chosen["k"], chosen["alpha"], options.positions)
-        held_scores = mc_eval(model, [questions[i] for i in test], steer, options.form, desc=f"MC fold {f}")
+        held_scores = _mc_chunks(progress, f"fold {f}/test", model, [questions[i] for i in test], steer, options.form,
+                                 f"MC fold {f}")
         for i, s in zip(test, held_scores):
             held_out[i] = s
+        fold_cost = progress.unit(f"fold {f}/cost", lambda: cost(model, steer, cost_ref))
         results.append(FoldResult(f, test, len(train), len(val), chosen["k"], chosen["alpha"], why, grid,
                                   fit.ranking[:chosen["k"]], fit.accuracy, mean_scores([baseline[i] for i in test]),
-                                  mean_scores(held_scores), cost(model, steer, cost_ref), steer))
+                                  mean_scores(held_scores), fold_cost, steer))
     seconds["folds"] = time.perf_counter() - t
     iti = [held_out[i] for i in range(len(questions))]  # the folds cover every question
     final_k, final_alpha, why = _final_choice(results, ks, alphas, options.kl_budget)
     train_all, val_all = _split(list(range(len(questions))), options.val_ratio, options.seed + options.folds)
-    final_fit = fit_heads(acts, labels, pair_question, train_all, val_all, options.direction, options.C,
+    final_fit = _fit_unit(progress, "final/fit", acts, labels, pair_question, train_all, val_all, options,
                           {**provenance, "fitted_questions": [q.question for q in questions]})
     final = final_fit.steering(final_k, final_alpha, options.positions)
     t = time.perf_counter()
-    examples = _examples(model, questions, results[0], options) if options.n_examples else []
+    examples = progress.unit("examples", lambda: _examples(model, questions, results[0], options)) if options.n_examples else []
     seconds["examples"] = time.perf_counter() - t
     return TruthfulResult(model.name, options, len(questions), results, baseline, iti, final,
                           {"heads": final_k, "alpha": final_alpha, "selected_by": why,
                            "fitted_on": f"all {len(questions)} questions"}, examples, seconds, acts, labels, pair_question)
+
+
+def _mc_chunks(progress: Progress, key: str, model: "Model", questions: Sequence[Question],
+               steering: HeadSteering | None, form: str, desc: str) -> list[dict[str, float]]:
+    """`mc_eval` of `questions` in recorded chunks of `CHUNK` questions (one progress bar over them)."""
+    parts = progress.chunks(key, questions, CHUNK, lambda qs: mc_eval(model, qs, steering, form, desc, progress=False),
+                            desc=desc, unit="question")
+    return [s for part in parts for s in part]
+
+
+def _fit_unit(progress: Progress, key: str, acts: Tensor, labels: Tensor, pair_question: Tensor, train: list[int],
+              val: list[int], options: TruthfulConfig, provenance: dict) -> HeadFit:
+    """`fit_heads`, recorded as one unit."""
+    def fit() -> dict:
+        got = fit_heads(acts, labels, pair_question, train, val, options.direction, options.C, provenance)
+        return {"accuracy": got.accuracy, "directions": got.directions, "sigmas": got.sigmas,
+                "provenance": got.provenance}
+
+    return HeadFit(**progress.unit(key, fit))
 
 
 def _final_choice(results: list[FoldResult], ks: list[int], alphas: list[float], budget: float) -> tuple[int, float, str]:

@@ -13,6 +13,10 @@ layer and alpha chosen on validation tasks; greedy, `--max-new-tokens` tokens; t
 target language and the share still code. Plus the per-layer probe accuracy and the time per generated token with
 the router vs plain `generate`.
 
+Resumable: the run records its finished units as it goes in `--checkpoint` (default: the `--report` folder when
+given, else OUT.progress/ beside the JSON); a rerun of the same command after a kill continues from there and
+writes the same figures as an uninterrupted run. The progress files are removed once the JSON is written.
+
 Target (issue 12): G-ACT moves >= 60% of test answers to the target language while >= 90% still parse as code, and
 beats the single mean vector. `target` in the JSON says, per language, whether each part was met.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="a few tasks and tokens: checks the script, not the method")
     p.add_argument("--report", default=None, help="also save the Result here (result.json, report.html, answers.jsonl)")
+    p.add_argument("--checkpoint", default=None, help="folder for the run's progress, resumed by a rerun (default: "
+                   "--report when given, else OUT.progress/)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = C.ConceptsConfig(targets=tuple(args.targets), n_test=args.n_test, n_val=args.n_val, k=args.k,
@@ -70,7 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     options.check(210)
     model = interp.load(args.model, device="cpu", dtype=torch.float32)
     t = time.perf_counter()
-    result = C.run(model, config=options)
+    from interp.core.progress import remove
+
+    checkpoint = Path(args.checkpoint or args.report or f"{args.out}.progress")
+    result = C.run(model, config=options, checkpoint=checkpoint)
     total = time.perf_counter() - t
     s = result.summary()
     table = {lang: {m: {"target_share": v["target_share"], "code_share": v["code_share"]} for m, v in row.items()}
@@ -90,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     write_result(args.out, out, provenance("benchmarks.concepts", argv, "cpu"))
     if args.report:
         result.save(args.report)
+    remove(checkpoint)
+    if checkpoint.is_dir() and not any(checkpoint.iterdir()):
+        checkpoint.rmdir()
     for lang, row in table.items():
         cells = "  ".join(f"{m} {v['target_share']:.2f}/{v['code_share']:.2f}" for m, v in row.items())
         print(f"{lang} (layer {s['chosen'][lang]['layers']}, alpha {s['chosen'][lang]['alpha']:g}): {cells}  "

@@ -68,6 +68,7 @@ from interp.errors import InterpError
 if TYPE_CHECKING:
     from interp.core.hooks import HookFn
     from interp.core.model import Model
+    from interp.core.progress import Progress
 
 GRIDS: dict[str, str] = {"resid": "hook_resid_pre", "attn": "hook_attn_out", "mlp": "hook_mlp_out",
                          "heads": "attn.hook_z"}
@@ -279,12 +280,15 @@ def _rows_forward(model: "Model", runs: Runs, rows: list[tuple[int, int]], locat
 
 @torch.no_grad()
 def sweep(model: "Model", runs: Runs, locations: Sequence[Location], rows_per_forward: int = 64,
-          one_location_per_forward: bool = False) -> Float[Tensor, "loc"]:
+          one_location_per_forward: bool = False, progress: "Progress | None" = None,
+          key: str = "sweep") -> Float[Tensor, "loc"]:
     """The normalised metric with each location patched from the clean run, one value per location.
 
     Rows (location, item) share forwards, `rows_per_forward` at a time; each row runs only its tokens from the
     patched position on (see the module docstring). `one_location_per_forward=True`: the plain loop, one
-    location per forward over whole prompts (the items batched), for comparison; same numbers."""
+    location per forward over whole prompts (the items batched), for comparison; same numbers. `progress`
+    (`interp.core.progress.Progress`): each forward's logit differences are the recorded unit f"{key}/{i}", so
+    a resumed sweep runs only the forwards not recorded and sums the same values in the same order."""
     locations = list(locations)
     if not locations:
         raise InterpError("no patch locations given; name at least one")
@@ -313,9 +317,13 @@ def sweep(model: "Model", runs: Runs, locations: Sequence[Location], rows_per_fo
         chunks = [group[s:s + rows_per_forward] for _, rows_of in itertools.groupby(rows, key=run_length)
                   for group in [list(rows_of)] for s in range(0, len(group), rows_per_forward)]
     skip = not one_location_per_forward and model.hf.config.model_type in SKIPS_LAYERS
-    for chunk in chunks:
+    for c, chunk in enumerate(chunks):
         start = min(locations[loc].site.layer for loc, _ in chunk) if skip else 0
-        ld = _rows_forward(model, runs, chunk, locations, reuse, start)
+        if progress is None:
+            ld = _rows_forward(model, runs, chunk, locations, reuse, start)
+        else:  # float32 values: exact through JSON
+            ld = torch.tensor(progress.unit(f"{key}/{c}", lambda: _rows_forward(
+                model, runs, chunk, locations, reuse, start).tolist()), dtype=torch.float32)
         total.index_add_(0, torch.tensor([loc for loc, _ in chunk]), ld)
     return runs.normalised(total / n)
 

@@ -14,6 +14,13 @@ analysis has figures), its artifacts and log.txt (the command line, the git comm
 existing folder is refused with a one-line error unless --overwrite; nothing is created before the inputs are
 checked and the work is done. Exceptions: `interp attack` resumes from its existing log (`--out` is its JSONL log)
 and commands that write one file (steer, truthful eval, concepts steer, directions export-gguf) take --out FILE.
+
+Resumable commands (`truthful fit`, `directions search`, `concepts fit`, `patch`: `ResumableOut`) record their
+progress in `--out` as they go (`interp.core.progress`: progress.jsonl and other progress.* files). Their `--out`
+may also be a folder holding nothing but progress.* files (an interrupted run): the command resumes it when it
+was recorded with the same settings and refuses it in one line otherwise. With --overwrite, a non-empty folder
+is accepted, a recorded run with the same settings is still resumed (it ends with the same result) and one
+with other settings is started over. The progress files are removed once the results are written.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ def default_system() -> str:
 Model = typer.Option(DEFAULT_MODEL, "--model", help="bundled name, HF folder or .gguf")
 Out = typer.Option(..., "--out", help="output folder: result.json, report.html, artifacts, log.txt (new or empty "
                    "unless --overwrite)")
+ResumableOut = typer.Option(..., "--out", help="output folder: result.json, report.html, artifacts, log.txt; the run "
+                            "records its progress there (progress.* files) as it goes. New or empty, or holding only "
+                            "the progress.* files of an interrupted run, which is resumed when it had the same "
+                            "settings (other settings are refused unless --overwrite, which starts over)")
 Overwrite = typer.Option(False, "--overwrite", help="write into a non-empty --out folder (its files are replaced)")
 BatchSize = typer.Option(None, "--batch-size", help="prompts per forward (default: the analysis's own)")
 System = typer.Option(default_system(), "--system", help="none (no system turn) | default (the chat template's own) "
@@ -87,14 +98,40 @@ def load(name: str, device: str | None = None, dtype: str | None = None, backend
 
 # ----- the output folder -----
 
-def check_out(out: Path, overwrite: bool = False) -> Path:
-    """Refuse an --out that is a file, or a non-empty folder without --overwrite; creates nothing."""
+def check_out(out: Path, overwrite: bool = False, resumable: bool = False) -> Path:
+    """Refuse an --out that is a file, or a non-empty folder without --overwrite; creates nothing. `resumable`: a
+    folder holding only progress.* files (an interrupted run of a resumable command) is accepted too."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InterpError(f"--out {out} is a file; give a folder (it will hold result.json, report.html, log.txt)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InterpError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
+    if out.is_dir() and not overwrite:
+        if resumable:
+            from interp.core.progress import is_progress_file
+
+            if any(not is_progress_file(p) for p in out.iterdir()):
+                raise InterpError(f"--out {out} exists and is not empty (it holds more than the progress.* files of an "
+                                  "interrupted run, which would be resumed); choose a new folder or pass --overwrite")
+        elif any(out.iterdir()):
+            raise InterpError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite")
     return out
+
+
+def checkpoint(out: Path, overwrite: bool = False):
+    """The `checkpoint` a resumable command passes its analysis: --out itself (`check_out(..., resumable=True)`
+    first); a recorded run of other settings is refused, or started over with --overwrite. Says when it resumes."""
+    from interp.core.progress import LOG, Checkpoint
+
+    if (Path(out) / LOG).is_file():
+        typer.echo(f"found the progress of an interrupted run in {Path(out) / LOG}: resuming it if its settings "
+                   f"match{' (else starting over: --overwrite)' if overwrite else ''}", err=True)
+    return Checkpoint(Path(out), "restart" if overwrite else "refuse")
+
+
+def finish(out: Path) -> None:
+    """Remove the progress.* files of a resumable command's --out once its results are written."""
+    from interp.core.progress import remove
+
+    remove(out)
 
 
 def _git_commit() -> str | None:

@@ -25,28 +25,30 @@ app = typer.Typer(help="Concept steering: the programming language a code model 
 def concepts_fit(config, model: str = common.Model,
                  target: str = typer.Option(..., help="the language to steer toward: cpp, java, rust, julia, python, ..."),
                  method: str = typer.Option("gact", help="gact (probe-routed cluster centroids) | mean (one vector)"),
-                 out: Path = common.Out,
+                 out: Path = common.ResumableOut,
                  tasks: Optional[Path] = typer.Option(None, help="language-neutral programming tasks, any prompt file "
                                                       "(default: the bundled code_tasks; split by their id column)"),
                  batch_size: Optional[int] = common.BatchSize, seed: Optional[int] = common.Seed,
                  device: Optional[str] = common.Device, dtype: Optional[str] = common.Dtype,
                  overwrite: bool = common.Overwrite) -> None:
     """Fit a router (gact) or one mean-difference vector (mean) steering the model toward TARGET, and compare it on
-    held-out tasks with the unsteered model and with naming the language in the prompt."""
+    held-out tasks with the unsteered model and with naming the language in the prompt. Resumable: a rerun with the
+    same --out continues an interrupted run."""
     from analyses import concepts
     from interp.data.prompts import dataset_path, read_behaviors
 
-    common.check_out(out, overwrite)
+    common.check_out(out, overwrite, resumable=True)
     items = read_behaviors(tasks if tasks is not None else dataset_path("code_tasks"))
     config = dataclasses.replace(config, targets=(target,), methods=(method,))
     config.check(len(items))  # bad inputs fail before the model loads
     m = common.load(model, device, dtype)
-    result = concepts.run(m, items, config)
+    result = concepts.run(m, items, config, checkpoint=common.checkpoint(out, overwrite))
     lang = config.targets[0]
     router = result.router(lang, method)
     router.save(out)
     result.save(out)
     common.write_log(out)
+    common.finish(out)
     fit = result.fits[lang]
     typer.echo(f"{lang}: layer {fit.layers[0]}, alpha {fit.alpha:g} ({fit.selection['selected_by']})")
     for name, row in result.table[lang].items():

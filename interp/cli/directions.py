@@ -95,7 +95,7 @@ def directions_search(
         model: str = common.Model,
         harmful: Path = typer.Option(..., help="prompts for the per-layer directions (class to stop refusing)"),
         harmless: Path = typer.Option(..., help="prompts of the other class"),
-        out: Path = common.Out,
+        out: Path = common.ResumableOut,
         harmful_val: Optional[Path] = typer.Option(None, help="validation prompts: the trials and the choice "
                                                             "(default: 32 of the bundled harmful_val)"),
         harmless_val: Optional[Path] = typer.Option(None, help="validation prompts: the trials' and the choice's KL "
@@ -110,7 +110,8 @@ def directions_search(
         device: Optional[str] = common.Device, dtype: Optional[str] = common.Dtype,
         overwrite: bool = common.Overwrite) -> None:
     """heretic's abliteration search: Optuna TPE over the direction (fractional layer) and per-layer weights,
-    minimising refusals and KL; DIR gets pareto.json, report.html, directions + weights, checkpoint/ and log.txt."""
+    minimising refusals and KL; DIR gets pareto.json, report.html, directions + weights, checkpoint/ and log.txt.
+    Resumable: the study lives in SQLite in DIR while it runs, and a rerun with the same --out continues it."""
     from analyses import abliteration
     from interp.data.prompts import dataset, read_prompts
     from interp.errors import InterpError
@@ -120,7 +121,7 @@ def directions_search(
         raise InterpError(f"--trials must be at least 1, got {config.n_trials}")
     if config.trial_refusals not in ("first_token", "generate"):
         raise InterpError(f"--trial-refusals must be first_token or generate, got {config.trial_refusals!r}")
-    common.check_out(out, overwrite)  # nothing is written into a used folder without --overwrite
+    common.check_out(out, overwrite, resumable=True)  # nothing is written into a used folder without --overwrite
     common.system_value(system)
 
     def first(path: Path) -> list[str]:
@@ -137,10 +138,12 @@ def directions_search(
         raise InterpError("give both --harmful-test and --harmless-test, or neither")
     m = common.load(model, device, dtype)
     refusal = RefusalScore.load(refusal_tokens, m) if refusal_tokens else None
-    result = abliteration.run(m, abliteration.AbliterationData(**sets, refusal=refusal), config)
+    result = abliteration.run(m, abliteration.AbliterationData(**sets, refusal=refusal), config,
+                              checkpoint=common.checkpoint(out, overwrite))
     result.save(out)
     abliteration.export_checkpoint(m, result, out / "checkpoint")
     common.write_log(out)
+    common.finish(out)
     c, v, base = result.chosen, result.chosen["validation"], result.baseline
     typer.echo(f"{len(result.trials)} trials, {len(result.pareto)} on the Pareto front; chosen trial {c['trial']} on "
                f"the validation prompts ({c['rule']}): refusal rate {v['refusal_rate']:.2f} (no edit "

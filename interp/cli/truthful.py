@@ -21,20 +21,21 @@ app = typer.Typer(help="Truthful directions: ITI on TruthfulQA (Li et al. 2023).
                              "positions": "answer (the reference's): shift the answer's tokens when scoring multiple "
                                           "choice and the last token of each forward when generating; all: every "
                                           "position"})
-def truthful_fit(config, model: str = common.Model, out: Path = common.Out,
+def truthful_fit(config, model: str = common.Model, out: Path = common.ResumableOut,
                  max_questions: Optional[int] = typer.Option(None, help="the first N questions of the file"),
                  questions: Optional[Path] = typer.Option(None, help="a CSV in TruthfulQA's columns (default: the bundled one)"),
                  seed: Optional[int] = common.Seed, device: Optional[str] = common.Device,
                  dtype: Optional[str] = common.Dtype, overwrite: bool = common.Overwrite) -> None:
-    """Fit ITI: probes for every head, top-K heads, mass-mean directions; MC1/MC2 baseline vs ITI on held-out folds."""
+    """Fit ITI: probes for every head, top-K heads, mass-mean directions; MC1/MC2 baseline vs ITI on held-out folds.
+    Resumable: a rerun with the same --out continues an interrupted run."""
     from analyses import truthful
     from interp.data.truthfulqa import read_questions
 
-    common.check_out(out, overwrite)
+    common.check_out(out, overwrite, resumable=True)
     qs = read_questions(questions, max_questions)  # bad inputs fail before the model loads
     m = common.load(model, device, dtype)
     config.check(m, len(qs))
-    result = truthful.run(m, qs, config)
+    result = truthful.run(m, qs, config, checkpoint=common.checkpoint(out, overwrite))
     s = result.summary()
     for metric in ("mc1", "mc2"):
         typer.echo(f"{metric.upper()} baseline {s[metric]['baseline']:.4f}  ITI {s[metric]['iti']:.4f}  (held-out folds)")
@@ -43,6 +44,7 @@ def truthful_fit(config, model: str = common.Model, out: Path = common.Out,
         typer.echo(f"fold {f['fold']}: K={f['heads']} alpha={f['alpha']:g} ({f['selected_by']})")
     result.save(out)
     common.write_log(out)
+    common.finish(out)
     typer.echo(f"wrote the intervention (K={s['final']['heads']}, alpha={s['final']['alpha']:g}, positions "
                f"{config.positions}, fitted on {s['final']['fitted_on']}, which it records: `interp truthful eval` "
                f"leaves them out) and the report to {out}")
