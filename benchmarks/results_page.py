@@ -255,6 +255,20 @@ SECTIONS: dict[str, Section] = {
              ("share within 1 point", "probes/share_within_1_point"), ("batched, s", "probes/batched_all_heads_s"),
              ("scikit-learn loop, s", "probes/sklearn_loop_all_heads_s"), ("speed-up", "probes/speedup")]),
          Table("departures", "analysis/departures", row_label="#")]),
+    "probes_qwen05": Section(
+        "Batched per-head probes vs scikit-learn", "ITI's probing step alone, on real TruthfulQA head activations: "
+        "every (layer, head) logistic probe at once against scikit-learn fitted head by head, validation accuracy of "
+        "both and the time ratio, one thread each, in one process (issue 20's target: 10x at equal accuracy).",
+        [Values("settings", [("model", "model"), ("questions", "n_questions"), ("training pairs", "runs/0/n_train_pairs"),
+                             ("validation pairs", "runs/0/n_val_pairs"), ("heads", "runs/0/all_heads")]),
+         Values("accuracy", [("mean, batched", "runs/0/mean_val_accuracy/batched"),
+                             ("mean, scikit-learn", "runs/0/mean_val_accuracy/sklearn"),
+                             ("largest difference", "runs/0/max_abs_accuracy_diff"),
+                             ("share within 1 point", "runs/0/share_within_1_point")]),
+         Values("time", [("batched, s", "runs/0/batched_all_heads_s"),
+                         ("scikit-learn loop, s", "runs/0/sklearn_loop_all_heads_s"),
+                         ("Newton iterations", "runs/0/newton_iterations"), ("speed-ups", "speedups"),
+                         ("median speed-up", "speedup_median"), ("target met", "target/met")])]),
     "concepts_qwen05": Section(
         "Concept steering (G-ACT)", "Target-language share and code share of greedy answers on the test tasks: the "
         "neutral prompt, the language named in the prompt, one mean vector, and G-ACT's router.",

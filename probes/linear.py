@@ -50,6 +50,7 @@ TENSORS = "probes.safetensors"
 META = "probes.json"
 FORMAT = "interp.probes/1"
 _HESSIAN_BYTES = 2**28  # float64 Hessians solved per chunk of probes: bounds memory for wide models
+_CHUNK_BYTES = 2**22  # float64 design matrices fitted together (see `LinearProbes.fit`)
 _HESSIAN_EVERY = 2  # Newton iterations per Hessian (formed on the first, reused on the next)
 _STEPS = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 0.0], dtype=torch.float64)
 
@@ -150,7 +151,9 @@ class LinearProbes:
             b = -(w * (mu0 + mu1)).sum(-1) / 2
             self.n_iter_, self.converged_ = 0, torch.ones(w.shape[0], dtype=torch.bool)
         else:
-            chunk = max(1, _HESSIAN_BYTES // (8 * (d + 1) ** 2))
+            # probes per chunk: their Hessians bounded, and their float64 data small enough to stay in the CPU's
+            # cache through the passes of every Newton iteration (each chunk also stops when it has converged)
+            chunk = max(1, min(_HESSIAN_BYTES // (8 * (d + 1) ** 2), _CHUNK_BYTES // (8 * n * (d + 1))))
             ws, bs, conv, iters = [], [], [], 0
             for start in range(0, Xb.shape[0], chunk):
                 w_, b_, it, c_ = fit_logistic(Xb[start:start + chunk], y, self.C, self.max_iter, self.tol)
