@@ -1,4 +1,4 @@
-"""Concept steering: which programming language a code model writes (G-ACT, with an ACT-style baseline).
+"""Concept steering: which programming language a code model writes (G-ACT, with ACT-style and neuron baselines).
 
 The method (Sharma and Raman 2025, *Steering Conceptual Bias via Transformer Latent-Subspace Activation*, arXiv
 2506.18887; no public code). A code model asked for "a function that ..." answers in its favourite language (the
@@ -18,7 +18,17 @@ Compared here on held-out test tasks, all at the same injection layer and streng
 3. "mean": ACT-style, one mean-difference vector per target language (the mean over training tasks of named minus
    neutral at the injection layer), `alpha` times it added at every position (`ConceptRouter.fixed`, i.e. `Add`);
 4. "gact": the router (`interp.steering.concept_router.ConceptRouter`): k centroids, the probe picks one per prompt,
-   `alpha` times it added at every position of that prompt's row (`RowwiseAdd`).
+   `alpha` times it added at every position of that prompt's row (`RowwiseAdd`);
+5. "neurons" (`neurons=True`): the paper's static neuron-attribution baseline, which it finds brittle before it
+   builds G-ACT (`interp.steering.neuron_attribution`). Every MLP neuron (`mlp.hook_post`, all layers) is scored by
+   the gradient of the target language's token with respect to a scale on the neuron's output weight, at 1: the
+   sum over positions of activation x gradient of the mean log-probability of the language's fence tag ("cpp" in
+   "```cpp") given the neutral prompt and the fence opening "```", averaged over `n_neuron_fit` training tasks.
+   The `neuron_k` highest neurons over all layers (the paper perturbs the single highest) are multiplied by one
+   factor at every position of every prompt (`NeuronScale`, which equals scaling their columns of the down
+   projection: the paper's weight perturbation, as a hook); the factor is chosen among `neuron_scales` on the same
+   validation tasks and token budget as the layer and alpha (highest target share; ties: code share, then the
+   factor nearest 1). The same neurons and factor for every prompt: "static".
 Answers are classified by `interp.judges.languages.detect` (fence tag, else signatures and Pygments); "code share" is the
 share of answers that are still code in any language. The injection layer and alpha are chosen on validation tasks:
 for each candidate (layer, alpha) the mean vector is added to `n_select` validation prompts, greedy for
@@ -27,8 +37,8 @@ then smaller alpha, then the earlier layer). Both methods then use it; choosing 
 "mean", if anything.
 
 Splits are by task id (seeded): test, validation and training tasks never overlap. Everything fitted (mean vectors,
-k-means, probes, refinement) sees the training tasks only; the validation tasks choose the layer and alpha and score
-the probes; the test tasks only score the methods.
+k-means, probes, refinement, neuron attribution) sees the training tasks only; the validation tasks choose the layer
+and alpha (and the neurons' factor) and score the probes; the test tasks only score the methods.
 
 What is faithful: per-prompt differences clustered with k-means; a per-layer softmax probe on the neutral activation
 trained to predict the cluster; the probe refined by gradient on the target language's likelihood with the model
@@ -49,6 +59,16 @@ What departs (also listed, by these names, in the Result's `departures`):
 - `layers`: one injection layer (and alpha) per target language, chosen on validation with the mean vector; the
   paper steers a subset of layers chosen by hand.
 - `prompt_form`: the language is named by appending " Use {Name}." to the task (one form for every task).
+With the neuron baseline (no code of the paper is public; its description leaves the score and the size of
+the perturbation open):
+- `neuron_score`: "the highest activated MLP weight for a C++ or CPP token" is read as the highest attribution,
+  gradient x activation summed over positions (the first-order effect of scaling the neuron's weight), of the
+  language's fence-tag token; the paper's exact score is not public.
+- `neuron_prompts`: the attribution reads the neutral training prompts followed by "```" (the token that decides
+  the language is the fence tag), not prompts of the paper's scientific-code set.
+- `neuron_scale`: the perturbation is a factor on the neurons' activations (= on their down-projection columns),
+  chosen on validation among `neuron_scales`; the paper's size of perturbation is not given.
+- `neuron_k` (only when it is not 1): more neurons than the paper's one are scaled.
 
 Reading the results. Probe accuracy is agreement with k-means: the probe's pick against the nearest centroid of a
 validation task's own difference. Refinement optimises the target likelihood instead, so it may move the probe to
@@ -60,6 +80,7 @@ code share without writing broken code.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -84,6 +105,7 @@ from interp.data.prompts import Behavior, dataset_path, read_behaviors
 from interp.errors import InterpError
 from interp.judges.languages import canonical, detect
 from interp.steering.concept_router import ConceptRouter
+from interp.steering.neuron_attribution import NeuronScale, attribution, mlp_width, top_neurons
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -91,7 +113,7 @@ if TYPE_CHECKING:
 NAMES = {"python": "Python", "cpp": "C++", "java": "Java", "julia": "Julia", "rust": "Rust",
          "javascript": "JavaScript", "go": "Go", "c": "C", "csharp": "C#"}
 FITTED = ("mean", "gact")
-METHODS = ("baseline", "prompt", *FITTED)
+METHODS = ("baseline", "prompt", *FITTED, "neurons")
 REFINE_TARGETS = ("answer", "fence")
 SITE = "hook_resid_pre"
 
@@ -155,6 +177,10 @@ class ConceptsConfig:
     refine_epochs: int = 4
     refine_lr: float = 0.03
     refine_batch: int = 8
+    neurons: bool = True  # also run the paper's static neuron-attribution baseline ("neurons")
+    neuron_k: int = 1  # neurons scaled: the highest attributions over all layers (the paper: the single highest)
+    neuron_scales: tuple[float, ...] = (2.0, 4.0, 8.0)  # candidate factors on their activations, chosen on validation
+    n_neuron_fit: int | None = None  # training tasks the attribution averages over (None: all of them)
     n_timing: int = 8  # test prompts timed with the router vs plain generate
     timing_tokens: int = 32
     timing_runs: int = 2
@@ -164,6 +190,7 @@ class ConceptsConfig:
         self.targets = tuple(self.targets)
         self.methods = tuple(self.methods)
         self.candidate_alphas = tuple(self.candidate_alphas)
+        self.neuron_scales = tuple(self.neuron_scales)
         if self.candidate_layers is not None:
             self.candidate_layers = tuple(self.candidate_layers)
 
@@ -181,12 +208,19 @@ class ConceptsConfig:
                 "select_tokens": self.select_tokens, "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
                 "n_refine": self.n_refine, "refine_tokens": self.refine_tokens, "refine_epochs": self.refine_epochs,
                 "refine_batch": self.refine_batch, "n_timing": self.n_timing, "timing_tokens": self.timing_tokens,
-                "timing_runs": self.timing_runs}
+                "timing_runs": self.timing_runs, "neuron_k": self.neuron_k}
         for name, v in ints.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InterpError(f"{name} must be a positive integer, got {v!r}")
         if not self.candidate_alphas or not all(isinstance(a, (int, float)) and a > 0 for a in self.candidate_alphas):
             raise InterpError(f"candidate_alphas must be positive numbers, got {list(self.candidate_alphas)}")
+        if not self.neuron_scales or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and
+                                             math.isfinite(a) for a in self.neuron_scales):
+            raise InterpError(f"neuron_scales must be finite numbers, got {list(self.neuron_scales)}")
+        if self.n_neuron_fit is not None and (not isinstance(self.n_neuron_fit, int) or
+                                              isinstance(self.n_neuron_fit, bool) or self.n_neuron_fit < 1):
+            raise InterpError(f"n_neuron_fit must be a positive integer or None (every training task), got "
+                              f"{self.n_neuron_fit!r}")
         if not self.C > 0 or not self.refine_lr > 0:
             raise InterpError(f"C and refine_lr must be positive, got {self.C!r} and {self.refine_lr!r}")
         if self.n_train is not None and (not isinstance(self.n_train, int) or isinstance(self.n_train, bool)):
@@ -201,6 +235,8 @@ class ConceptsConfig:
         if model is not None:
             for layer in self.layers_for(model):
                 model.check_layer(layer, "a candidate injection layer")
+            if self.neurons:  # a family without mlp.hook_post (a mixture of experts) fails here, in one line
+                mlp_width(model, range(model.n_layers))
 
     def layers_for(self, model: "Model") -> tuple[int, ...]:
         if self.candidate_layers is not None:
@@ -347,6 +383,54 @@ def pick_loss(model: "Model", router: ConceptRouter, prompts: Sequence[str], tar
     return total / len(prompts)
 
 
+# ----- the static neuron-attribution baseline -----
+
+def fence_tag(model: "Model", language: str) -> tuple[list[int], list[int]]:
+    """The code-fence opening "```" and the language's tag after it ("cpp" of "```cpp"), as token ids: the
+    attribution scores the tag given the prompt and the opening. Where the tokenizer merges the two, the opening
+    is empty and the tag is the whole "```{tag}"."""
+    opening = list(model.tokenizer("```", add_special_tokens=False).input_ids)
+    whole = list(model.tokenizer(f"```{canonical(language)}", add_special_tokens=False).input_ids)
+    if whole[:len(opening)] == opening and len(whole) > len(opening):
+        return opening, whole[len(opening):]
+    return [], whole
+
+
+def neuron_scores(model: "Model", tasks: Sequence[str], language: str, batch_size: int = 8
+                  ) -> Float[Tensor, "layer neuron"]:
+    """Every MLP neuron's attribution to the language's fence tag (`interp.steering.neuron_attribution.attribution`):
+    the mean over `tasks` (neutral, chat-formatted, followed by "```") of d/ds at s = 1 of the mean log-probability
+    per token of the tag, s scaling the neuron's activation at every position; i.e. the sum over positions of
+    activation x gradient. Float32 [n_layers, neurons] on the CPU."""
+    opening, tag = fence_tag(model, language)
+    prompt_ids = [ids + opening for ids in model.encode(model.prepare_prompts(tasks))]
+    total = torch.zeros(())
+    for s in range(0, len(tasks), batch_size):
+        rows = prompt_ids[s:s + batch_size]
+        total = total + attribution(model, lambda edits: target_logprob(model, rows, [tag] * len(rows), edits).sum())
+    return total / len(tasks)
+
+
+def select_scale(model: "Model", tasks: Sequence[str], neurons: Sequence[tuple[int, int]], language: str,
+                 options: ConceptsConfig) -> dict:
+    """The factor among `options.neuron_scales` whose `NeuronScale` on `neurons` moves most validation answers to
+    `language` (greedy, `select_tokens` tokens; ties: higher code share, then the factor nearest 1). One candidate:
+    taken as given."""
+    if len(options.neuron_scales) == 1:
+        return {"scale": float(options.neuron_scales[0]), "selected_by": "given", "table": []}
+    tokens = min(options.select_tokens, options.max_new_tokens)
+    table = []
+    for scale in options.neuron_scales:
+        answers = model.generate(tasks, max_new_tokens=tokens, batch_size=len(tasks), progress=False,
+                                 interventions=[NeuronScale(neurons, float(scale))])
+        got = shares(answers, language)
+        table.append({"scale": float(scale), "target_share": got["target_share"], "code_share": got["code_share"]})
+    best = max(table, key=lambda r: (r["target_share"], r["code_share"], -abs(r["scale"] - 1.0)))
+    return {"scale": best["scale"], "table": table,
+            "selected_by": f"highest target share of {len(tasks)} validation answers ({tokens} tokens) with the "
+                           "neurons scaled; ties: code share, then the factor nearest 1"}
+
+
 # ----- evaluation -----
 
 def shares(answers: Sequence[str], target: str | None = None) -> dict:
@@ -433,6 +517,24 @@ class LanguageFit:
     refine_curve: list[float]
     refine_check: dict[str, float]  # training-target loss with hard picks: before / after refinement, mean vector
     routers: dict[str, ConceptRouter]  # method -> router
+    neurons: "NeuronFit | None" = None  # the static neuron-attribution baseline (neurons=True)
+
+
+@dataclass
+class NeuronFit:
+    """The static neuron-attribution baseline for one target language: which neurons, by how much."""
+
+    target: str
+    neurons: list[tuple[int, int]]  # (layer, neuron index at mlp.hook_post), highest attribution first
+    scores: list[float]  # their attributions (mean d log p(tag) / d scale, per training task)
+    layer_max: list[float]  # the highest attribution in each layer
+    scale: float  # the factor on their activations (chosen on validation unless one was given)
+    selection: dict  # selected_by and the validation table
+    fit_tasks: list[str]  # ids of the training tasks the attribution averaged over
+
+    @property
+    def intervention(self) -> NeuronScale:
+        return NeuronScale(self.neurons, self.scale)
 
 
 @dataclass
@@ -473,11 +575,37 @@ class ConceptsResult(Result):
             "layers": "one injection layer and alpha per language (chosen on validation tasks with the mean vector, "
                       "unless given); the paper steers a subset of layers chosen by hand",
             "prompt_form": "the language is named by appending ' Use {Name}.' to the task",
+            **(self.neuron_departures() if o.neurons else {}),
         }
+
+    def neuron_departures(self) -> dict[str, str]:
+        """Where the static neuron-attribution baseline departs from the paper (whose code is not public)."""
+        o = self.options
+        out = {
+            "neuron_score": "'the highest activated MLP weight for a C++ or CPP token' is read as the highest "
+                            "attribution: gradient x activation at mlp.hook_post summed over positions (the "
+                            "first-order effect of scaling the neuron's weight) of the mean log-probability of the "
+                            "language's fence tag; the paper's exact score is not public",
+            "neuron_prompts": (f"the attribution averages over {self.neuron_fit_size()} neutral training tasks, each "
+                               "followed by the fence opening ```, not the paper's scientific-code prompts"),
+            "neuron_scale": ("the perturbation is one factor on the neurons' activations at every position (the same "
+                             "as scaling their down-projection columns), "
+                             + ("chosen on validation tasks among " + ", ".join(f"{v:g}" for v in o.neuron_scales)
+                                if len(o.neuron_scales) > 1 else f"given ({o.neuron_scales[0]:g})")
+                             + "; the paper's public description does not give the size of its perturbation"),
+        }
+        if o.neuron_k != 1:
+            out["neuron_k"] = f"the {o.neuron_k} highest neurons over all layers are scaled; the paper perturbs the one"
+        return out
+
+    def neuron_fit_size(self) -> int:
+        sizes = {len(f.neurons.fit_tasks) for f in self.fits.values() if f.neurons is not None}
+        return sizes.pop() if len(sizes) == 1 else 0
 
     def summary(self) -> dict:
         return {
-            "method": "G-ACT (Sharma and Raman 2025) vs one mean-difference vector (ACT-style) vs naming the language",
+            "method": "G-ACT (Sharma and Raman 2025) vs one mean-difference vector (ACT-style) vs the paper's static "
+                      "neuron-attribution baseline vs naming the language",
             "model": self.model, "options": asdict(self.options), "split": self.split,
             "baseline": self.baseline,
             "table": self.table,
@@ -497,6 +625,14 @@ class ConceptsResult(Result):
                                "hard_pick_loss_is": "mean -log p per target token on the refinement tasks, each "
                                                     "prompt's picked vector injected (before / after refinement), "
                                                     "or the mean vector"} for t, f in self.fits.items()},
+            "neurons": {t: {"neurons": [list(n) for n in f.neurons.neurons],
+                            "scores": [round(v, 6) for v in f.neurons.scores], "scale": f.neurons.scale,
+                            "selected_by": f.neurons.selection["selected_by"],
+                            "validation": f.neurons.selection["table"], "fit_tasks": len(f.neurons.fit_tasks),
+                            "site": "mlp.hook_post",
+                            "score_is": "mean over training tasks of d log p(fence tag) / d scale at 1 (gradient x "
+                                        "activation summed over positions)"}
+                        for t, f in self.fits.items() if f.neurons is not None},
             "time_per_token": self.timing,
             "departures": self.departures(),
             "examples": self.examples,
@@ -535,7 +671,26 @@ class ConceptsResult(Result):
         fig.update_layout(title="Validation: target share with the mean vector per candidate (layer, alpha)",
                           barmode="group", yaxis=dict(title="target share", range=[0, 1]))
         figs["selection"] = fig
+        if any(f.neurons is not None for f in self.fits.values()):
+            figs["neuron_attribution"] = self.neuron_figure()
         return figs
+
+    def neuron_figure(self) -> go.Figure:
+        """Per layer, the highest neuron attribution to each target language's fence tag, the neurons the baseline
+        scales starred."""
+        fig = go.Figure()
+        for t, f in self.fits.items():
+            if f.neurons is None:
+                continue
+            fig.add_trace(go.Scatter(x=list(range(len(f.neurons.layer_max))), y=f.neurons.layer_max,
+                                     mode="lines+markers", name=f"{NAMES[t]}: best neuron of the layer"))
+            fig.add_trace(go.Scatter(x=[layer for layer, _ in f.neurons.neurons], y=f.neurons.scores, mode="markers",
+                                     marker=dict(symbol="star", size=14),
+                                     text=[f"L{layer} N{j}, x{f.neurons.scale:g}" for layer, j in f.neurons.neurons],
+                                     name=f"{NAMES[t]}: scaled (x{f.neurons.scale:g})"))
+        fig.update_layout(title="Static neuron attribution: d log p(fence tag) / d neuron scale (training tasks)",
+                          xaxis_title="layer (mlp.hook_post)", yaxis_title="attribution")
+        return fig
 
     def save_artifacts(self, directory) -> None:
         import json
@@ -551,9 +706,9 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     docstring.
 
     `checkpoint`: a folder where the run records its finished units as it goes (`interp.core.progress`): the
-    captures, each language's clusters and probes, the selection, each refinement, each set of test answers and
-    the timing. A rerun with the same folder and settings resumes there and returns the Result an uninterrupted
-    run returns; other settings are refused."""
+    captures, each language's clusters and probes, the selection, each refinement, each neuron attribution and
+    choice of factor, each set of test answers and the timing. A rerun with the same folder and settings resumes
+    there and returns the Result an uninterrupted run returns; other settings are refused."""
     options = config or ConceptsConfig()
     tasks = list(data) if data is not None else read_behaviors(dataset_path("code_tasks"))
     options.check(len(tasks), model)
@@ -638,6 +793,19 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
                                  refined_acc, curve, check, routers)
     seconds["fit_routers"] = time.perf_counter() - t
 
+    if options.neurons:  # the static neuron-attribution baseline: training tasks attribute, validation picks a factor
+        t = time.perf_counter()
+        neuron_tasks = split.train[:options.n_neuron_fit]
+        for lang in options.targets:
+            scores = progress.unit(f"neurons/{lang}/attribution", lambda: neuron_scores(
+                model, [x.behavior for x in neuron_tasks], lang, options.refine_batch))
+            top, top_scores = top_neurons(scores, options.neuron_k)
+            picked = progress.unit(f"neurons/{lang}/selection", lambda: select_scale(
+                model, [x.behavior for x in split.val[:options.n_select]], top, lang, options))
+            fits[lang].neurons = NeuronFit(lang, top, top_scores, scores.amax(-1).tolist(), picked["scale"],
+                                           picked, [x.id for x in neuron_tasks])
+        seconds["fit_neurons"] = time.perf_counter() - t
+
     t = time.perf_counter()
     test = split.test
     neutral_prompts = [x.behavior for x in test]
@@ -650,10 +818,16 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
         for method, router in fits[lang].routers.items():
             answers[(lang, method)] = progress.unit(f"answers/{lang}/{method}", lambda: list(router.generate(
                 model, neutral_prompts, options.max_new_tokens, bs)))
+        fitted_neurons = fits[lang].neurons
+        if fitted_neurons is not None:
+            answers[(lang, "neurons")] = progress.unit(f"answers/{lang}/neurons", lambda: list(model.generate(
+                neutral_prompts, max_new_tokens=options.max_new_tokens, batch_size=bs,
+                interventions=[fitted_neurons.intervention])))
     seconds["test_generation"] = time.perf_counter() - t
 
+    compared = (*options.methods, *(("neurons",) if options.neurons else ()))
     table = {lang: {"baseline": shares(answers[("", "baseline")], lang),
-                    **{m: shares(answers[(lang, m)], lang) for m in ("prompt", *options.methods)}}
+                    **{m: shares(answers[(lang, m)], lang) for m in ("prompt", *compared)}}
              for lang in options.targets}
     rows = [{"task": x.id, "target": None, "method": "baseline", "prompt": x.behavior, "response": a,
              "language": detect(a).language} for x, a in zip(test, answers[("", "baseline")])]
@@ -665,7 +839,7 @@ def run(model: "Model", data: Sequence[Behavior] | None = None, config: Concepts
     first = options.targets[0]
     examples = [{"task": x.behavior, "target": first,
                  **{m: answers[("", m) if m == "baseline" else (first, m)][i][:300] for m in
-                    ("baseline", "prompt", *options.methods)}} for i, x in enumerate(test[:options.n_examples])]
+                    ("baseline", "prompt", *compared)}} for i, x in enumerate(test[:options.n_examples])]
 
     t = time.perf_counter()
     timed = fits[first].routers.get("gact") or fits[first].routers[options.methods[0]]

@@ -10,8 +10,11 @@ Rust are three languages it writes well when asked, with distinct syntax and fen
 unambiguously. Per target: the baseline (neutral prompts, unsteered), naming the language in the prompt, one
 mean-difference vector (ACT-style) and G-ACT (k-means centroids + a refined probe picking one per prompt), at the
 layer and alpha chosen on validation tasks; greedy, `--max-new-tokens` tokens; the share of test answers in the
-target language and the share still code. Plus the per-layer probe accuracy and the time per generated token with
-the router vs plain `generate`.
+target language and the share still code. Beside them, the paper's static neuron-attribution baseline ("neurons"):
+the `--neuron-k` MLP neurons with the highest attribution to the language's fence tag (gradient x activation, on
+the training tasks), scaled by a factor chosen on the validation tasks, the same neurons for every test task
+(`--no-neurons` leaves it out). Plus the per-layer probe accuracy and the time per generated token with the router
+vs plain `generate`.
 
 Resumable: the run records its finished units as it goes in `--checkpoint` (default: the `--report` folder when
 given, else OUT.progress/ beside the JSON); a rerun of the same command after a kill continues from there and
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layers", type=int, nargs="+", default=None, help="candidate layers (default: 1/3 and 1/2 of depth)")
     p.add_argument("--alphas", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--neuron-k", type=int, default=1, help="neurons the static baseline scales (the paper: one)")
+    p.add_argument("--neuron-scales", type=float, nargs="+", default=[2.0, 4.0, 8.0],
+                   help="candidate factors on those neurons, chosen on validation tasks")
+    p.add_argument("--no-neurons", action="store_true", help="leave the static neuron-attribution baseline out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="a few tasks and tokens: checks the script, not the method")
     p.add_argument("--report", default=None, help="also save the Result here (result.json, report.html, answers.jsonl)")
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     options = C.ConceptsConfig(targets=tuple(args.targets), n_test=args.n_test, n_val=args.n_val, k=args.k,
                         max_new_tokens=args.max_new_tokens, candidate_alphas=tuple(args.alphas), seed=args.seed,
-                        candidate_layers=tuple(args.layers) if args.layers else None)
+                        candidate_layers=tuple(args.layers) if args.layers else None, neurons=not args.no_neurons,
+                        neuron_k=args.neuron_k, neuron_scales=tuple(args.neuron_scales))
     if args.tiny:
         options = C.ConceptsConfig(**{**options.__dict__, **TINY})
     options.check(210)
@@ -95,6 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
            "split": {k: v for k, v in s["split"].items() if k != "test_ids"}, "table": table,
            "chosen": {lang: {"layers": v["layers"], "alpha": v["alpha"]} for lang, v in s["chosen"].items()},
            "target": targets_met(s["table"], result.fits), "probe_accuracy": probes,
+           "neurons": {lang: {"neurons": v["neurons"], "scores": v["scores"], "scale": v["scale"],
+                              "validation": v["validation"], "fit_tasks": v["fit_tasks"]}
+                       for lang, v in s["neurons"].items()},
+           "gact_minus_neurons": {lang: {k: round(row["gact"][k] - row["neurons"][k], 4)
+                                         for k in ("target_share", "code_share")}
+                                  for lang, row in table.items() if "gact" in row and "neurons" in row},
            "time_per_token": s["time_per_token"], "refinement": s["refinement"], "analysis": s,
            "seconds_total": round(total, 1)}
     write_result(args.out, out, provenance("benchmarks.concepts", argv, "cpu"))
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         cells = "  ".join(f"{m} {v['target_share']:.2f}/{v['code_share']:.2f}" for m, v in row.items())
         print(f"{lang} (layer {s['chosen'][lang]['layers']}, alpha {s['chosen'][lang]['alpha']:g}): {cells}  "
               f"[target share / code share]")
+    for lang, v in out["neurons"].items():
+        print(f"{lang} neurons (layer, index) {v['neurons']} x{v['scale']:g}")
     print(f"targets: {out['target']}")
     print(f"time per token: {s['time_per_token']}; total {total:.0f} s")
     return out

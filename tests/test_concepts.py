@@ -194,7 +194,8 @@ def test_cli_fit_then_steer(cli_smol, smol, tmp_path):
     for name in ("router.safetensors", "router.json", "result.json", "report.html", "answers.jsonl"):
         assert (tmp_path / "fit" / name).is_file(), name
     s = json.loads((tmp_path / "fit" / "result.json").read_text())
-    assert set(s["table"]["cpp"]) == {"baseline", "prompt", "gact"} and s["chosen"]["cpp"]["layers"] == [LAYER]
+    assert set(s["table"]["cpp"]) == {"baseline", "prompt", "gact", "neurons"} and s["chosen"]["cpp"]["layers"] == [LAYER]
+    assert len(s["neurons"]["cpp"]["neurons"]) == 1 and s["neurons"]["cpp"]["fit_tasks"] == 6  # the paper's one neuron
     assert s["split"]["train"] == 6 and len(s["probe_accuracy"]["cpp"]["unrefined"]) == smol.n_layers
     assert set(s["departures"]) >= {"refine_target", "probe_input", "pick"} and s["time_per_token"]["ratio"] > 0
     router = ConceptRouter.load(tmp_path / "fit", model=smol)
@@ -214,7 +215,8 @@ def test_cli_fit_then_steer(cli_smol, smol, tmp_path):
 def test_cli_bad_inputs_fail_before_the_model_and_write_nothing(no_model, tmp_path):
     for args, message in ((["--target", "klingon"], "unknown language 'klingon'"),
                           (["--target", "cpp", "--k", "50", "--n-train", "6"], "k=50"),
-                          (["--target", "cpp", "--method", "act"], "unknown method")):
+                          (["--target", "cpp", "--method", "act"], "unknown method"),
+                          (["--target", "cpp", "--neuron-k", "0"], "neuron_k must be a positive integer")):
         r = runner.invoke(app, ["concepts", "fit", *args, "--out", str(tmp_path / "fit")])
         assert r.exit_code != 0 and message in str(r.exception), (args, r.output, r.exception)
         assert not (tmp_path / "fit").exists()

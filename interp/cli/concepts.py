@@ -21,7 +21,11 @@ app = typer.Typer(help="Concept steering: the programming language a code model 
                                                  "the depth); one --layer and one --alpha skip the selection",
                              "candidate_alphas": "candidate strengths (repeat)",
                              "n_train": "training tasks (default: all the rest)",
-                             "refine": "refine the probe by gradient (--no-refine: ACT's probe)"})
+                             "refine": "refine the probe by gradient (--no-refine: ACT's probe)",
+                             "neurons": "also run the paper's static neuron-attribution baseline on the same splits "
+                                        "(--no-neurons: leave it out)",
+                             "neuron_scales": "candidate factors on the baseline's neurons (repeat); one skips the "
+                                              "selection"})
 def concepts_fit(config, model: str = common.Model,
                  target: str = typer.Option(..., help="the language to steer toward: cpp, java, rust, julia, python, ..."),
                  method: str = typer.Option("gact", help="gact (probe-routed cluster centroids) | mean (one vector)"),
@@ -32,8 +36,9 @@ def concepts_fit(config, model: str = common.Model,
                  device: Optional[str] = common.Device, dtype: Optional[str] = common.Dtype,
                  overwrite: bool = common.Overwrite) -> None:
     """Fit a router (gact) or one mean-difference vector (mean) steering the model toward TARGET, and compare it on
-    held-out tasks with the unsteered model and with naming the language in the prompt. Resumable: a rerun with the
-    same --out continues an interrupted run."""
+    held-out tasks with the unsteered model, with naming the language in the prompt and with the paper's static
+    neuron-attribution baseline (top MLP neurons scaled). Resumable: a rerun with the same --out continues an
+    interrupted run."""
     from analyses import concepts
     from interp.data.prompts import dataset_path, read_behaviors
 
@@ -54,6 +59,9 @@ def concepts_fit(config, model: str = common.Model,
     for name, row in result.table[lang].items():
         typer.echo(f"{name:<9} target share {row['target_share']:.2f}  code share {row['code_share']:.2f}  "
                    f"({row['n']} test tasks)")
+    if fit.neurons is not None:
+        typer.echo("neurons: " + ", ".join(f"L{layer} N{j}" for layer, j in fit.neurons.neurons)
+                   + f" (mlp.hook_post) x{fit.neurons.scale:g} ({fit.neurons.selection['selected_by']})")
     typer.echo(f"wrote the {method} router (k={router.k}), the report and log.txt to {out}")
 
 
