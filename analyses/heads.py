@@ -22,11 +22,22 @@ strongest pairs of each kind with the components that carry them (the fewest who
 composition reach `share`). `direct_effects` finds the heads that write the answer (direct logit attribution),
 to choose receivers from data. The attention norm's weight is folded into W_Q, W_K, W_V; rotary embeddings and
 biases are left out of the matrices (see `interp.circuits.heads`).
+
+`channels` runs the paper's check of a channel on data, with the items split so that no figure is scored on the
+items that chose what it scores (`split_items`: a seeded split of the task's distinct prompts into a `select`
+part and a `score` part). On the select part only, the receivers are chosen (the heads with the largest direct
+effect: the movers). From the weights, each receiver's sender (the earlier head with the largest composition into
+it, Q by default: the inhibition route) and their channel. On the score part only, the inhibition score
+(`interp.circuits.heads.inhibition_scores`: the drop of the receiver's attention gap between the answer and the
+wrong answer, IO and S in IOI, when the channel is removed) of the channel, of a control (the sender's weakest
+components for that pair, as many) and of every sender component alone, beside its composition score: the
+paper's Figure 2, where the data-based score confirms the weight-based one. The Result says which part each
+figure uses (`figures_use`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import plotly.graph_objects as go
@@ -42,6 +53,7 @@ from interp.io import write_tensors
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from interp.circuits.tasks import TaskSet
     from interp.core.model import Model
 
 
@@ -234,3 +246,147 @@ def direct_effects(model: "Model", prompts: Sequence[str], answer: Tensor, wrong
     unembed = model.hf.get_output_embeddings().weight
     diff = (unembed[answer.to(unembed.device)] - unembed[wrong.to(unembed.device)]).float().cpu()  # [n, d]
     return torch.einsum("nlhe,lhed,nd->lh", z, w_o, scale * diff) / len(prompts)
+
+
+# ----- receivers from data, channels from weights, the inhibition score on held-out items -----
+
+def split_items(task: "TaskSet", select_share: float = 0.5, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Item indices of two disjoint parts of `task`: `select` (a `select_share` of the items, where receivers are
+    chosen) and `score` (the rest, where channels and edits are scored). Items with the same clean prompt fall in
+    the same part, so no scoring prompt is ever seen by the chooser; the draw is seeded."""
+    import random
+
+    if not 0 < select_share < 1:
+        raise InterpError(f"select_share must be in (0, 1), the share of the items that choose the receivers; got "
+                          f"{select_share!r}")
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(task.items):
+        groups.setdefault(item.clean, []).append(i)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_select = round(select_share * len(keys))
+    if not 1 <= n_select < len(keys):
+        raise InterpError(f"task {task.name!r} has {len(keys)} distinct prompts: too few to split into a part that "
+                          f"chooses receivers and a part that scores them (select_share={select_share})")
+    select = sorted(i for k in keys[:n_select] for i in groups[k])
+    score = sorted(i for k in keys[n_select:] for i in groups[k])
+    return select, score
+
+
+def choose_receivers(model: "Model", task: "TaskSet", n: int, batch_size: int = 16
+                     ) -> tuple[list[tuple[int, int]], Float[Tensor, "layer head"]]:
+    """The `n` heads with the largest direct effect on the task's logit difference (`direct_effects`, the movers),
+    from the items of `task` only (pass the select part), in layers after the first (a receiver needs an earlier
+    sender); and the effects of every head."""
+    toks = task.tokens(model)
+    effects = direct_effects(model, task.clean, toks.answer, toks.wrong, chat=task.chat, batch_size=batch_size)
+    H = model.n_heads
+    order = [i for i in effects.flatten().argsort(descending=True).tolist() if i // H > 0]
+    return [(i // H, i % H) for i in order[:n]], effects
+
+
+@dataclass
+class ChannelsConfig:
+    """How `channels` chooses receivers, senders and channels, and scores them."""
+
+    receivers: int = 3  # top direct-effect heads (movers) used as receivers, chosen on the select part
+    select_share: float = 0.5  # share of the items that choose the receivers; the rest score the channels
+    mode: str = "Q"  # composition through which a sender reaches its receiver (the inhibition route: Q)
+    share: float = 0.5  # a channel: the fewest sender components carrying this share of the pair's composition
+    scale: float = 0.0  # the edit of the inhibition score (0 removes the channel)
+    per_component: bool = True  # also score every sender component alone (the paper's Figure 2)
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class ChannelsResult(Result):
+    """Receivers chosen on the select part of a task, each with its strongest sender by composition and their
+    channel, and the inhibition scores of the channel, of a control and of every component on the score part."""
+
+    model: dict
+    task: str
+    split: dict  # "select" and "score": the item indices of each part
+    effects: Tensor  # [L, H] direct effects on the select part
+    pairs: list[dict]  # per receiver: sender, channel, inhibition (channel, control, per component)
+    config: dict = field(default_factory=dict)
+    title: str = "Talking Heads channels: receivers from data, channels from weights, inhibition on held-out items"
+
+    def summary(self) -> dict:
+        return {"model": self.model, "task": self.task, "config": self.config,
+                "split": {k: {"items": len(v), "indices": v} for k, v in self.split.items()},
+                "figures_use": {"direct_effects": "select", "inhibition_components": "score",
+                                "inhibition_channels": "score"},
+                "pairs": self.pairs}
+
+    def figures(self) -> dict[str, go.Figure]:
+        L, H = self.effects.shape
+        fx = go.Figure(go.Heatmap(z=self.effects.tolist(), x=list(range(H)), y=list(range(L)), colorscale="RdBu",
+                                  zmid=0, colorbar=dict(title="logit diff")))
+        fx.update_layout(title=f"Direct effect of every head on the logit difference ({len(self.split['select'])} "
+                               "items of the select part, which chose the receivers)",
+                         xaxis_title="head", yaxis_title="layer")
+        comp = go.Figure()
+        chans = go.Figure()
+        names, channel, control = [], [], []
+        for p in self.pairs:
+            label = f"{p['sender'][0]}.{p['sender'][1]} -> {p['receiver'][0]}.{p['receiver'][1]}"
+            names.append(label)
+            channel.append(p["inhibition"]["channel"]["score"])
+            control.append(p["inhibition"]["control"]["score"])
+            per = p["inhibition"].get("components")
+            if per:
+                comp.add_trace(go.Scatter(x=p["component_scores"], y=[c["score"] for c in per], mode="markers",
+                                          name=label, text=[f"component {c['components'][0]}" for c in per]))
+        comp.update_layout(title=f"Every sender component alone: inhibition score ({len(self.split['score'])} held-out "
+                                 "items of the score part) against its composition score (weights)",
+                           xaxis_title="component composition score", yaxis_title="inhibition score "
+                                                                                   "(drop of the receiver's gap)")
+        chans.add_trace(go.Bar(x=names, y=channel, name="channel removed"))
+        chans.add_trace(go.Bar(x=names, y=control, name="control removed (weakest components, same number)"))
+        chans.update_layout(title=f"Inhibition score of each channel and its control ({len(self.split['score'])} "
+                                  "held-out items of the score part)", yaxis_title="inhibition score", barmode="group")
+        return {"direct_effects": fx, "inhibition_channels": chans, "inhibition_components": comp}
+
+
+def channels(model: "Model", task: "TaskSet", heads: HeadsResult, config: ChannelsConfig | None = None) -> ChannelsResult:
+    """The Talking Heads pipeline with held-out scoring. Split `task` (`split_items`): on the select part, choose
+    `receivers` movers by direct effect; for each, the earlier head with the largest `mode` composition into it
+    (weights, `heads`) and their channel (`HeadsResult.channel`); on the score part only, the inhibition score of
+    the channel removed, of a control (the sender's weakest components for that pair, as many) and, with
+    `per_component`, of every sender component alone (target token: the answer, inhibited token: the wrong answer,
+    as IOI's IO and S)."""
+    from interp.circuits.heads import inhibition_scores
+
+    cfg = config or ChannelsConfig()
+    if cfg.mode.upper() not in heads.compositions:
+        raise InterpError(f"no {cfg.mode!r} composition in the heads result; computed: {', '.join(heads.compositions)}")
+    if isinstance(cfg.receivers, bool) or not isinstance(cfg.receivers, int) or cfg.receivers < 1:
+        raise InterpError(f"receivers must be a positive integer, got {cfg.receivers!r}")
+    select, score = split_items(task, cfg.select_share, cfg.seed)
+    movers, effects = choose_receivers(model, task.subset(select), cfg.receivers, cfg.batch_size)
+    held = task.subset(score)
+    toks = held.tokens(model)
+    comp = heads.compositions[cfg.mode.upper()]
+    H = model.n_heads
+    pairs = []
+    for mover in movers:
+        column = comp.scores[:, :, mover[0], mover[1]]  # [L, H] over senders (NaN at and after the mover's layer)
+        flat = int(torch.nan_to_num(column.flatten(), nan=-1.0).argmax())
+        sender = (flat // H, flat % H)
+        ch = heads.channel(cfg.mode.upper(), sender, mover, cfg.share)
+        shares = comp.shares(sender, mover)
+        weakest = shares.argsort()[:len(ch["components"])].tolist()
+        wanted = [ch["components"], weakest]
+        rows = comp.components[(*sender, *mover)]
+        if cfg.per_component:
+            wanted += [[c] for c in range(len(rows))]
+        got = inhibition_scores(model, held.clean, toks.answer, toks.wrong, sender, mover, wanted, heads.svds,
+                                cfg.scale, chat=held.chat, batch_size=cfg.batch_size)
+        ch.update(direct_effect_receiver=float(effects[mover]), direct_effect_sender=float(effects[sender]),
+                  control_components=weakest, component_scores=[float(x) for x in rows],
+                  inhibition={"channel": got[0].summary(), "control": got[1].summary(),
+                              "components": [g.summary() for g in got[2:]]})
+        pairs.append(ch)
+    record = {**asdict(cfg), "mode": cfg.mode.upper()}
+    return ChannelsResult(model.fingerprint, task.name, {"select": select, "score": score}, effects, pairs, record)

@@ -1,42 +1,58 @@
-"""Are safety subspaces distinct from useful ones? Overlaps in activation space and in parameter space.
+"""Are safety subspaces distinct from useful ones? Overlaps in activation space, in update space and in parameter
+space.
 
 The paper: Ponkshe et al., *Safety Subspaces are Not (Linearly) Distinct: A Fine-Tuning Case Study* (ICLR 2026;
 reference code github.com/CERT-Lab/safety-subspaces). Its question: does safety live in a subspace of its own,
-which could be protected while a model is fine-tuned on useful data? Its answer, in both spaces, is no.
+which could be protected while a model is fine-tuned on useful data? Its answer, in every space, is no.
 
 **Activation space** (`run`, the reference's `exp-4-activation_spaces/activation_space.py`). For each
 prompt set (harmful requests, and useful ones: Alpaca instructions, programming tasks) take the residual stream at
 the last prompt token of every layer, stack the n prompts into an n x d matrix A per layer, and keep its energy
 subspace: the top-k right singular vectors of A with k the smallest number holding a chosen `share` of
-||A||_F^2 (0.9 by default). Two sets' subspaces are compared by the mean squared overlap
-||B1 B2^T||_F^2 / min(k1, k2) (`Subspace.overlap`: 1 when one contains the other, 0 when orthogonal) and their
-principal angles. Two random subspaces of dimensions k1, k2 in R^d overlap by max(k1, k2) / d in expectation, the
-reference's `mso_random`, written beside every overlap with a sampled baseline (`Subspace.random_overlap`:
-random subspaces of the second set's dimension against the first set's subspace). If harmful prompts used
-directions of their own, their overlap with a useful set would sit near that baseline, and clearly below the
-overlap of two useful sets with each other (the `alpaca vs code` pair is that reference point).
-- Faithful: energy share and k exactly as the reference (smallest k with cumulative energy >= share, from a full
-  SVD); uncentred by default, as the reference runs it (`centre=False`; `centre=True` subtracts each set's mean
-  first, the reference's `centering` option); the closed-form baseline max(k1, k2) / d. Uncentred, the mean of
-  the last-token activations, which every set shares, can hold most of the energy (k is then 1 at many
-  layers: the Result's `k`; benchmarks/results/overlap_qwen05.json), so the overlap mostly compares the sets'
-  means; centred, it compares the directions the prompts vary along.
-- Departs: prompts get the model's chat template and the last token is the template's last (the assistant
-  header), where the reference feeds raw text (`chat=False` for that); left padding, so the last column is every
-  prompt's last token (the reference right-pads and reads column -1, a pad for the shorter prompts); every
-  layer's `hook_resid_post` (the reference's hidden_states also count the embeddings, and it reports layers
-  65-90% of the depth only: the summary gives the mean over that `window` too); the prompt sets are the bundled
-  ones (the reference uses MATH / BeaverTails / ToxiGen prompts, 5000 each).
+||A||_F^2. The reference sweeps the share over 0.01, 0.1, ..., 0.6 (its `energy_list`) and so does `run` by
+default (`OverlapConfig.shares`, `ACTIVATION_SHARES`; one SVD per set and layer serves every share). Two sets'
+subspaces are compared by the mean squared overlap ||B1 B2^T||_F^2 / min(k1, k2) (`Subspace.overlap`: 1 when one
+contains the other, 0 when orthogonal) and their principal angles. Two random subspaces of dimensions k1, k2 in R^d
+overlap by max(k1, k2) / d in expectation, the reference's `mso_random`, written beside every overlap with a
+sampled baseline (`Subspace.random_overlap`: random subspaces of the second set's dimension against the first
+set's subspace). If harmful prompts used directions of their own, their overlap with a useful set would sit near
+that baseline, and clearly below the overlap of two useful sets with each other (the `alpaca vs code` pair is that
+reference point). The summary's `sweep` is the reference's figure: per pair, the mean over its window of layers
+(65-90% of the depth) at every share.
+- Faithful: the shares, k (smallest k with cumulative energy >= share, from a full SVD: the reference's exact
+  branch, which it takes whenever max(d, n) <= 10000) and the closed-form baseline max(k1, k2) / d; uncentred by
+  default, as the reference runs it (`centre=False`; `centre=True` subtracts each set's mean first, the
+  reference's `centering` option). Uncentred, the mean of the last-token activations, which every set shares, can
+  hold more than the largest share of the sweep by itself: k is then 1 (the summary counts such layers,
+  `layers_with_k1`) and the overlap compares the sets' means, not the directions their prompts vary along;
+  centred, it compares those. A share such as 0.9 (`shares=(0.9,)`) lies outside the reference's activation sweep.
+- Departs (each a named option or fixed, listed in the Result's `departures`): prompts get the model's chat
+  template and the last token is the template's last (the assistant header), where the reference feeds raw text
+  (`chat=False` for that); left padding, so the last column is every prompt's last token (the reference right-pads
+  and reads column -1, a pad for the shorter prompts); every layer's `hook_resid_post` (the reference's
+  hidden_states also count the embeddings, and it reports its window only: the summary gives the mean over that
+  `window` too); the prompt sets are the ones given (the reference uses MATH / BeaverTails / ToxiGen prompts,
+  5000 each); a sampled baseline and principal angles beside the closed form.
+
+**Update space** (`updates`, the reference's `exp-3-update_spaces/update_spaces_functions.py`). Two fine-tunes of
+one instruct model, one on useful data and one on harmful data (`make_update_fine_tunes` makes them with
+`interp.steering.finetune`: useful instruction/answer pairs, and AdvBench's goal/target pairs, `harmful_pairs`);
+per parameter the updates dU = W_useful - W_instruct and dH = W_harmful - W_instruct, each update's energy basis
+(its top left singular vectors holding `share` of its energy, swept over 0.01 ... 0.99), the mean squared overlap
+of the two bases and the baseline max(k_U, k_H) / m. If safety-relevant learning had directions of its own, the
+harmful update's basis would overlap the useful one's near that baseline. The linear algebra, what is faithful
+and what departs: `interp.steering.weight_updates` (its section "Update spaces"); the Result lists the departures.
 
 **Parameter space** (`weights`, the reference's `utils/post_processing_subspace.py` and `scripts/projection*.py`;
-the linear algebra is `interp.steering.weight_updates`, whose docstring states it). From a base, an aligned and a fine-tuned
-checkpoint: per matrix the alignment update V and the fine-tune update U, the top-k left singular vectors P of V,
-the energy of U inside them against a random k-subspace, and three edited checkpoints, `same` (W_aligned + P P^T U),
-`opposite` (W_aligned - P P^T U) and `orthogonal` (W_aligned + U - P P^T U), each written as a folder and measured
-by the toolkit: the refusal rate on harmful prompts (`SubstringJudge` on greedy answers), the same judge's rate on
-harmless prompts (its false positives, or over-refusal), and the loss on useful text (mean token cross-entropy of
-held-out useful answers). The reference measures harm with an LLM judge on AdvBench and utility with GSM8K accuracy;
-here both are cheap and local, so a miniature fits on a CPU (`analyses.miniature` builds one from SmolLM2).
+the linear algebra is `interp.steering.weight_updates`, whose docstring states it). From a base, an aligned and a
+fine-tuned checkpoint: per matrix the alignment update V and the fine-tune update U, the top-k left singular
+vectors P of V (the exact SVD, as the reference runs it), the energy of U inside them against a random
+k-subspace, and three edited checkpoints, `same` (W_aligned + P P^T U), `opposite` (W_aligned - P P^T U) and
+`orthogonal` (W_aligned + U - P P^T U), each written as a folder and measured by the toolkit: the refusal rate on
+harmful prompts (`SubstringJudge` on greedy answers), the same judge's rate on harmless prompts (its false
+positives, or over-refusal), and the loss on useful text (mean token cross-entropy of held-out useful answers). The
+reference measures harm with an LLM judge on AdvBench and utility with GSM8K accuracy; here both are cheap and
+local, so a miniature fits on a CPU (`analyses.miniature` builds one from the bundled small model).
 """
 
 from __future__ import annotations
@@ -64,15 +80,33 @@ from interp.steering import weight_updates as W
 
 if TYPE_CHECKING:
     from interp.core.model import Model
+    from interp.steering.finetune import FineTune, FineTuneOptions
 
 DEGREES = 180 / math.pi
 
 
 # ===== activation space =====
 
+ACTIVATION_SHARES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the reference's energy_list for activations
+
+# What departs from the reference's activation-space experiment, each with the option that selects it.
+ACTIVATION_DEPARTURES = {
+    "chat": "prompts in the model's chat template, last token the template's last (chat=None where the tokenizer "
+            "has one); chat=False feeds raw text, as the reference does",
+    "padding": "left padding, so the last column is every prompt's last token (fixed: the reference right-pads and "
+               "reads column -1, a pad token for the shorter prompts)",
+    "layers": "every layer's hook_resid_post, with the reference's window of layers summarised apart (`window`; the "
+              "reference's hidden_states also count the embeddings, and it reports the window only)",
+    "prompt_sets": "the sets given (the bundled ones in the benchmark; the reference uses MATH, BeaverTails and "
+                   "ToxiGen prompts, 5000 each)",
+    "sampled_baseline": "a sampled random-subspace baseline and principal angles beside the reference's closed "
+                        "form max(k1, k2) / d (`samples`, `angle_samples`)",
+}
+
+
 @dataclass
 class OverlapConfig:
-    share: float = 0.9  # energy share the subspace holds (the reference's energy_frac)
+    shares: tuple[float, ...] = ACTIVATION_SHARES  # energy shares the subspaces hold (the reference's sweep)
     centre: bool = False  # subtract each set's mean first (the reference's `centering`; it runs False)
     samples: int = 200  # random subspaces for the sampled overlap baseline
     angle_samples: int = 20  # random subspaces for the principal-angle baseline
@@ -83,9 +117,8 @@ class OverlapConfig:
     pairs: tuple[tuple[str, str], ...] | None = None  # the sets compared (default: every pair of sets, in order)
 
     def check(self) -> None:
-        if not 0 < self.share <= 1:
-            raise InterpError(f"share must be in (0, 1], the share of the energy the subspace holds; got {self.share!r}")
-        if not (isinstance(self.samples, int) and self.samples >= 2 and isinstance(self.angle_samples, int)
+        self.shares = W.check_shares(self.shares)
+        if not (self.samples >= 2 and isinstance(self.samples, int) and isinstance(self.angle_samples, int)
                 and self.angle_samples >= 1):
             raise InterpError("samples must be an integer >= 2 and angle_samples >= 1")
         lo, hi = self.window
@@ -93,16 +126,23 @@ class OverlapConfig:
             raise InterpError(f"window must be (lo, hi) with 0 <= lo < hi <= 1, got {self.window!r}")
 
 
-def energy_subspace(X: Float[Tensor, "n d"], share: float, centre: bool = False) -> tuple[Float[Tensor, "k d"], Tensor]:
-    """The energy subspace of the rows of X: the top-k right singular vectors, k the smallest number whose squared
-    singular values hold at least `share` of the total (of the second moment about 0, or about the mean if
-    `centre`). Returns the [k, d] basis and every squared singular value's share of the energy."""
+def energy_fit(X: Float[Tensor, "n d"], centre: bool = False) -> tuple[Float[Tensor, "r d"], Tensor]:
+    """Every right singular vector of X (rows, strongest first) and its squared singular value's share of the
+    energy (of the second moment about 0, or about the mean if `centre`)."""
     fitted = pca(X, min(X.shape), center=centre)
     ratio = fitted.explained_variance_ratio
     if not float(ratio.sum()) > 0:
         raise InterpError("the activations have no energy (all rows equal after centring?); give distinct prompts")
-    k = int(torch.searchsorted(ratio.cumsum(0), torch.tensor(share * float(ratio.sum()), dtype=ratio.dtype))) + 1
-    return fitted.components[:min(k, len(ratio))].float(), ratio
+    return fitted.components.float(), ratio
+
+
+def energy_subspace(X: Float[Tensor, "n d"], share: float, centre: bool = False) -> tuple[Float[Tensor, "k d"], Tensor]:
+    """The energy subspace of the rows of X: the top-k right singular vectors, k the smallest number whose squared
+    singular values hold at least `share` of the total (of the second moment about 0, or about the mean if
+    `centre`; `interp.steering.weight_updates.energy_k`, the reference's rule). Returns the [k, d] basis and every
+    squared singular value's share of the energy."""
+    components, ratio = energy_fit(X, centre)
+    return components[:W.energy_k(ratio.sqrt(), share)], ratio
 
 
 def last_token_activations(model: "Model", prompts: Sequence[str], options: OverlapConfig) -> Float[Tensor, "n layer d"]:
@@ -138,57 +178,94 @@ def pair_name(a: str, b: str) -> str:
     return f"{a} vs {b}"
 
 
+def _mean(xs: Sequence[float], idx: Sequence[int] | None = None) -> float:
+    idx = list(range(len(xs))) if idx is None else list(idx)
+    return float(sum(xs[i] for i in idx) / len(idx))
+
+
 @dataclass
 class ActivationOverlap(Result):
-    """Energy subspaces of every set at every layer, and every pair's overlap and angles beside random baselines."""
+    """Energy subspaces of every set at every layer and every share, and every pair's overlap and angles beside
+    random baselines. `subspaces[share][set]` and `pairs[share]["a vs b"]` hold one entry per layer."""
 
     title = "Activation-space overlap of energy subspaces (Ponkshe et al.)"
     model: dict
     counts: dict[str, int]
     options: OverlapConfig
-    subspaces: dict[str, list[Subspace]]  # per set, one per layer
+    subspaces: dict[float, dict[str, list[Subspace]]]
     energy: dict[str, list[Tensor]]  # per set and layer: every singular direction's share of the energy
-    pairs: dict[str, list[PairLayer]]  # "a vs b" -> per layer
+    pairs: dict[float, dict[str, list[PairLayer]]]
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
+    def shares(self) -> list[float]:
+        return list(self.subspaces)
+
+    @property
     def layers(self) -> list[int]:
-        return list(range(len(next(iter(self.subspaces.values())))))
+        return list(range(len(next(iter(self.energy.values())))))
+
+    @property
+    def d(self) -> int:
+        return next(iter(next(iter(self.subspaces.values())).values()))[0].d
 
     def window_layers(self) -> list[int]:
         n = len(self.layers)
         lo, hi = self.options.window
-        return list(range(int(lo * n), max(int(hi * n), int(lo * n) + 1)))
+        return list(range(int(lo * n), max(int(hi * n), int(lo * n) + 1)))  # the reference's range(int(.65 L), int(.9 L))
+
+    def _pair_summary(self, rows: list[PairLayer]) -> dict:
+        win = self.window_layers()
+        col = {f: [getattr(r, f) for r in rows] for f in PairLayer.__dataclass_fields__}
+        above = [i for i, r in enumerate(rows) if r.overlap > r.sampled_mean + 3 * r.sampled_std]
+        return {"mean_overlap": round(_mean(col["overlap"]), 4), "mean_expected": round(_mean(col["expected"]), 4),
+                "mean_sampled": round(_mean(col["sampled_mean"]), 4),
+                "window_overlap": round(_mean(col["overlap"], win), 4),
+                "window_expected": round(_mean(col["expected"], win), 4),
+                "layers_above_random": len(above), "mean_min_angle": round(_mean(col["min_angle"]), 2),
+                "mean_random_min_angle": round(_mean(col["random_min_angle"]), 2),
+                "per_layer": {f: [round(v, 5) for v in vals] for f, vals in col.items()}}
 
     def summary(self) -> dict:
         win = self.window_layers()
-        pairs = {}
-        for name, rows in self.pairs.items():
-            col = {f: [getattr(r, f) for r in rows] for f in PairLayer.__dataclass_fields__}
-            mean = lambda xs, idx=None: float(sum(xs[i] for i in (idx or range(len(xs)))) / len(idx or xs))
-            above = [i for i, r in enumerate(rows) if r.overlap > r.sampled_mean + 3 * r.sampled_std]
-            pairs[name] = {"mean_overlap": round(mean(col["overlap"]), 4), "mean_expected": round(mean(col["expected"]), 4),
-                           "mean_sampled": round(mean(col["sampled_mean"]), 4),
-                           "window_overlap": round(mean(col["overlap"], win), 4),
-                           "window_expected": round(mean(col["expected"], win), 4),
-                           "layers_above_random": len(above), "mean_min_angle": round(mean(col["min_angle"]), 2),
-                           "mean_random_min_angle": round(mean(col["random_min_angle"]), 2),
-                           "per_layer": {f: [round(v, 5) for v in vals] for f, vals in col.items()}}
-        return {"model": self.model, "prompts": self.counts, "share": self.options.share, "centred": self.options.centre,
-                "d": next(iter(self.subspaces.values()))[0].d, "window_layers": [win[0], win[-1]],
-                "k": {s: [sub.k for sub in subs] for s, subs in self.subspaces.items()}, "pairs": pairs,
-                "options": asdict(self.options), "seconds": self.seconds}
+        by_share: dict[str, dict] = {}
+        for share in self.shares:
+            subs = self.subspaces[share]
+            by_share[f"{share:g}"] = {"k": {s: [sub.k for sub in layers] for s, layers in subs.items()},
+                                      "layers_with_k1": {s: sum(sub.k == 1 for sub in layers) for s, layers in subs.items()},
+                                      "pairs": {name: self._pair_summary(rows) for name, rows in self.pairs[share].items()}}
+        names = list(next(iter(self.pairs.values())))
+        sweep = {name: {"shares": self.shares,
+                        **{f: [by_share[f"{s:g}"]["pairs"][name][f] for s in self.shares]
+                           for f in ("window_overlap", "window_expected", "mean_overlap", "mean_expected", "mean_sampled")}}
+                 for name in names}
+        return {"model": self.model, "prompts": self.counts, "shares": self.shares, "centred": self.options.centre,
+                "d": self.d, "window_layers": [win[0], win[-1]], "sweep": sweep, "by_share": by_share,
+                "departures": ACTIVATION_DEPARTURES, "options": asdict(self.options), "seconds": self.seconds}
 
     def figures(self) -> dict[str, go.Figure]:
         x = self.layers
         colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-        over, angles, ks = go.Figure(), go.Figure(), go.Figure()
-        for i, (name, rows) in enumerate(self.pairs.items()):
+        centred = "centred" if self.options.centre else "uncentred"
+        win = self.window_layers()
+        last = self.shares[-1]
+        sweep, over, angles, ks = go.Figure(), go.Figure(), go.Figure(), go.Figure()
+        names = list(self.pairs[last])
+        for i, name in enumerate(names):
             c = colours[i % len(colours)]
-            over.add_trace(go.Scatter(x=x, y=[r.overlap for r in rows], name=name, mode="lines+markers", line=dict(color=c)))
-            over.add_trace(go.Scatter(x=x, y=[r.expected for r in rows], name=f"{name}: random, max(k1,k2)/d",
-                                      mode="lines", line=dict(color=c, dash="dash")))
-            over.add_trace(go.Scatter(x=x, y=[r.sampled_mean for r in rows], name=f"{name}: random, sampled",
+            rows_by = {s: self.pairs[s][name] for s in self.shares}
+            sweep.add_trace(go.Scatter(x=self.shares, y=[_mean([r.overlap for r in rows_by[s]], win) for s in self.shares],
+                                       name=name, mode="lines+markers", line=dict(color=c)))
+            sweep.add_trace(go.Scatter(x=self.shares, y=[_mean([r.expected for r in rows_by[s]], win) for s in self.shares],
+                                       name=f"{name}: random, max(k1,k2)/d", mode="lines", line=dict(color=c, dash="dash")))
+            for s, rows in rows_by.items():
+                shown = True if s == last else "legendonly"
+                over.add_trace(go.Scatter(x=x, y=[r.overlap for r in rows], name=f"{name} ({s:g})", mode="lines+markers",
+                                          line=dict(color=c), visible=shown))
+                over.add_trace(go.Scatter(x=x, y=[r.expected for r in rows], name=f"{name} ({s:g}): random, max(k1,k2)/d",
+                                          mode="lines", line=dict(color=c, dash="dash"), visible=shown))
+            rows = rows_by[last]
+            over.add_trace(go.Scatter(x=x, y=[r.sampled_mean for r in rows], name=f"{name} ({last:g}): random, sampled",
                                       mode="markers", marker=dict(color=c, symbol="x", size=6),
                                       error_y=dict(array=[r.sampled_std for r in rows], visible=True)))
             angles.add_trace(go.Scatter(x=x, y=[r.min_angle for r in rows], name=f"{name}: smallest", mode="lines+markers",
@@ -197,47 +274,59 @@ class ActivationOverlap(Result):
                                         line=dict(color=c, dash="dot")))
             angles.add_trace(go.Scatter(x=x, y=[r.random_min_angle for r in rows], name=f"{name}: smallest, random",
                                         mode="lines", line=dict(color=c, dash="dash")))
-        centred = "centred" if self.options.centre else "uncentred"
-        over.update_layout(title=f"Mean squared overlap of {self.options.share:g}-energy subspaces ({centred}) across depth",
+        sweep.update_layout(title=f"Mean squared overlap ({centred}) over layers {win[0]}-{win[-1]} against the energy share",
+                            xaxis_title="energy share of each subspace", yaxis_title="overlap", yaxis_range=[0, 1.02])
+        over.update_layout(title=f"Mean squared overlap of energy subspaces ({centred}) across depth, per share "
+                                 f"(shown: {last:g}; the others in the legend)",
                            xaxis_title="layer (hook_resid_post)", yaxis_title="overlap", yaxis_range=[0, 1.02])
-        angles.update_layout(title="Principal angles between the subspaces", xaxis_title="layer", yaxis_title="degrees")
-        for name, subs in self.subspaces.items():
-            ks.add_trace(go.Scatter(x=x, y=[s.k for s in subs], name=name, mode="lines+markers"))
-        ks.update_layout(title=f"k: directions holding {self.options.share:g} of the energy", xaxis_title="layer",
-                         yaxis_title="k")
-        return {"overlap": over, "angles": angles, "k": ks}
+        angles.update_layout(title=f"Principal angles between the {last:g}-energy subspaces", xaxis_title="layer",
+                             yaxis_title="degrees")
+        for s in self.shares:
+            for name, subs in self.subspaces[s].items():
+                ks.add_trace(go.Scatter(x=x, y=[sub.k for sub in subs], name=f"{name} ({s:g})", mode="lines+markers",
+                                        visible=True if s == last else "legendonly"))
+        ks.update_layout(title="k: directions holding each share of the energy (1: one direction, usually the shared "
+                               "mean, holds it)", xaxis_title="layer", yaxis_title="k")
+        return {"sweep": sweep, "overlap": over, "angles": angles, "k": ks}
 
     def save_artifacts(self, directory: Path) -> None:
-        """Every set's basis at every layer (`subspaces.safetensors`, keys `<set>.<layer>`) and every singular
-        direction's share of the energy (keys `<set>.<layer>.energy`)."""
-        tensors = {f"{s}.{i}": sub.basis for s, subs in self.subspaces.items() for i, sub in enumerate(subs)}
+        """Every set's basis at every share and layer (`subspaces.safetensors`, keys `<share>.<set>.<layer>`) and
+        every singular direction's share of the energy (keys `<set>.<layer>.energy`)."""
+        tensors = {f"{share:g}.{s}.{i}": sub.basis for share, sets in self.subspaces.items()
+                   for s, subs in sets.items() for i, sub in enumerate(subs)}
         tensors |= {f"{s}.{i}.energy": e for s, es in self.energy.items() for i, e in enumerate(es)}
         write_tensors(directory / "subspaces.safetensors", tensors)
 
 
 def compare(acts: dict[str, Float[Tensor, "n layer d"]], pairs: Sequence[tuple[str, str]] | None = None,
             options: OverlapConfig | None = None, model: dict | None = None) -> ActivationOverlap:
-    """Energy subspaces of captured activations (`last_token_activations` of each set) and their overlaps.
-    `pairs` default: every pair of sets, in order."""
+    """Energy subspaces of captured activations (`last_token_activations` of each set) at every share of
+    `options.shares`, and their overlaps. `pairs` default: every pair of sets, in order. One SVD per set and layer
+    serves every share."""
     options = options or OverlapConfig()
     options.check()
     names = list(acts)
     pairs = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     check_sets(acts, pairs)
     start = time.perf_counter()
-    subspaces: dict[str, list[Subspace]] = {}
+    subspaces: dict[float, dict[str, list[Subspace]]] = {s: {} for s in options.shares}
     energy: dict[str, list[Tensor]] = {}
     for name, X in acts.items():
-        subspaces[name], energy[name] = [], []
+        energy[name] = []
+        for share in options.shares:
+            subspaces[share][name] = []
         for layer in range(X.shape[1]):
-            basis, ratio = energy_subspace(X[:, layer], options.share, options.centre)
-            subspaces[name].append(Subspace(basis, {"model": model or {}, "site": f"blocks.{layer}.hook_resid_post",
-                                                    "layer": layer, "position": "last", "set": name,
-                                                    "method": f"energy {options.share:g}" + (" centred" if options.centre else ""),
-                                                    "data": Subspace.data_hash(X[:, layer])}))
+            components, ratio = energy_fit(X[:, layer], options.centre)
             energy[name].append(ratio.float())
-    compared = {pair_name(a, b): [compare_pair(subspaces[a][i], subspaces[b][i], options, options.seed + i)
-                                  for i in range(len(subspaces[a]))] for a, b in pairs}
+            data = Subspace.data_hash(X[:, layer])
+            for share in options.shares:
+                basis = components[:W.energy_k(ratio.sqrt(), share)]
+                subspaces[share][name].append(Subspace(basis, {
+                    "model": model or {}, "site": f"blocks.{layer}.hook_resid_post", "layer": layer, "position": "last",
+                    "set": name, "method": f"energy {share:g}" + (" centred" if options.centre else ""), "data": data}))
+    compared = {share: {pair_name(a, b): [compare_pair(subspaces[share][a][i], subspaces[share][b][i], options,
+                                                       options.seed + i) for i in range(len(subspaces[share][a]))]
+                        for a, b in pairs} for share in options.shares}
     return ActivationOverlap(model or {}, {n: int(X.shape[0]) for n, X in acts.items()}, options, subspaces, energy,
                              compared, {"compare": round(time.perf_counter() - start, 2)})
 
@@ -255,7 +344,7 @@ def check_sets(sets: dict, pairs: Sequence[tuple[str, str]]) -> None:
 
 def run(model: "Model", data: dict[str, Sequence[str]], config: OverlapConfig | None = None) -> ActivationOverlap:
     """Capture every prompt set of `data` (name -> prompts) once (all layers, last token) and compare their energy
-    subspaces (see `compare`; `config.pairs`: which sets, default every pair)."""
+    subspaces at every share (see `compare`; `config.pairs`: which sets, default every pair)."""
     options = config or OverlapConfig()
     sets, pairs = data, options.pairs
     options.check()
@@ -336,6 +425,21 @@ def evaluate(model: "Model", evaluation: Evaluation) -> dict:
             "example_harmful": answers[0], "example_harmless": answers[nh]}
 
 
+# What departs from the reference's projections, each with the option that selects it (or fixed).
+WEIGHT_DEPARTURES = {
+    "svd": "P from the exact SVD (svd='exact', default), what the reference runs since its torch.linalg.svd_lowrank "
+           "call raises and its except runs torch.linalg.svd; svd='randomized' uses seeded torch.svd_lowrank",
+    "full_fraction": "fraction=1 keeps every direction of V (fixed; the reference's left_singular_basis returns None "
+                     "for frac >= 1 and projects matrices on the line of V)",
+    "unchanged": "a matrix alignment left exactly unchanged is skipped and listed (fixed)",
+    "energy": "energies sum over the matrices only (fixed; the reference's energy_kept_ratio also counts vectors)",
+    "precision": "updates are float32 differences and checkpoints float32 (fixed; the reference subtracts and "
+                 "writes float16)",
+    "measures": "refusal by SubstringJudge on greedy answers and loss on useful text (Evaluation), where the "
+                "reference uses an LLM judge on AdvBench and GSM8K accuracy",
+}
+
+
 @dataclass
 class WeightOverlap(Result):
     """The projections of one (base, aligned, fine-tuned) triple at every rank, and every checkpoint's measures."""
@@ -349,7 +453,7 @@ class WeightOverlap(Result):
 
     def summary(self) -> dict:
         return {"sources": self.sources, "seed": self.seed, "models": self.models,
-                "projections": self.projections, "seconds": self.seconds}
+                "projections": self.projections, "departures": WEIGHT_DEPARTURES, "seconds": self.seconds}
 
     def table(self) -> list[dict]:
         """One row per checkpoint with the measures (no per-matrix detail)."""
@@ -418,13 +522,15 @@ def check_weights_inputs(base, aligned, finetuned, out, ranks: Sequence[W.Rank],
 def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike,
             ranks: Sequence[W.Rank] = (W.Rank(fraction=0.1), W.Rank(fraction=0.5)), methods: Sequence[str] = W.METHODS,
             evaluation: Evaluation | None = None, seed: int = 0, device: str | None = None,
-            progress: bool = True) -> WeightOverlap:
+            progress: bool = True, svd: str = "exact") -> WeightOverlap:
     """Project the fine-tune's update on the alignment subspace at every rank, write `same` / `opposite` /
     `orthogonal` checkpoints under `out/checkpoints/<method>-<rank>`, and measure every checkpoint (the three
-    sources too) with `evaluation` (None: no measurement). Every rank is computed before anything is written."""
+    sources too) with `evaluation` (None: no measurement). Every rank is computed before anything is written.
+    `svd`: "exact" (what the reference runs) or "randomized" (a named departure; `interp.steering.weight_updates`)."""
     from interp.core.loading import load
 
     ranks, methods = list(ranks), list(methods)
+    W.check_svd(svd)
     check_weights_inputs(base, aligned, finetuned, out, ranks, methods, evaluation)
     t0 = time.perf_counter()
     w_base, w_aligned, w_ft = W.load_weights(base), W.load_weights(aligned), W.load_weights(finetuned)
@@ -432,7 +538,7 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
     for r in ranks:
         for n in names:
             r.of(n, w_base[n].shape)  # k > min(m, n) fails before any SVD
-    projections = [W.projection(w_base, w_aligned, w_ft, r, seed=seed, progress=progress) for r in ranks]
+    projections = [W.projection(w_base, w_aligned, w_ft, r, seed=seed, progress=progress, svd=svd) for r in ranks]
     del w_base
     t1 = time.perf_counter()
     template = load(finetuned, device="cpu", dtype=torch.float32)  # a private copy whose weights are overwritten
@@ -443,11 +549,11 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
     summaries: dict[str, dict] = {}
     for proj in projections:
         totals = proj.totals()
-        summaries[proj.rank.label] = {"rank": asdict(proj.rank), **totals, "unchanged_matrices": proj.unchanged,
+        summaries[proj.rank.label] = {"rank": asdict(proj.rank), "svd": svd, **totals, "unchanged_matrices": proj.unchanged,
                                       "matrices": W.stats_rows(proj.stats)}
         for method in methods:
             path = checkpoint_dir(out, method, proj.rank)
-            meta = {"method": method, "rank": asdict(proj.rank), "seed": seed, "energy": totals["energy"],
+            meta = {"method": method, "rank": asdict(proj.rank), "seed": seed, "svd": svd, "energy": totals["energy"],
                     "sources": {"base": str(base), "aligned": str(aligned), "finetuned": str(finetuned)}}
             W.write_projection(template, proj.weights(w_aligned, w_ft, method), path, meta)
             kept = {"same": totals["energy"], "opposite": totals["energy"], "orthogonal": 1 - totals["energy"]}[method]
@@ -465,6 +571,135 @@ def weights(base: str | os.PathLike, aligned: str | os.PathLike, finetuned: str 
                          seed, seconds)
 
 
-__all__ = ["OverlapConfig", "ActivationOverlap", "PairLayer", "energy_subspace", "last_token_activations", "run",
-           "compare", "Evaluation", "useful_loss", "evaluate", "WeightOverlap", "weights",
-           "checkpoint_dir"]
+# ===== update spaces: a useful and a harmful fine-tune of one model =====
+
+# What departs from the reference's update-space experiment, each with the option that selects it.
+UPDATE_DEPARTURES = {
+    "svd": "svd='reference' (default) follows the reference's rule, the exact SVD where max(m, n) <= 10000 and its "
+           "torch.svd_lowrank fallback above (seeded here); svd='exact' runs the exact SVD for every tensor",
+    "delta_dtype": "updates are float32 differences (delta_dtype='float32'); 'float16' subtracts float16 weights as "
+                   "the reference's float16 state dicts do",
+    "unchanged": "a parameter either fine-tune left exactly unchanged has no energy basis and is listed in "
+                 "`unchanged` (fixed; the reference compares arbitrary singular vectors of a zero matrix)",
+    "tied": "tied parameters (an unembedding tied to the embedding) are compared once (fixed)",
+    "granularity": "per tensor, the reference's default (its `layer` grouping cannot run)",
+    "fine_tunes": "the fine-tunes this toolkit makes (interp.steering.finetune: full fine-tunes in float32 on the "
+                  "chat template; make_update_fine_tunes: useful = instruction/answer pairs given, harmful = AdvBench "
+                  "goal/target pairs); the reference fine-tunes on MetaMathQA and BeaverTails' unsafe answers",
+}
+
+
+@dataclass
+class UpdateOverlap(Result):
+    """The update-space comparison of a useful and a harmful fine-tune of one instruct model: per parameter and
+    energy share, the overlap of the two updates' energy bases beside max(k_U, k_H) / m."""
+
+    title = "Update-space overlap of a useful and a harmful fine-tune (Ponkshe et al.)"
+    sources: dict[str, str]
+    comparison: W.UpdateComparison
+    fine_tunes: dict = field(default_factory=dict)  # the fine-tunes' summaries, when made by make_update_fine_tunes
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        c = self.comparison
+        return {"sources": self.sources, "shares": list(c.shares), "svd": c.svd, "delta_dtype": c.delta_dtype,
+                "granularity": "tensor", "totals": c.totals(), "unchanged": c.unchanged,
+                "tensors": [{**asdict(r), "shape": list(r.shape)} for r in c.rows],
+                "update_norms": {n: list(v) for n, v in c.norms.items()}, "departures": UPDATE_DEPARTURES,
+                "fine_tunes": self.fine_tunes, "seconds": self.seconds}
+
+    def figures(self) -> dict[str, go.Figure]:
+        c = self.comparison
+        totals = c.totals()
+        shares = list(c.shares)
+        sweep = go.Figure()
+        for group, colour in (("all", "#1f77b4"), ("matrices", "#d62728"), ("vectors", "#2ca02c")):
+            if not totals[f"{shares[0]:g}"][group]["tensors"]:
+                continue
+            sweep.add_trace(go.Scatter(x=shares, y=[totals[f"{s:g}"][group]["overlap"] for s in shares], name=group,
+                                       mode="lines+markers", line=dict(color=colour)))
+            sweep.add_trace(go.Scatter(x=shares, y=[totals[f"{s:g}"][group]["expected"] for s in shares],
+                                       name=f"{group}: random, max(k_U,k_H)/m", mode="lines",
+                                       line=dict(color=colour, dash="dash")))
+        sweep.update_layout(title="Useful vs harmful fine-tune updates: mean squared overlap of their energy bases, "
+                                  "mean over tensors", xaxis_title="energy share of each basis",
+                            yaxis_title="overlap", yaxis_range=[0, 1.02])
+        per = go.Figure()
+        share = 0.9 if 0.9 in shares else shares[-1]  # the reference function's default share
+        rows = [r for r in c.at(share) if r.matrix]
+        per.add_trace(go.Scatter(x=list(range(len(rows))), y=[r.overlap for r in rows], mode="markers",
+                                 name="overlap", text=[r.name for r in rows]))
+        per.add_trace(go.Scatter(x=list(range(len(rows))), y=[r.expected for r in rows], mode="markers",
+                                 marker=dict(symbol="x", size=5), name="random, max(k_U,k_H)/m", text=[r.name for r in rows]))
+        per.update_layout(title=f"Per matrix at share {share:g}: overlap of the two updates' energy bases",
+                          xaxis_title="matrix (model order; hover for the name)", yaxis_title="overlap",
+                          yaxis_range=[0, 1.02])
+        return {"update_sweep": sweep, "update_per_matrix": per}
+
+
+def updates(instruct: str | os.PathLike, useful: str | os.PathLike, harmful: str | os.PathLike,
+            shares: Sequence[float] = W.UPDATE_SHARES, svd: str = "reference", delta_dtype: str = "float32",
+            seed: int = 0, progress: bool = True) -> UpdateOverlap:
+    """The reference's update-space comparison (`interp.steering.weight_updates.update_overlap`) of two checkpoints
+    fine-tuned from `instruct`: `useful` (fine-tuned on useful data) and `harmful` (on harmful data)."""
+    W.check_shares(shares)
+    W.check_svd(svd, W.UPDATE_SVD)
+    W.check_sources(instruct, useful, harmful)
+    t0 = time.perf_counter()
+    w_i, w_u, w_h = W.load_weights(instruct), W.load_weights(useful), W.load_weights(harmful)
+    t1 = time.perf_counter()
+    comparison = W.update_overlap(w_i, w_u, w_h, shares, svd, delta_dtype, seed, progress)
+    return UpdateOverlap({"instruct": str(instruct), "useful": str(useful), "harmful": str(harmful)}, comparison,
+                         seconds={"load": round(t1 - t0, 1), "compare": round(time.perf_counter() - t1, 1)})
+
+
+def harmful_pairs(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+    """(goal, target) pairs of the bundled AdvBench behaviours ("Sure, here is ..."): harmful fine-tuning data that
+    teaches compliance. `n` draws a seeded subset (in file order)."""
+    import random
+
+    from interp.data.prompts import dataset_path, read_behaviors
+
+    rows = [(b.behavior, b.target) for b in read_behaviors(dataset_path("advbench")) if b.target]
+    if n is None:
+        return rows
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(rows):
+        raise InterpError(f"n must be an integer in 1..{len(rows)}, got {n!r}")
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+
+
+@dataclass
+class UpdateFineTunes:
+    """The two fine-tunes of one instruct model that the update-space comparison reads."""
+
+    useful: Path
+    harmful: Path
+    useful_run: "FineTune"
+    harmful_run: "FineTune"
+
+    def summary(self) -> dict:
+        return {"useful": {k: v for k, v in self.useful_run.summary().items() if k != "losses"},
+                "harmful": {k: v for k, v in self.harmful_run.summary().items() if k != "losses"}}
+
+
+def make_update_fine_tunes(instruct: str | os.PathLike, useful: Sequence[tuple[str, str]],
+                           harmful: Sequence[tuple[str, str]], out: str | os.PathLike,
+                           options: "FineTuneOptions | None" = None) -> UpdateFineTunes:
+    """Fine-tune `instruct` twice with the same `options` (default: two epochs, batch 8, lr 1e-4 and the reference's
+    cosine schedule with a warm-up over 0.02 of the steps): on the `useful` (instruction, answer) pairs into
+    `out/useful` and on the `harmful` pairs into `out/harmful` (both folders new or empty)."""
+    from interp.steering.finetune import FineTuneOptions, fine_tune
+    from interp.steering.orthogonalize import check_export_dir
+
+    options = options or FineTuneOptions(epochs=2, batch_size=8, lr=1e-4, scheduler="cosine", warmup_ratio=0.02)
+    options.check()
+    out = Path(out)
+    for part in ("useful", "harmful"):
+        check_export_dir(out / part)
+    runs = [fine_tune(instruct, pairs, out / part, options) for part, pairs in (("useful", useful), ("harmful", harmful))]
+    return UpdateFineTunes(out / "useful", out / "harmful", runs[0], runs[1])
+
+
+__all__ = ["ACTIVATION_SHARES", "OverlapConfig", "ActivationOverlap", "PairLayer", "energy_fit", "energy_subspace",
+           "last_token_activations", "run", "compare", "Evaluation", "useful_loss", "evaluate", "WeightOverlap", "weights",
+           "checkpoint_dir", "UpdateOverlap", "updates", "harmful_pairs", "UpdateFineTunes", "make_update_fine_tunes"]

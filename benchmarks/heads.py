@@ -1,25 +1,29 @@
-"""Heads as matrices on a real model: spectra, composition against random matrices, channels, and channel edits
-on IOI and the Laundry List.
+"""Heads as matrices on a real model: spectra, composition against random matrices, channels, the inhibition
+score of each channel on held-out items, and channel edits on IOI and the Laundry List.
 
     python -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out benchmarks/results/heads_qwen05.json
-    python -m benchmarks.heads --model smollm2-135m-instruct --n 4 --lengths 2 3 --out /tmp/heads_tiny.json  # a check
+    python -m benchmarks.heads --model smollm2-135m-instruct --n 8 --lengths 2 3 --out /tmp/heads_tiny.json  # a check
 
 Steps (all timed):
 1. `analyses.heads.run`: every head's W_OV / W_QK spectrum (factored SVD), Q/K/V composition of every head pair
    against `--baseline-samples` random matrix pairs, and the channels of the strongest pairs.
-2. Receivers from data: the heads with the largest direct effect on the IOI logit difference (direct logit
-   attribution at the last token, `analyses.heads.direct_effects`, on `--n` clean IOI prompts): the movers.
-   Senders from weights: for each of the `--movers` top movers, the earlier head with the largest Q-composition
-   into it (the inhibition heads' route in GPT-2), and that pair's channel (the fewest sender components carrying
-   half of the pair's squared composition).
+2. `analyses.heads.channels` on `--n` IOI items, split in two disjoint parts (`--select-share` of the distinct
+   prompts: the select part; the rest: the score part). Receivers from the select part only: the `--movers` heads
+   with the largest direct effect on the logit difference (direct logit attribution at the last token). Senders
+   from weights: for each mover, the earlier head with the largest Q-composition into it (the inhibition heads'
+   route in GPT-2), and that pair's channel (the fewest sender components carrying half of the pair's squared
+   composition). On the score part only: the inhibition score (the drop of the mover's attention gap between IO
+   and S when the channel is removed) of the channel, of a control (the sender's weakest components, as many) and
+   of every sender component alone, beside its composition score (the paper's Figure 2).
 3. Edits of those channels in activations (`interp.circuits.heads.ChannelEdit`): removed (scale 0) and amplified
-   (`--amplify`), and a control of the same size (each sender's weakest components for that pair, removed).
-   For each, on IOI and on the Laundry List at every `--lengths` list length (`--n` items each): solve rate
-   (positive logit difference), accuracy (the answer beats every list item: the paper's measure) and the mean
-   logit difference. Everything comes from one batched logits call per task and condition.
+   (`--amplify`), and the control removed. For each, on the IOI score part and on the Laundry List at every
+   `--lengths` list length (`--laundry-n` fresh items each, never used for selection): solve rate (positive logit
+   difference), accuracy (the answer beats every list item: the paper's measure) and the mean logit difference.
+   Everything comes from one batched logits call per task and condition.
 
-The JSON holds the provenance (`benchmarks.common`), the analysis summary, the chosen heads and channels, and the
-table of accuracies. Keep `--n` small on a CPU: the whole default run is a few minutes on 2 cores.
+The JSON holds the provenance (`benchmarks.common`), the analysis summary, the split (`split`: which items chose
+the receivers and which scored them, and `figures_use`), the chosen heads, channels and inhibition scores, and the
+table of accuracies. Keep `--n` small on a CPU.
 """
 
 from __future__ import annotations
@@ -58,10 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--n", type=int, default=24, help="items per task (and per list length)")
+    p.add_argument("--n", type=int, default=48, help="IOI items, split into the select and the score part")
+    p.add_argument("--laundry-n", type=int, default=24, help="Laundry List items per length (fresh, never used for "
+                                                             "selection)")
+    p.add_argument("--select-share", type=float, default=0.5, help="share of the IOI prompts that choose the movers")
     p.add_argument("--lengths", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="Laundry List lengths")
     p.add_argument("--movers", type=int, default=3, help="top direct-effect heads used as receivers")
     p.add_argument("--amplify", type=float, default=2.0, help="scale of the amplified channel")
+    p.add_argument("--no-components", action="store_true", help="skip the inhibition score of every single component")
     p.add_argument("--baseline-samples", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -77,51 +85,47 @@ def main(argv: list[str] | None = None) -> dict:
 
     t = time.perf_counter()
     ioi = make_task("ioi", args.n, seed=args.seed)
-    toks = ioi.tokens(model)
-    effects = heads_analysis.direct_effects(model, ioi.clean, toks.answer, toks.wrong)
-    H = model.n_heads
-    order = effects.flatten().argsort(descending=True)[:args.movers].tolist()
-    movers = [(i // H, i % H) for i in order]
-    q = result.compositions["Q"]
-    pairs, edits_off, edits_up, edits_control = [], [], [], []
-    for mover in movers:
-        if mover[0] == 0:
-            continue
-        column = q.scores[:, :, mover[0], mover[1]]  # [L, H] over senders (NaN at and after the mover's layer)
-        flat = torch.nan_to_num(column.flatten(), nan=-1.0).argmax().item()
-        sender = (flat // H, flat % H)
-        ch = result.channel("Q", sender, mover)
-        shares = q.shares(sender, mover)
-        weakest = shares.argsort()[:len(ch["components"])].tolist()
-        ch["direct_effect_receiver"] = float(effects[mover])
-        ch["direct_effect_sender"] = float(effects[sender])
-        ch["control_components"] = weakest
-        pairs.append(ch)
+    study = heads_analysis.channels(model, ioi, result, heads_analysis.ChannelsConfig(
+        receivers=args.movers, select_share=args.select_share, per_component=not args.no_components, seed=args.seed))
+    timings["channels"] = time.perf_counter() - t
+    edits_off, edits_up, edits_control = [], [], []
+    for ch in study.pairs:
+        sender = tuple(ch["sender"])
         v = write_directions(result.svds, *sender, ch["components"])
         edits_off.append(ChannelEdit(*sender, v, 0.0))
         edits_up.append(ChannelEdit(*sender, v, args.amplify))
-        edits_control.append(ChannelEdit(*sender, write_directions(result.svds, *sender, weakest), 0.0))
-    timings["selection"] = time.perf_counter() - t
+        edits_control.append(ChannelEdit(*sender, write_directions(result.svds, *sender, ch["control_components"]), 0.0))
 
     t = time.perf_counter()
     conditions = {"none": [], "channel_removed": edits_off, f"channel_x{args.amplify:g}": edits_up,
                   "control_removed": edits_control}
-    tasks = {"ioi": ioi, **{f"laundry[length={n}]": make_task("laundry", args.n, seed=args.seed, length=n)
-                            for n in args.lengths}}
+    held = ioi.subset(study.split["score"])
+    tasks = {"ioi[score part]": held, **{f"laundry[length={n}]": make_task("laundry", args.laundry_n, seed=args.seed,
+                                                                           length=n) for n in args.lengths}}
     table = {name: {cond: task_metrics(model, task, edits) for cond, edits in conditions.items()}
              for name, task in tasks.items()}
     timings["edits"] = time.perf_counter() - t
 
+    effects = study.effects
+    H = model.n_heads
     top = effects.flatten().topk(8)
+    summary = study.summary()
     out = {
-        "model": model.name, "n": args.n, "lengths": args.lengths, "timings_s": timings,
+        "model": model.name, "n": args.n, "laundry_n": args.laundry_n, "lengths": args.lengths, "timings_s": timings,
         "analysis": result.summary(),
+        "split": {"select_items": len(study.split["select"]), "score_items": len(study.split["score"]),
+                  "select_share": args.select_share, "figures_use": {**summary["figures_use"], "table[ioi]": "score",
+                                                                    "table[laundry]": "fresh items"}},
         "direct_effects_top": [{"head": [i // H, i % H], "effect": float(v)} for v, i in zip(top.values, top.indices)],
         "direct_effects_bottom": [{"head": [i // H, i % H], "effect": float(effects.flatten()[i])}
                                   for i in effects.flatten().argsort()[:4].tolist()],
-        "edited_channels": pairs, "table": table,
+        "edited_channels": study.pairs, "table": table,
     }
     write_result(args.out, out, provenance("benchmarks.heads", argv, args.device))
+    for ch in study.pairs:
+        inh = ch["inhibition"]
+        print(f"{ch['sender'][0]}.{ch['sender'][1]} -> {ch['receiver'][0]}.{ch['receiver'][1]} components "
+              f"{ch['components']}: inhibition {inh['channel']['score']:.4f} (control {inh['control']['score']:.4f})")
     for name, row in table.items():
         print(name, "  ".join(f"{c}: acc {m['accuracy']:.2f} ld {m['logit_diff']:.2f}" for c, m in row.items()))
     return out

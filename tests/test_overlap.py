@@ -35,20 +35,27 @@ def test_random_subspaces_sit_at_the_closed_form_baseline():
 
 
 def test_energy_subspaces_of_random_activations_overlap_at_chance():
-    """Through the whole comparison: two sets of Gaussian 'activations' overlap as random subspaces do (within 4
-    std of the sampled baseline, which itself sits at the closed form), and a set with itself overlaps at 1."""
+    """Through the whole comparison, at every share of the default sweep: two sets of Gaussian 'activations'
+    overlap as random subspaces do (within 4 std of the sampled baseline, which itself sits at the closed form),
+    and a set with itself overlaps at 1."""
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(40, 3, 128, generator=g), torch.randn(40, 3, 128, generator=g)
     result = O.compare({"a": a, "b": b, "a2": a.clone()}, [("a", "b"), ("a", "a2")], O.OverlapConfig(samples=300))
-    for row in result.pairs["a vs b"]:
-        assert abs(row.sampled_mean - row.expected) < 0.01
-        assert abs(row.overlap - row.sampled_mean) < 4 * row.sampled_std
-        assert abs(row.min_angle - row.random_min_angle) < 10 and abs(row.mean_angle - row.random_mean_angle) < 5
-    for row in result.pairs["a vs a2"]:
-        assert abs(row.overlap - 1) < 1e-6 and row.min_angle < 0.1 and row.mean_angle < 0.1
+    assert result.shares == list(O.ACTIVATION_SHARES)
     s = result.summary()
-    assert s["pairs"]["a vs a2"]["layers_above_random"] == 3 and s["pairs"]["a vs b"]["layers_above_random"] == 0
-    assert len(s["k"]["a"]) == 3 and set(result.figures()) == {"overlap", "angles", "k"}
+    for share in result.shares:
+        for row in result.pairs[share]["a vs b"]:
+            assert abs(row.sampled_mean - row.expected) < 0.01
+            assert abs(row.overlap - row.sampled_mean) < 4 * row.sampled_std
+            if share == result.shares[-1]:  # the smallest angle of few random directions varies too much below
+                assert abs(row.min_angle - row.random_min_angle) < 10 and abs(row.mean_angle - row.random_mean_angle) < 5
+        for row in result.pairs[share]["a vs a2"]:
+            assert abs(row.overlap - 1) < 1e-6 and row.min_angle < 0.1 and row.mean_angle < 0.1
+        pairs = s["by_share"][f"{share:g}"]["pairs"]
+        assert pairs["a vs a2"]["layers_above_random"] == 3 and pairs["a vs b"]["layers_above_random"] == 0
+        assert len(s["by_share"][f"{share:g}"]["k"]["a"]) == 3
+    assert len(s["sweep"]["a vs b"]["window_overlap"]) == len(result.shares)
+    assert set(result.figures()) == {"sweep", "overlap", "angles", "k"}
 
 
 def test_energy_subspace_keeps_the_smallest_k_holding_the_share():
@@ -212,9 +219,12 @@ def test_cli_activations_end_to_end(smol, monkeypatch, tmp_path):
                             "--b", str(tmp_path / "code.txt"), "--out", str(tmp_path / "out"), "--samples", "20"])
     assert r.exit_code == 0, r.output
     got = json.loads((tmp_path / "out" / "result.json").read_text())
-    pair = got["pairs"]["harm vs code"]
+    assert got["shares"] == list(O.ACTIVATION_SHARES)  # the reference's sweep by default
+    at = got["by_share"]["0.6"]
+    pair = at["pairs"]["harm vs code"]
     assert len(pair["per_layer"]["overlap"]) == smol.n_layers and got["d"] == smol.d_model and not got["centred"]
-    assert all(abs(e - max(a, b) / smol.d_model) < 1e-5 for e, a, b in zip(pair["per_layer"]["expected"], got["k"]["harm"], got["k"]["code"]))
+    assert all(abs(e - max(a, b) / smol.d_model) < 1e-5 for e, a, b in zip(pair["per_layer"]["expected"], at["k"]["harm"], at["k"]["code"]))
+    assert len(got["sweep"]["harm vs code"]["window_overlap"]) == len(O.ACTIVATION_SHARES)
     assert (tmp_path / "out" / "subspaces.safetensors").is_file() and "mean overlap" in r.output
     (tmp_path / "one.txt").write_text("Only one prompt\n")
     bad = runner.invoke(app, ["overlap", "activations", "--a", str(tmp_path / "one.txt"), "--b", str(tmp_path / "code.txt"),
@@ -237,6 +247,7 @@ def test_cli_weights_end_to_end(tiny, tmp_path):
                                                   "same f1", "opposite f1", "orthogonal f1"]
     assert all(0 <= m["refusal_rate"] <= 1 and m["useful_loss"] > 0 for m in got["models"])
     assert abs(got["projections"]["f1"]["energy"] - 1) < 1e-4 and got["projections"]["k0"]["energy"] == 0
+    assert got["projections"]["f1"]["svd"] == "exact"  # what the reference runs (its svd_lowrank call fails)
     _, aligned, ft = tiny["weights"]
     checkpoints = tmp_path / "out" / "checkpoints"
     same_full, same_none = W.load_weights(checkpoints / "same-f1"), W.load_weights(checkpoints / "same-k0")

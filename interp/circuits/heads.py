@@ -38,6 +38,19 @@ Channel edits (Merullo, Eickhoff and Pavlick 2024, "Talking Heads"): scale a sen
 activations it is `ChannelEdit`, a map on the head's `attn.hook_z`; in weights, the same edit on the head's rows
 of W_O (`export_channel_edits` writes the checkpoint). Both act on the head's whole output z W_O, b_V's part
 included, so they agree exactly.
+
+The inhibition score (Merullo et al.'s data-based check of a channel, their Figure 2 beside the composition
+score: removing an inhibition head's component "causes a large drop in the later mover head's ability to
+downweight one of the names"). On data items, read the receiver head's attention at the last token (the query
+that predicts the answer: END in IOI) to the target token (the answer: IO) and to the inhibited token (the wrong
+answer: S), each summed over every position holding that token (S1 and S2). The receiver's gap
+a(target) - a(inhibited) measures how well it downweights the inhibited token. The channel is then edited
+(`ChannelEdit`: the sender's components scaled by `scale`, 0 removes them) and the gap read again; the inhibition
+score is the mean over the items of gap(clean) - gap(edited). Positive: without the channel the receiver attends
+relatively more to the inhibited token, so the channel carried inhibition; zero when the edit changes nothing the
+receiver reads (an empty channel, or a receiver that does not read the channel's directions). The reference
+repository (github.com/jmerullo/talking_heads) holds no code in the stored snapshot, so the formula follows the
+paper's description; `attention_to_tokens` gives the raw attentions for any other variant.
 """
 
 from __future__ import annotations
@@ -394,9 +407,105 @@ def export_channel_edits(model: "Model", edits: Sequence[ChannelEdit], out_dir: 
     return write_checkpoint(hf, model.tokenizer, out_dir, "interp_channel_edits.json", meta)
 
 
+# ----- the inhibition score: a channel checked on data -----
+
+def token_positions(ids: Sequence[int], token: int) -> list[int]:
+    """The positions of `ids` holding `token`."""
+    return [i for i, t in enumerate(ids) if t == token]
+
+
+@torch.no_grad()
+def attention_to_tokens(model: "Model", prompts: Sequence[str], receiver: tuple[int, int], tokens: Tensor,
+                        edits: Sequence[ChannelEdit] = (), chat: bool = False, batch_size: int = 16
+                        ) -> Float[Tensor, "n g"]:
+    """The receiver head's attention at each prompt's last token to each of `tokens` ([n, g] token ids, one row
+    per prompt), summed over every position holding that token, under `edits` (none: the clean run). Every token
+    must occur in its prompt (an InterpError names the first that does not)."""
+    layer, head = receiver
+    check_head(layer, head, model.n_layers, model.n_heads)
+    tokens = torch.as_tensor(tokens).reshape(len(prompts), -1)
+    ids = model.encode(model.prepare_prompts(prompts, chat=chat))
+    cols: list[list[list[int]]] = []
+    width = max(len(row) for row in ids)
+    for i, row in enumerate(ids):
+        cols.append([])
+        for t in tokens[i].tolist():
+            where = token_positions(row, t)
+            if not where:
+                raise InterpError(f"prompt {i} ({prompts[i]!r}) does not contain the token "
+                                  f"{model.tokenizer.convert_ids_to_tokens([t])} whose attention is read")
+            cols[i].append([width - len(row) + p for p in where])  # captured patterns are left-padded to `width`
+    site = f"blocks.{layer}.attn.hook_pattern"
+    with model.intervene(*edits):
+        pattern = model.capture(list(prompts), site, positions="last", chat=chat, batch_size=batch_size,
+                                progress=False)[site]  # [n, head, key]
+    if pattern.shape[-1] != width:
+        raise InterpError(f"the captured attention has {pattern.shape[-1]} key positions, the prompts {width}")
+    row_h = pattern[:, head]
+    return torch.tensor([[float(row_h[i, c].sum()) for c in groups] for i, groups in enumerate(cols)])
+
+
+@dataclass(frozen=True)
+class Inhibition:
+    """The inhibition score of one channel (module doc) and the attentions it comes from, per item."""
+
+    components: tuple[int, ...]
+    scale: float
+    clean: Float[Tensor, "n 2"]  # the receiver's attention to (target, inhibited), clean run
+    edited: Float[Tensor, "n 2"]  # the same with the channel edited
+
+    @property
+    def per_item(self) -> Float[Tensor, "n"]:
+        """gap(clean) - gap(edited) per item, gap = a(target) - a(inhibited)."""
+        return (self.clean[:, 0] - self.clean[:, 1]) - (self.edited[:, 0] - self.edited[:, 1])
+
+    @property
+    def score(self) -> float:
+        return float(self.per_item.mean())
+
+    def summary(self) -> dict:
+        gap_clean = self.clean[:, 0] - self.clean[:, 1]
+        return {"components": list(self.components), "scale": self.scale, "score": self.score,
+                "score_std": float(self.per_item.std()) if len(self.per_item) > 1 else 0.0,
+                "items": len(self.per_item), "clean_gap": float(gap_clean.mean()),
+                "edited_gap": float((self.edited[:, 0] - self.edited[:, 1]).mean()),
+                "inhibited_attention_change": float((self.edited[:, 1] - self.clean[:, 1]).mean()),
+                "target_attention_change": float((self.edited[:, 0] - self.clean[:, 0]).mean())}
+
+
+@torch.no_grad()
+def inhibition_scores(model: "Model", prompts: Sequence[str], target: Tensor, inhibited: Tensor,
+                      sender: tuple[int, int], receiver: tuple[int, int], channels: Sequence[Sequence[int]],
+                      svds: HeadSVDs | None = None, scale: float = 0.0, chat: bool = False,
+                      batch_size: int = 16) -> list[Inhibition]:
+    """The inhibition score (module doc) of each channel of `channels` (lists of the sender's OV components; an
+    empty list edits nothing and scores zero) between `sender` and the later `receiver`, on `prompts` with their
+    `target` and `inhibited` token ids ([n] each). One clean run serves every channel."""
+    if sender[0] >= receiver[0]:
+        raise InterpError(f"head {sender[0]}.{sender[1]} cannot send to head {receiver[0]}.{receiver[1]}: the sender's "
+                          "layer must be earlier than the receiver's")
+    check_head(*sender, model.n_layers, model.n_heads)
+    target, inhibited = torch.as_tensor(target).flatten(), torch.as_tensor(inhibited).flatten()
+    if not len(prompts) == len(target) == len(inhibited) or not len(prompts):
+        raise InterpError(f"got {len(prompts)} prompts, {len(target)} target and {len(inhibited)} inhibited tokens; "
+                          "give one of each per prompt (at least one prompt)")
+    svds = svds if svds is not None else head_svds(model)
+    tokens = torch.stack([target, inhibited], -1)
+    clean = attention_to_tokens(model, prompts, receiver, tokens, chat=chat, batch_size=batch_size)
+    out = []
+    for components in channels:
+        components = tuple(int(c) for c in components)
+        edits = [ChannelEdit(*sender, write_directions(svds, *sender, components), scale)] if components else []
+        edited = attention_to_tokens(model, prompts, receiver, tokens, edits, chat=chat, batch_size=batch_size) \
+            if edits else clean.clone()
+        out.append(Inhibition(components, float(scale), clean, edited))
+    return out
+
+
 __all__ = ["SVD", "FactoredMatrix", "HeadWeights", "HeadSVDs", "Composition", "ChannelEdit", "MODES", "head_weights",
            "head_svds", "composition", "random_baseline", "write_directions", "edited_copy", "export_channel_edits",
-           "check_head", "scores_from_components", "component_shares"]
+           "check_head", "scores_from_components", "component_shares", "token_positions", "attention_to_tokens",
+           "Inhibition", "inhibition_scores"]
 
 
 # The prefix cache may run a shared prefix under this edit: it acts alike at every token and every row.

@@ -9,10 +9,18 @@ forward in this library), so the answers sit in the last columns and only those 
 (`logits_to_keep`). Shuffling is seeded; the loss of every step is kept, and the run is a `Result` whose figure is
 the loss curve. The model is a private copy loaded from `source` for training, never a caller's model; the tuned
 weights are written as a checkpoint folder plain transformers loads (config, tokenizer, safetensors), atomically.
+
+The learning rate is constant by default; `scheduler="cosine"` with `warmup_ratio` follows transformers'
+`get_cosine_schedule_with_warmup` (a linear warm-up over ceil(warmup_ratio * steps) steps, then a half cosine to
+zero), the schedule of Ponkshe et al.'s reference fine-tunes (github.com/CERT-Lab/safety-subspaces, `finetune.py`:
+`lr_scheduler_type="cosine"`, `warmup_ratio=0.02`). That reference trains with a batch of one and 32 steps of
+gradient accumulation, in bf16, on its own prompt template; here a batch is one optimiser step, in float32, on the
+model's chat template.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from interp.core.model import Model
 
 SIDECAR = "interp_finetune.json"
+SCHEDULERS = ("constant", "cosine")
 
 
 @dataclass
@@ -44,6 +53,8 @@ class FineTuneOptions:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_steps: int | None = None  # stop after this many optimiser steps (None: all epochs)
+    scheduler: str = "constant"  # learning-rate schedule: constant, or cosine (with warmup_ratio)
+    warmup_ratio: float = 0.0  # share of the steps with a linear warm-up (cosine only)
     device: str | None = None  # None: the library's default device
     progress: bool = True
 
@@ -57,6 +68,23 @@ class FineTuneOptions:
             raise InterpError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if not self.lr > 0:
             raise InterpError(f"lr must be positive, got {self.lr!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise InterpError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not 0 <= self.warmup_ratio < 1 or (self.warmup_ratio and self.scheduler == "constant"):
+            raise InterpError(f"warmup_ratio must be in [0, 1) and is used by the cosine scheduler only; got "
+                              f"{self.warmup_ratio!r} with scheduler={self.scheduler!r}")
+
+
+def lr_factor(step: int, total: int, options: FineTuneOptions) -> float:
+    """The multiplier of the learning rate at optimiser step `step` (0-based) of `total`: 1 (constant), or
+    transformers' cosine schedule with a linear warm-up over ceil(warmup_ratio * total) steps."""
+    if options.scheduler == "constant":
+        return 1.0
+    warmup = math.ceil(options.warmup_ratio * total)
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -144,6 +172,7 @@ def fine_tune(source: str | os.PathLike, pairs: Sequence[tuple[str, str]], out: 
     gen = torch.Generator().manual_seed(options.seed)
     per_epoch = -(-len(rows) // options.batch_size)
     total = min(options.epochs * per_epoch, options.max_steps or options.epochs * per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, total, options))
     losses: list[float] = []
     start = time.perf_counter()
     with tqdm(total=total, desc=f"fine-tune {model.name}", unit="step", disable=not options.progress) as bar:
@@ -156,6 +185,7 @@ def fine_tune(source: str | os.PathLike, pairs: Sequence[tuple[str, str]], out: 
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(hf.parameters(), options.max_grad_norm)
                 optimiser.step()
+                schedule.step()
                 optimiser.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -169,4 +199,5 @@ def fine_tune(source: str | os.PathLike, pairs: Sequence[tuple[str, str]], out: 
     return result
 
 
-__all__ = ["FineTuneOptions", "FineTune", "fine_tune", "chat_tokens", "batch_loss", "check_pairs"]
+__all__ = ["FineTuneOptions", "FineTune", "fine_tune", "chat_tokens", "batch_loss", "check_pairs", "lr_factor",
+           "SCHEDULERS"]
