@@ -220,12 +220,19 @@ SECTIONS: dict[str, Section] = {
          Table("path patching into the movers", "path_patching", transpose=True, row_label="row")]),
     "heads_qwen05": Section(
         "Heads as matrices", "Composition scores of every head pair against random matrices of the same shapes, and "
-        "edits of the strongest channels on IOI and Laundry List.",
+        "edits of the strongest channels on IOI and Laundry List; the data-based inhibition score of each channel "
+        "(the receiver's attention gap between the two names, clean minus with the channel removed, on items "
+        "disjoint from those that chose the receivers) beside a control.",
         [Values("random baseline", [("mean", "analysis/baseline/mean"), ("std", "analysis/baseline/std"),
                                     ("99th percentile", "analysis/baseline/p99")]),
          Table("composition", "analysis/composition", ["mean", "max", "share_above_baseline_p99"], row_label="kind"),
          Table("edited channels", "edited_channels", ["mode", "sender", "receiver", "score", "components", "shares"],
                row_label="#"),
+         Table("inhibition score (score part)", "edited_channels",
+               ["sender", "receiver", "inhibition/channel/score", "inhibition/channel/score_std",
+                "inhibition/control/score", "inhibition/channel/items"], row_label="#"),
+         Values("item split", [("items choosing the receivers", "split/select_items"),
+                               ("items scoring the edits", "split/score_items")]),
          Table("channel edits: logit difference", "table", row_label="task",
                columns=["none/logit_diff", "channel_removed/logit_diff", "channel_x2/logit_diff",
                         "control_removed/logit_diff"]),
