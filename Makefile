@@ -61,7 +61,7 @@ lint: install
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
 # versions, date). The refusal and abliteration benchmarks run Arditi et al.'s setting (--system none, no system
 # turn), not the library's default system prompt. About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,
-# patching ~15, heads ~6,
+# patching ~15, heads ~6 (~30 with the inhibition sweep under load),
 # das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
 # available (~3 min on an H100). Attack logs go to out/bench/.
 BENCH := benchmarks/results
