@@ -292,6 +292,7 @@ def _launch(folder: Path, out: Path, delay: float) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # a real subprocess killed part way: the acceptance tier (`make test-slow`)
 def test_patch_command_killed_with_sigkill_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     import interp
 
