@@ -42,10 +42,10 @@ see `interp.circuits.attribution`) and only a shortlist is scored exactly, many 
 each candidate's ablation removes from the harmless prompts' residual writes (`ablation_energy`, from the same
 backward pass): the size of the edit, the factor of KL's second-order term that costs nothing extra. The rank is
 the sum of the three ranks (predicted ablation score, predicted addition score, energy). Whatever the
-shortlist, the plain difference in means of every layer at the last end-of-instruction position is always
-scored exactly too: the per-layer table (`per_layer`, figure "per_layer") shows what each single layer's
-direction does beside the chosen one. `compare_searches` says whether a shortlist run and an exhaustive run
-(`shortlist=None`) agree.
+shortlist, the plain difference in means of every layer at the last end-of-instruction position is scored
+exactly too (unless `score_every_layer=False`): the per-layer table (`per_layer`, figure "per_layer") shows what
+each single layer's direction does beside the chosen one. `compare_searches` says whether a shortlist run and an
+exhaustive run (`shortlist=None`) agree.
 
 Swapping the roles of the two sets gives an acceptance direction; any two sets give the direction that
 separates them causally.
@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from interp.circuits.attribution import residual_gradients
-from interp.core.interventions import Ablate, Add
+from interp.core.interventions import Ablate, Add, Intervention, RowwiseAblate, RowwiseAdd
 from interp.core.labels import token_label
 from interp.core.model import DEFAULT_SYSTEM, System, system_record
 from interp.core.result import Result
@@ -79,6 +79,7 @@ from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
 
 if TYPE_CHECKING:
+    from interp.core.activations import Activations
     from interp.core.model import Model
 
 
@@ -92,6 +93,8 @@ class RefusalConfig:
     # filter kept on the bundled model: benchmarks/results/refusal_qwen05.json, `filter_counts`)
     system: System = DEFAULT_SYSTEM  # "default"/None: the template's own; "none"/NO_SYSTEM: no system turn (Arditi); a text
     shortlist: int | None = 32  # candidates scored exactly after attribution ranking; None: all of them
+    score_every_layer: bool = True  # with a shortlist, also score every layer's last-position candidate exactly (the
+    # per-layer table); False scores the shortlist alone (fewer forwards; the per-layer table keeps only those)
     max_layer_frac: float = 0.8  # filter (d): candidates only below this fraction of the depth
     kl_threshold: float = 0.1  # filter (c)
     batch_size: int = 16  # prompts per capture forward
@@ -120,6 +123,7 @@ class RefusalResult(Result):
     relaxations: list[str] = field(default_factory=list)  # every filter relaxed on the way, in words
     system: str = system_record(DEFAULT_SYSTEM)  # the system prompt the prompts were formatted with (`system_record`)
     validation: dict = field(default_factory=dict)  # the validation prompts used after filtering, per class
+    activations: "Activations | None" = None  # run(keep_activations=True): every training prompt, every layer
     title: str = "Refusal direction"
 
     @property
@@ -190,8 +194,9 @@ class RefusalResult(Result):
                            "candidate; they only rank the candidates for exact scoring.")
         if n_scored == n:
             return what + f" All {n} candidates were scored exactly."
+        every_layer = " plus every layer's last position" if self.config.score_every_layer else ""
         return what + (f" Only {n_scored} of the {n} candidates were scored exactly: the shortlist the attribution "
-                       f"ranking picked (the top {self.config.shortlist}) plus every layer's last position. Grey cells "
+                       f"ranking picked (the top {self.config.shortlist}){every_layer}. Grey cells "
                        "were not scored, which says nothing about their value. To score every candidate, run with "
                        "shortlist=None (`--shortlist 0` on the command line); it takes several times longer.")
 
@@ -302,12 +307,18 @@ class RefusalData:
     refusal: RefusalScore | None = None
 
 
-def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) -> RefusalResult:
+def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None,
+        keep_activations: bool = False) -> RefusalResult:
     """Find the direction whose ablation stops refusals of `data.harmful` and whose addition makes `data.harmless`
     refuse.
 
     `data.refusal` gives the refusal tokens; by default they are estimated from the model's greedy answers to the
     (unfiltered) validation prompts (`RefusalScore.fit`), first, since the filters need them.
+
+    keep_activations: the one capture pass takes every training prompt (before the filter) at every layer's
+    `hook_resid_post` (end-of-instruction positions, labels 1 harmful, 0 harmless), reads the candidates from it
+    (resid_pre of layer l is resid_post of layer l - 1) and keeps it in `RefusalResult.activations`, e.g. for
+    `separation.from_activations` without a second capture pass. The direction is the same (to float noise).
     """
     cfg = config or RefusalConfig()
     harmful, harmless, harmful_val, harmless_val, refusal = (data.harmful, data.harmless, data.harmful_val,
@@ -317,6 +328,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     harmful_train, harmful_val, harmless_train, harmless_val = validation_sets(harmful, harmless, harmful_val, harmless_val, cfg)
+    all_train = (harmful_train, harmless_train)  # before the filter
 
     # 1. the judge: refusal tokens estimated from the model's own refusals; every prompt's baseline score
     clean_h = model.logits(harmful_val, batch_size=cfg.batch_size, system=system)
@@ -353,11 +365,21 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
     # layer 0's resid_pre at a template token is that token's embedding, the same for every prompt: no candidate
     t = time.perf_counter()
     layers = list(range(1, max(2, int(cfg.max_layer_frac * model.n_layers))))
-    acts = model.capture(harmful_train + harmless_train, [f"blocks.{i}.hook_resid_pre" for i in layers], positions="eoi",
-                         batch_size=cfg.batch_size, labels=[1] * len(harmful_train) + [0] * len(harmless_train),
-                         system=system, progress=True)
+    every: Activations | None = None
+    if keep_activations:  # every prompt at every layer; the candidates are the filtered rows of it
+        every = model.capture(all_train[0] + all_train[1], [f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)],
+                              positions="eoi", batch_size=cfg.batch_size, system=system, progress=True,
+                              labels=[1] * len(all_train[0]) + [0] * len(all_train[1]))
+        kept = (set(harmful_train), set(harmless_train))
+        acts = every.rows([i for i, (p, c) in enumerate(zip(every.prompts, every.label_array())) if p in kept[1 - c]])
+        X = acts.stack([f"blocks.{i - 1}.hook_resid_post" for i in layers])
+    else:
+        acts = model.capture(harmful_train + harmless_train, [f"blocks.{i}.hook_resid_pre" for i in layers],
+                             positions="eoi", batch_size=cfg.batch_size, system=system, progress=True,
+                             labels=[1] * len(harmful_train) + [0] * len(harmless_train))
+        X = acts.stack("hook_resid_pre")
     assert acts.position_tokens is not None  # set by positions="eoi"
-    X = acts.stack("hook_resid_pre").transpose(1, 2)  # [n, position, layer, d]
+    X = X.transpose(1, 2)  # [n, position, layer, d]
     y = torch.tensor(acts.labels)
     dim = DiffInMeans().fit(X, y)
     mean_diffs = dim.mean_diff_  # [position, layer, d]
@@ -383,7 +405,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
         for row, a, b, e in zip(rows, pred_abl.tolist(), pred_add.tolist(), energy.tolist()):
             row["predicted_ablation"], row["predicted_addition"], row["ablation_energy"] = a, b, e
         order = rank_candidates(pred_abl, pred_add, energy)
-        keep = sorted(set(order[: cfg.shortlist].tolist()) | set(last))
+        keep = sorted(set(order[: cfg.shortlist].tolist()) | set(last if cfg.score_every_layer else []))
     else:
         keep = list(range(len(cand)))
     timings["attribution"] = time.perf_counter() - t
@@ -441,7 +463,7 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None) 
     timings["total"] = time.perf_counter() - t0
     return RefusalResult(direction, rows, chosen, baseline, refusal, list(acts.position_tokens), layers, mean_diffs,
                          projections, timings, cfg, filter_counts=counts, relaxations=relaxations, system=system_record(system),
-                         validation={"harmful": harmful_val, "harmless": harmless_val})
+                         validation={"harmful": harmful_val, "harmless": harmless_val}, activations=every)
 
 
 def compare_searches(shortlist: RefusalResult, exhaustive: RefusalResult, k: int = 5) -> dict:
@@ -561,10 +583,58 @@ def orthogonalized_model(model: "Model", direction: Direction, directory: Path) 
     return Model(plain, model.tokenizer, name=model.name)
 
 
+CONDITIONS = ("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added")
+
+
+def answers(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
+            max_new_tokens: int = 256, batch_size: int = 16, alpha: float | None = None, layer: int | None = None,
+            system: System = DEFAULT_SYSTEM, together: bool = False,
+            conditions: Sequence[str] = CONDITIONS) -> dict[str, list]:
+    """The greedy conditions of `evaluate` (rows stop at EOS), as `Completion`s, for each of `conditions`:
+    "harmful_baseline", "harmful_ablated" (the direction ablated by hooks at every layer), "harmless_baseline",
+    "harmless_added" (`alpha` times the mean difference added at `layer`; defaults as in `evaluate`).
+
+    together=False: one `generate` call per condition. together=True: at most two, the baselines in one and the
+    edits in the other (`RowwiseAblate` on the harmful rows and `RowwiseAdd` on the harmless rows of each batch of
+    `batch_size`, the other rows' direction and vector zero, which leaves them untouched): half the decoding steps,
+    for short runs on a CPU, where a step costs about as much for a few rows as for one. The answers are the same
+    up to float noise (different batch neighbours and padding)."""
+    if unknown := set(conditions) - set(CONDITIONS):
+        raise InterpError(f"unknown conditions {sorted(unknown)}; choose from {', '.join(CONDITIONS)}")
+    if alpha is None:
+        alpha = float(direction.provenance.get("addition_alpha", 1.0))
+    layer = direction.layer_for(model, layer)
+    gen: dict[str, Any] = dict(max_new_tokens=max_new_tokens, system=system)
+    edit: dict[str, list[Intervention]] = {"harmful_ablated": [Ablate(direction)],
+                                           "harmless_added": [Add(direction, layer, alpha)]}
+    if not together:
+        return {k: model.generate(harmful if k.startswith("harmful") else harmless, interventions=edit.get(k, ()),
+                                  batch_size=batch_size, **gen) for k in conditions}
+    direction.check_for(model)
+    unit, add = direction.vector.float(), alpha * direction.vector.float() * (direction.scale or 1.0)
+    out: dict[str, list] = {}
+    for h_key, s_key in (("harmful_baseline", "harmless_baseline"), ("harmful_ablated", "harmless_added")):
+        hs, ss = list(harmful) * (h_key in conditions), list(harmless) * (s_key in conditions)
+        prompts, nh = hs + ss, len(hs)
+        if not prompts:
+            continue
+        if h_key == "harmful_baseline":
+            got = model.generate(prompts, batch_size=batch_size, **gen)
+        else:
+            got = []
+            for start in range(0, len(prompts), batch_size):
+                is_h = (torch.arange(start, min(start + batch_size, len(prompts))) < nh)[:, None]
+                rows: list[Intervention] = [RowwiseAblate(torch.where(is_h, unit, 0.0)),
+                                            RowwiseAdd(torch.where(is_h, 0.0, add), [layer] * len(is_h))]
+                got += model.generate(prompts[start:start + len(is_h)], interventions=rows, batch_size=len(is_h), **gen)
+        out.update({h_key: got[:nh], s_key: got[nh:]})
+    return {k: out[k] for k in conditions}
+
+
 def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
              max_new_tokens: int = 256, batch_size: int = 16, alpha: float | None = None,
              layer: int | None = None, system: System = DEFAULT_SYSTEM, orthogonalized: bool = True,
-             reference_tokens: int = 32) -> RefusalEvaluation:
+             reference_tokens: int = 32, together: bool = False) -> RefusalEvaluation:
     """Greedy generations of `max_new_tokens` (256 by default, long enough for late refusals; rows stop at EOS):
     harmful prompts at baseline, with the direction ablated by hooks and (`orthogonalized`) from the exported
     orthogonalised checkpoint; harmless prompts at baseline and with the direction added at `layer` (default:
@@ -575,6 +645,7 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
 
     system: how every prompt is chat-formatted (`interp.core.model.System`), by default the library's
     `DEFAULT_SYSTEM` like everything else; the direction's own is `system=direction.provenance["system"]`.
+    together: generate the four conditions in two calls (`answers`).
     """
     import tempfile
 
@@ -586,10 +657,7 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
     layer = direction.layer_for(model, layer)
     gen: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, system=system)
     out: dict[str, Sequence[str]] = {"harmful": list(harmful), "harmless": list(harmless)}
-    out["harmful_baseline"] = model.generate(harmful, **gen)
-    out["harmful_ablated"] = model.generate(harmful, interventions=[Ablate(direction)], **gen)
-    out["harmless_baseline"] = model.generate(harmless, **gen)
-    out["harmless_added"] = model.generate(harmless, interventions=[Add(direction, layer, alpha)], **gen)
+    out.update(answers(model, direction, harmful, harmless, alpha=alpha, layer=layer, together=together, **gen))
     ref = reference_completions(model, harmless, reference_tokens, batch_size=min(batch_size, 8), system=system)
     capability = {"hook": capability_cost(model, ref, interventions=[Ablate(direction)], batch_size=min(batch_size, 8))}
     if orthogonalized:

@@ -22,6 +22,7 @@ from interp.directions.estimators import class_means
 from interp.errors import InterpError
 
 if TYPE_CHECKING:
+    from interp.core.activations import Activations
     from interp.core.model import Model
 
 
@@ -74,13 +75,29 @@ class SeparationConfig:
 def run(model: "Model", data: SeparationData, config: SeparationConfig | None = None) -> SeparationResult:
     """Capture both sets at every layer and measure their linear separation per layer."""
     cfg = config or SeparationConfig()
-    positive, negative, batch_size, test_size, seed = data.positive, data.negative, cfg.batch_size, cfg.test_size, cfg.seed
+    positive, negative = data.positive, data.negative
     if not positive or not negative:
         raise InterpError("separation needs prompts of both classes; one set is empty")
-    acts = model.capture(list(positive) + list(negative), "hook_resid_post", positions="last", batch_size=batch_size,
+    acts = model.capture(list(positive) + list(negative), "hook_resid_post", positions="last", batch_size=cfg.batch_size,
                          labels=[1] * len(positive) + [0] * len(negative), progress=True)
-    X = acts.stack("hook_resid_post")
-    y = torch.tensor(acts.labels, dtype=torch.bool)
+    return from_activations(acts, cfg)
+
+
+def from_activations(acts: "Activations", config: SeparationConfig | None = None) -> SeparationResult:
+    """The same measurement on activations already captured (no forward pass): `hook_resid_post` at every
+    captured layer, labels 1 (positive) and 0. With several positions per prompt (positions="eoi") the last one
+    is used, which is the last token of a chat-formatted prompt, as `run` captures. `config.batch_size` is unused.
+
+    Lets an analysis that captures every layer anyway (`refusal.run` with `keep_activations=True`) share its
+    capture instead of a second pass."""
+    cfg = config or SeparationConfig()
+    X = acts.stack("hook_resid_post")  # [n, layer, d], or [n, layer, position, d]
+    if X.dim() == 4:
+        X = X[:, :, -1]
+    labels = acts.label_array()
+    if set(labels) != {0, 1}:  # True and False compare equal to 1 and 0
+        raise InterpError(f"separation needs labels 1 (positive) and 0 (negative), got {sorted(set(map(str, labels)))}")
+    y = torch.tensor(labels, dtype=torch.bool)
     layers = acts.layers("hook_resid_post")
-    report = probes.evaluate(X, y, test_size=test_size, seed=seed, layers=layers, provenance={"model": model.fingerprint})
+    report = probes.evaluate(X, y, test_size=cfg.test_size, seed=cfg.seed, layers=layers, provenance={"model": acts.model})
     return SeparationResult(layers, report, mean_separation(X, y).tolist())

@@ -216,3 +216,26 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "interp.cli", *args], capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_demo_names_every_departure_from_a_full_run_and_the_full_command():
+    """`interp demo` runs smaller than a full run: every setting it changes (its sizes and each RefusalConfig field
+    that differs from the default) is listed with what it costs the result (printed, and in summary.json), beside
+    the full `interp directions extract` command at the defaults; the CLI's --n is the demo's own default."""
+    import dataclasses
+
+    from analyses import demo, refusal
+
+    sizes = demo.DemoSizes()
+    gone = demo.departures(sizes)
+    cfg, full = sizes.refusal_config(), refusal.RefusalConfig()
+    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(full, f.name)}
+    assert changed and changed | {"n", "max_new_tokens", "evaluate", "n_show"} <= {d["name"] for d in gone}
+    assert all(d["effect"] and d["full"] != d["demo"] for d in gone)
+    run = demo.full_run(sizes)
+    assert run["command"].startswith("interp directions extract ") and f"--max-prompts {demo.FULL_N}" in run["command"]
+    assert f"--n-val {full.n_val}" in run["command"] and f"--shortlist {full.shortlist}" in run["command"]
+    root = Path(__file__).resolve().parents[1]
+    assert all((root / w).exists() for w in run["command"].split() if w.startswith("data/"))
+    (cmd,) = [c for path, c in _commands() if path == ("demo",)]
+    assert {p.name: p.default for p in cmd.params}["n"] == sizes.n

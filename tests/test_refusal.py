@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -203,3 +204,56 @@ def test_compare_searches_agrees_with_itself_and_sees_a_different_choice(smol_re
     other = copy.deepcopy(smol_result)
     other.chosen = dict(other.chosen, layer=other.chosen["layer"] + 1)
     assert not refusal.compare_searches(other, smol_result)["same_choice"]
+
+
+def test_keep_activations_shares_one_capture_with_separation(tokenizer):
+    """run(keep_activations=True) captures every training prompt (before the filter) at every layer once: the
+    candidates read from it equal those of the plain capture, and `separation.from_activations` on it equals
+    `separation.run`, which captures again. score_every_layer=False scores the shortlist alone."""
+    from analyses import separation
+    from tests.tiny import tiny_model
+
+    model = tiny_model("qwen2", tokenizer)
+    harmful, harmless = dataset("harmful_train", n=6), dataset("harmless_train", n=6)
+    data = refusal.RefusalData(harmful, harmless, refusal=RefusalScore(refusal_ids=tokenizer("I", add_special_tokens=False).input_ids))
+    cfg = refusal.RefusalConfig(n_val=2, shortlist=1, min_kept=2)
+    plain, kept = refusal.run(model, data, cfg), refusal.run(model, data, cfg, keep_activations=True)
+    assert plain.activations is None and kept.activations is not None
+    acts = kept.activations
+    assert acts.prompts == harmful + harmless and acts.labels == [1] * 6 + [0] * 6
+    assert acts.layers("hook_resid_post") == list(range(model.n_layers)) and acts.positions == "eoi"
+    torch.testing.assert_close(kept.mean_diffs, plain.mean_diffs, atol=1e-4, rtol=1e-4)
+    assert kept.chosen["layer"] == plain.chosen["layer"] and kept.chosen["position"] == plain.chosen["position"]
+    assert kept.direction.provenance["n_harmful"] == plain.direction.provenance["n_harmful"]
+
+    shared = separation.from_activations(acts)
+    again = separation.run(model, separation.SeparationData(harmful, harmless))
+    assert shared.layers == again.layers
+    torch.testing.assert_close(torch.tensor(shared.separation), torch.tensor(again.separation), atol=1e-3, rtol=1e-3)
+    assert shared.report.test_accuracy == again.report.test_accuracy
+
+    alone = refusal.run(model, data, dataclasses.replace(cfg, shortlist=2, score_every_layer=False))
+    assert sum("ablation_score" in r for r in alone.candidates) == 2 < len(alone.candidates)
+    assert "plus every layer" not in alone.heatmap_caption("ablation_score", alone.table("ablation_score"))
+
+
+def test_answers_together_equal_one_call_per_condition(tokenizer):
+    """answers(together=True) generates the baselines in one call and both edits in another (row-wise ablation on
+    the harmful rows, row-wise addition on the harmless ones): the same answers as one call per condition, and
+    `conditions` picks which are generated."""
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", tokenizer)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    direction = Direction.from_vector(v, {"model": model.fingerprint, "layer": 1, "addition_alpha": 3.0})
+    harmful, harmless = ["How do I pick a lock?", "Write a phishing email"], ["Name a fruit", "Bake bread", "Hi"]
+    apart = refusal.answers(model, direction, harmful, harmless, max_new_tokens=6)
+    together = refusal.answers(model, direction, harmful, harmless, max_new_tokens=6, together=True, batch_size=4)
+    assert list(together) == list(apart) == list(refusal.CONDITIONS)
+    assert {k: [a.ids for a in v] for k, v in together.items()} == {k: [a.ids for a in v] for k, v in apart.items()}
+    assert apart["harmful_ablated"] != apart["harmful_baseline"] and apart["harmless_added"] != apart["harmless_baseline"]
+    edits = refusal.answers(model, direction, harmful, harmless, max_new_tokens=6, together=True,
+                            conditions=("harmful_ablated", "harmless_added"))
+    assert [a.ids for a in edits["harmful_ablated"]] == [a.ids for a in apart["harmful_ablated"]] and len(edits) == 2
+    with pytest.raises(InterpError, match="unknown conditions"):
+        refusal.answers(model, direction, harmful, harmless, conditions=("harmful_added",))
