@@ -149,10 +149,14 @@ class Family:
     # hook hands the layer a copy, so what hooks read stays the site's value
     copy_out: frozenset[str] = frozenset()
 
+    @property
+    def parallel_flags(self) -> tuple[str, ...]:
+        """The config flags that make a block of this family parallel (none when `parallel` is a bool)."""
+        return (self.parallel,) if isinstance(self.parallel, str) else self.parallel if isinstance(self.parallel, tuple) else ()
+
     def missing(self, kind: str, config: Any) -> str | None:
         """Why `kind` has no value in a model of this family with `config`, or None when it has one."""
-        flags = (self.parallel,) if isinstance(self.parallel, str) else self.parallel if isinstance(self.parallel, tuple) else ()
-        if kind == "hook_resid_mid" and (self.parallel is True or any(getattr(config, f, False) for f in flags)):
+        if kind == "hook_resid_mid" and (self.parallel is True or any(getattr(config, f, False) for f in self.parallel_flags)):
             return _PARALLEL
         return self.unavailable.get(kind)
 
@@ -363,7 +367,7 @@ def families_markdown() -> str:
     checks that it is current)."""
     rows = ["| model_type | models | blocks | lacks / differs |", "|---|---|---|---|"]
     for name, fam in FAMILIES.items():
-        flags = (fam.parallel,) if isinstance(fam.parallel, str) else fam.parallel if isinstance(fam.parallel, tuple) else ()
+        flags = fam.parallel_flags
         blocks = "parallel" if fam.parallel is True else f"parallel if {' or '.join(flags)}" if flags else "sequential"
         notes = []
         if fam.parallel is True:
