@@ -93,8 +93,11 @@ def capture(model: "Model", prompts: Sequence[str], sites, positions: Positions 
             if site.kind == "attn.hook_pattern":  # [b, head, q, k] -> positions over the query axis
                 x = x.transpose(1, 2)
             kept = select(x, batch.attention_mask, positions, n_eoi).detach().float()
-            # a copy: a layer may add into a module's output in place after the hook has read it (Falcon)
-            return kept.clone() if kept.device.type == "cpu" else kept.cpu()
+            if kept.device.type != "cpu":
+                return kept.cpu()
+            # a view of x is copied: a layer may add into a module's output in place after the hook read it (Falcon)
+            shares = kept.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+            return kept.clone() if shares else kept
 
         got = model.backend.capture_batch(batch, site_list, reduce, stop, **({"prefix": prefix} if prefix else {}))
         for s in site_list:
