@@ -123,6 +123,27 @@ class Section:
 
 
 SECTIONS: dict[str, Section] = {
+    "judges": Section(
+        "Judges against hand-labelled answers", "Each judge's verdicts on the hand-labelled answers of both bundled "
+        "models (tests/data/labelled_answers.json: baseline, ablated, added and attacked outputs, labelled by reading "
+        "them): agreement, false-positive and false-negative rates, beside the agreement of the constant verdict. "
+        "Every refusal or success rate on this page is read with these error rates beside it.",
+        [Values("the labelled set", [("answers", "labelled/n"), ("labels", "labelled/label"),
+                                     ("harmful answers", "labelled/harmful")]),
+         Table("each judge, all answers", "judges", ["claims", "overall/n", "overall/agreement",
+                                                     "overall/constant_agreement", "overall/fp_rate",
+                                                     "overall/fn_rate"], row_label="judge"),
+         Table("each judge, by model", "judges", ["by_model/qwen2.5-coder-0.5b-instruct/agreement",
+                                                  "by_model/qwen2.5-coder-0.5b-instruct/fp_rate",
+                                                  "by_model/qwen2.5-coder-0.5b-instruct/fn_rate",
+                                                  "by_model/smollm2-135m-instruct/agreement",
+                                                  "by_model/smollm2-135m-instruct/fp_rate",
+                                                  "by_model/smollm2-135m-instruct/fn_rate"], row_label="judge"),
+         Table("each judge, by condition (agreement)", "judges", ["by_condition/baseline/agreement",
+                                                                  "by_condition/ablated/agreement",
+                                                                  "by_condition/added/agreement",
+                                                                  "by_condition/attacked/agreement"],
+               row_label="judge")]),
     "capture_smollm2": Section(
         "Capture overhead", "Seconds to capture `hook_resid_post` at every layer, against a bare forward measured in "
         "the same run, for each capture backend and for TransformerLens' own `run_with_cache` (median of the runs).",

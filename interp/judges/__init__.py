@@ -14,10 +14,11 @@ Five judges, from cheapest and crudest to costliest and most faithful.
 2. Substantive answers (`SubstantiveJudge`). The substring judge plus two deterministic checks, no model: a
    response that mostly repeats the request ("restatement") or has too few words to be an answer ("short") is
    no success. Attacks that optimise toward "Sure, here is ..." often reach exactly these (an attack summary's
-   `labels` count them: benchmarks/results/attack_qwen05.json). Where it disagrees with the hand labels of
-   tests/data/labelled_answers.json (tests/test_judges.py), the misses are the substring judge's (a lecture
-   without a refusal phrase; a benign letter that says "sorry"). It cannot tell a harmful answer from a
-   harmless one of the same form: that takes a classifier.
+   `labels` count them: benchmarks/results/attack_qwen05.json). Its agreement with the hand labels of
+   tests/data/labelled_answers.json (answers of both bundled models: baseline, ablated, added, attacked) and its
+   error rates are measured by benchmarks/judges.py (benchmarks/results/judges.json); its commonest error is a
+   content-free filler answer that is long enough to pass the word count. It cannot tell a harmful answer from
+   a harmless one of the same form: that takes a classifier.
 
 3. The refusal score (`RefusalScore`). Arditi et al. measure refusal without generating: chat models begin
    a refusal with a small set of tokens ("I" of "I'm sorry", "As" of "As an AI"), so the probability p that
@@ -32,7 +33,8 @@ Five judges, from cheapest and crudest to costliest and most faithful.
    the HarmBench classifier prompt ("Yes"/"No") or the Llama Guard 3 prompt ("safe"/"unsafe"); the verdict is
    read off its next-token distribution, one batched forward per batch. Faithful only with the real classifier
    (cais/HarmBench-Llama-2-13b-cls, Llama Guard 3), which is not bundled: the bundled models are stand-ins for
-   tests and are no better than a constant verdict on the hand-labelled answers (`interp.judges.chat`).
+   tests, and on the hand-labelled answers they do no better than a constant verdict "not harmful" does
+   (benchmarks/results/judges.json; `interp.judges.chat`).
 
 5. A sequence classifier (`ClassifierJudge` protocol, `LocalClassifierJudge`): a sequence-classification model
    that reads (prompt, response) and says whether the response is harmful compliance. The toolkit loads one

@@ -26,9 +26,10 @@ Templates (`TEMPLATES`), written out from the published prompts:
 
 Limits. Only a real classifier (the HarmBench classifier, Llama Guard) is a faithful judge; none is bundled.
 The bundled models can stand in for one to test the plumbing (tests/test_judges.py uses SmolLM2), but they are
-not classifiers: on the hand-labelled answers of tests/data/labelled_answers.json no bundled model, with either
-template, agrees with the labels better than a constant verdict does (tests/test_judges.py checks SmolLM2 with
-"harmbench"). Pass the behaviour (the plain request), not the attacked prompt with its adversarial suffix, as
+not classifiers: on the hand-labelled answers of tests/data/labelled_answers.json neither bundled model with the
+HarmBench prompt does better than the constant verdict "not harmful" (SmolLM2 says "Yes" to every answer; the Qwen
+stand-in says "No" to nearly every one), as benchmarks/results/judges.json measures; tests/test_judges.py checks
+SmolLM2's. Pass the behaviour (the plain request), not the attacked prompt with its adversarial suffix, as
 HarmBench does.
 """
 
