@@ -74,6 +74,7 @@ from interp.directions.scoring import Reference, capability_cost, kl_rows, refer
 from interp.errors import InterpError
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
+from interp.judges.measured import measured_errors
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -236,7 +237,8 @@ class AbliterationSearchResult(Result):
                 "validation": [_brief(f) for f in self.validation], "test": self._test_brief(),
                 "pareto": [self.trials[i] for i in self.pareto], "n_trials": len(self.trials),
                 "config": asdict(self.config), "system": system_record(self.config.system),
-                "departures": self.departures, "timings_s": self.timings}
+                "departures": self.departures, "timings_s": self.timings,
+                "judge_errors": measured_errors("substring_refusal")}
 
     def _test_brief(self) -> dict | None:
         if self.test is None:

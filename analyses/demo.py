@@ -28,6 +28,7 @@ from analyses import refusal, separation
 from interp.data.prompts import dataset
 from interp.io import write_json
 from interp.judges import SubstringJudge
+from interp.judges.measured import error_note, measured_errors
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -201,7 +202,8 @@ def run_demo(model_name: "str | Model", out: Path, n: int | None = None, sizes: 
     alpha = res.chosen["addition_alpha"]
     rates = {k: sum(v) / len(v) for k, v in refused.items()}
     fp_rate = p["harmless_refused_at_baseline"] / max(p["harmless_generated"], 1)
-    res.evaluation = {"refusal_rate": rates, "judge_fp_rate": fp_rate, "picked": picked, "addition_alpha": alpha,
+    res.evaluation = {"refusal_rate": rates, "judge_fp_rate": fp_rate, "judge_errors": measured_errors("substring_refusal"),
+                      "picked": picked, "addition_alpha": alpha,
                       "max_new_tokens": sizes.max_new_tokens, "generations": g, "system": res.system,
                       "note": "the demo's examples (refusal.answers), not refusal.evaluate: no capability cost, no "
                               "orthogonalised checkpoint"}
@@ -222,6 +224,7 @@ def run_demo(model_name: "str | Model", out: Path, n: int | None = None, sizes: 
     print(f"\n  ablation: {effect['of_those_answered_when_ablated']} of the {effect['harmful_refused_at_baseline']} "
           f"harmful prompts refused at baseline are answered; addition: {effect['harmless_refused_when_added']} of "
           f"{effect['harmless_shown']} harmless prompts refused (at baseline {effect['harmless_refused_at_baseline']})")
+    print(f"  refusals judged by the {error_note('substring_refusal')}")
 
     with clock.step("reports"):
         res.save(out / "refusal")
@@ -233,7 +236,8 @@ def run_demo(model_name: "str | Model", out: Path, n: int | None = None, sizes: 
         "refusal": {"chosen": c, "baseline": res.baseline, "rates": rates,
                     "rates_note": "substring judge on the examples shown, which were picked (refused harmful, "
                                   "answered harmless prompts at baseline): not refusal rates of the model",
-                    "judge_fp_rate": fp_rate, "picked": picked, "filter_counts": res.filter_counts,
+                    "judge_fp_rate": fp_rate, "judge_errors": measured_errors("substring_refusal"),
+                    "picked": picked, "filter_counts": res.filter_counts,
                     "relaxations": res.relaxations, "system": res.system, "notes": notes,
                     "config": dataclasses.asdict(cfg), "method_timings_s": res.timings},
         "shown": effect, "sizes": dataclasses.asdict(sizes), "departures": gone, "full_run": run, "timings": timings})

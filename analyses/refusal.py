@@ -77,6 +77,7 @@ from interp.directions.scoring import ablation_scores, addition_scores, kl_rows
 from interp.errors import InterpError
 from interp.io import write_json, write_tensors
 from interp.judges import RefusalScore, SubstringJudge
+from interp.judges.measured import error_note, measured_errors
 
 if TYPE_CHECKING:
     from interp.core.activations import Activations
@@ -524,12 +525,13 @@ class RefusalEvaluation(Result, Mapping):
     judge_fp_rate: float | None = None  # harmless baseline answers the substring judge calls refusals
     capability: dict[str, dict] = field(default_factory=dict)  # "hook" / "orthogonalized" -> capability_cost(...)
     system: str | None = None  # the system prompt the answers were generated with (`system_record`)
+    judge_errors: dict | None = None  # the substring judge's error rates on the hand-labelled answers (`measured_errors`)
     title: str = "Refusal direction: evaluation"
 
     def _keys(self) -> list[str]:
         """The old mapping's keys, then those of the newer measurements that were made."""
         new = [k for k, v in (("judge_fp_rate", self.judge_fp_rate), ("capability", self.capability),
-                              ("system", self.system)) if v is not None and v != {}]
+                              ("system", self.system), ("judge_errors", self.judge_errors)) if v is not None and v != {}]
         return ["refusal_rate", "kl_harmless_ablation", "addition_alpha", "max_new_tokens", "generations"] + new
 
     def __getitem__(self, key: str):
@@ -552,6 +554,7 @@ class RefusalEvaluation(Result, Mapping):
               f"(judge false-positive rate on harmless baseline answers {self.judge_fp_rate:.2f})")
         out = [f"refusal rate, substring judge, {self.max_new_tokens} new tokens, system={self.system!r} {fp}:"]
         out += [f"  {k:<24} {v:.2f}" for k, v in self.refusal_rate.items()]
+        out += [f"  {error_note('substring_refusal')}"]
         out += [f"  capability cost, {k:<15} first-token KL {c['kl']:.3f}, CE {c['ce']:.3f} (plain model {c['ce_clean']:.3f})"
                 for k, c in self.capability.items()]
         return out
@@ -671,7 +674,8 @@ def evaluate(model: "Model", direction: Direction, harmful: Sequence[str], harml
              ("harmful_baseline", "harmful_ablated", "harmful_orthogonalized", "harmless_baseline", "harmless_added")
              if k in out}
     return RefusalEvaluation(rates, capability["hook"]["kl"], alpha, max_new_tokens, out,
-                             judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system_record(system))
+                             judge_fp_rate=rates["harmless_baseline"], capability=capability, system=system_record(system),
+                             judge_errors=measured_errors("substring_refusal"))
 
 
 def explain_relaxations(res: RefusalResult, model_name: str, n: int, command: str = "interp demo",

@@ -78,6 +78,7 @@ from interp.core.subspace import Direction, Subspace
 from interp.directions.estimators import DiffInMeans, class_means, pca
 from interp.errors import InterpError
 from interp.io import read_json, read_tensors, write_json, write_tensors
+from interp.judges.measured import measured_errors
 from probes import LinearProbes
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class ReroutingResult(Result):
             "seconds_per_success": self.seconds_per_success, "seconds_per_success_is_lower_bound": self.lower_bound,
             "layers": self.layers, "mean_harmful_axis_position": mean,
             "layer_choice": (self.targets or {}).get("layer_choice"), "head_choice": (self.targets or {}).get("head_choice"),
-            "system": self.system,
+            "system": self.system, "judge_errors": measured_errors("substantive_success"),
             "behaviors": [{**{k: r.get(k) for k in ("id", "behavior", "adversarial_prompt", "success", "loss", "step",
                                                     "seconds")},
                            "single_success": Summary.single_success(r), "attempts": r.get("attempts")}

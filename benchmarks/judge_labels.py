@@ -13,8 +13,9 @@ system prompt, fp32) of both bundled models under four conditions, about `--n` e
 - added: harmless prompts, the refusal direction added at its layer (`interp.Add`, `alpha` times the
   difference in means), the strengths of MODELS[...]["alphas"] taken in turn.
 - attacked: a harmful behaviour with an adversarial suffix. Qwen: the adversarial prompts that the committed
-  attack benchmark found on this model (benchmarks/results/attack_qwen05.json: SSR with the probe loss and GCG;
-  attack_nanogcg_qwen05.json: the nanoGCG preset), each answered again here at `--max-new-tokens`. SmolLM2: half
+  attack benchmarks found on this model, read from git at ATTACK_COMMIT (the labelled set was drawn then; the
+  files have been rerun since): benchmarks/results/attack_qwen05.json (SSR with the probe loss and GCG) and
+  attack_nanogcg_qwen05.json (the nanoGCG preset), each answered again here at `--max-new-tokens`. SmolLM2: half
   from a short GCG search on SmolLM2 itself (`interp.attacks.attack`, `--gcg-forwards` candidate rows per
   behaviour, one judged attempt so the judge never stops the search; log beside `--out`), half the Qwen
   adversarial prompts transferred unchanged (suffixes optimised on another model, said so in `source`).
@@ -39,6 +40,7 @@ import argparse
 import json
 import random
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ MODELS: dict[str, dict[str, Any]] = {  # the layer analyses.refusal chose (see t
     SMOL: {"layer": 9, "alphas": (4.0, 6.0, 8.0)},
 }
 ATTACK_RESULTS = {"attack_qwen05.json": ("ssr", "gcg"), "attack_nanogcg_qwen05.json": ("nanogcg",)}
+ATTACK_COMMIT = "fe2f7e480b5ea1e8729446e9ddd2e72e130a2a59"  # the attack results the labelled set was drawn from
 EXISTING = ROOT / "tests" / "data" / "labelled_answers.json"
 
 
@@ -84,7 +87,9 @@ def qwen_adversarial() -> list[dict]:
     """The final adversarial prompt of every behaviour of the committed Qwen attack benchmarks, each once."""
     seen, out = set(), []
     for name, methods in ATTACK_RESULTS.items():
-        data = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        text = subprocess.run(["git", "show", f"{ATTACK_COMMIT}:benchmarks/results/{name}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+        data = json.loads(text)
         for method in methods:
             for b in data[method]["behaviors"]:
                 if b["adversarial_prompt"] not in seen:

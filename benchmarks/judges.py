@@ -56,7 +56,9 @@ import interp
 from benchmarks.common import ROOT, provenance, write_result
 from interp.data.prompts import dataset
 from interp.errors import InterpError
+from interp.io import write_json
 from interp.judges import ChatModelJudge, RefusalScore, SubstantiveJudge, SubstringJudge
+from interp.judges.measured import MEASURED_ERRORS, export_errors
 
 LABELS = ROOT / "tests" / "data" / "labelled_answers.json"
 QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
@@ -145,7 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chat-template", action="append", help="harmbench and/or llamaguard (default: harmbench)")
     ap.add_argument("--n-fit", type=int, default=32, help="harmful and harmless prompts each to fit the refusal tokens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export-only", action="store_true",
+                    help=f"only rewrite {MEASURED_ERRORS.relative_to(ROOT)} from the results file at --out")
     args = ap.parse_args(argv)
+    if args.export_only:
+        result = json.loads(args.out.read_text())
+        write_json(MEASURED_ERRORS, export_errors(result))
+        return result
     rows = json.loads(args.labels.read_text())
     for r in rows:
         if r["label"] not in LABEL_VALUES or not isinstance(r["harmful"], bool):
@@ -222,8 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"labels": str(args.labels.relative_to(ROOT) if args.labels.is_relative_to(ROOT) else args.labels),
                 "chat_models": args.chat_model or [QWEN, SMOL], "chat_templates": args.chat_template or ["harmbench"],
                 "n_fit": args.n_fit, "seed": args.seed}
-    return write_result(args.out, {"settings": settings, "labelled": counts, "judges": judges},
-                        provenance("benchmarks.judges", argv, "cpu"))
+    result = write_result(args.out, {"settings": settings, "labelled": counts, "judges": judges},
+                          provenance("benchmarks.judges", argv, "cpu"))
+    write_json(MEASURED_ERRORS, export_errors(result))  # the headline the Results print beside their rates
+    return result
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ def test_summary_reports_best_of_n_and_single_attempt_with_n(tiny, monkeypatch, 
     assert d["best_of_n"]["n"] == {"fixed": 3, "min": 3, "max": 3, "mean": 3.0}
     assert d["single_attempt"]["n"] == 1 and d["single_attempt"]["exact"] and d["single_attempt"]["rate"] == 0.5
     assert "2/2 best of N (N = 3 judged attempts per behaviour), 1/2 single attempt" in summary.table()
+    # the judge's measured error rates stand beside the success rates
+    assert d["judge_errors"]["success"]["judge"] == "substantive_success"
+    assert 0 <= d["judge_errors"]["success"]["fp_rate"] <= 1 and d["judge_errors"]["substring_successes"]["n"] > 0
     per = {b["id"]: b for b in json.loads(summary.to_json())["behaviors"]}
     assert per["b0"]["single_success"] is False and per["b0"]["attempts"] == 3 and per["b1"]["single_success"]
 

@@ -486,3 +486,14 @@ def test_greedy_refusal_counts_a_refusal_token_argmax_below_half_probability():
     logits = p.log()
     assert rs.score_logits(logits)[0] < 0
     assert rs.greedy_refuses(logits).tolist() == [True, False]
+
+
+def test_the_package_error_rates_are_the_judges_benchmarks():
+    """interp/data/judges/measured_errors.json (what Results print beside their rates) is exported from
+    benchmarks/results/judges.json; `python -m benchmarks.judges --export-only` rewrites it."""
+    from interp.judges.measured import MEASURED_ERRORS, error_note, export_errors, measured_errors
+
+    assert json.loads(MEASURED_ERRORS.read_text()) == export_errors(json.loads(JUDGES_RESULT.read_text()))
+    m = measured_errors("substring_refusal")
+    assert m["n"] == len(labelled()) and m["fp_rate"] is not None and "fp_rate" in error_note("substring_refusal")
+    assert measured_errors("no such judge") is None and "not measured" in error_note("no such judge")

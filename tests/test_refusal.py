@@ -194,6 +194,8 @@ def test_evaluate_reports_fp_rate_and_capability_cost_for_hooks_and_checkpoint(s
     assert hook["kl"] > 0 and hook["ce"] != hook["ce_clean"]  # the edit costs something, and is measured
     assert abs(hook["kl"] - ortho["kl"]) < 1e-3 and abs(hook["ce"] - ortho["ce"]) < 1e-3
     assert any("judge false-positive rate" in line for line in ev.lines())
+    assert ev["judge_errors"]["judge"] == "substring_refusal"  # measured on the hand-labelled answers
+    assert any("substring_refusal judge on" in line and "fn_rate" in line for line in ev.lines())
 
 
 def test_compare_searches_agrees_with_itself_and_sees_a_different_choice(smol_result):

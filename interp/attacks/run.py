@@ -65,6 +65,7 @@ from interp.core.result import Result
 from interp.core.system import DEFAULT_SYSTEM, System
 from interp.errors import InterpError
 from interp.io import append_jsonl, read_jsonl
+from interp.judges.measured import error_note, measured_errors
 
 if TYPE_CHECKING:
     from interp.core.model import Model
@@ -389,7 +390,9 @@ class Summary(Result):
                 "total_forwards": self.total_forwards, "total_grad_forwards": self.total_grad_forwards,
                 "forwards_per_success": self.forwards_per_success,
                 "total_steps": int(sum(r.get("steps", r.get("step", 0)) for r in self.rows)),
-                "seconds_per_success_is_lower_bound": self.lower_bound}
+                "seconds_per_success_is_lower_bound": self.lower_bound,
+                "judge_errors": {"success": measured_errors("substantive_success"),
+                                 "substring_successes": measured_errors("substring_success")}}
 
     @property
     def title(self) -> str:
@@ -458,6 +461,7 @@ class Summary(Result):
                       str(r.get("forwards", "")), f"{r['seconds']:.0f}",
                       _short(r["behavior"], 40), _short(r["adversarial_prompt"], 60), _short(r["response"], 60))
         Console().print(t)
+        print(error_note("substantive_success"))
 
 
 def _short(text: str, n: int) -> str:
