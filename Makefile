@@ -60,8 +60,8 @@ lint: install
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
 # versions, date). The refusal and abliteration benchmarks run Arditi et al.'s setting (--system none, no system
-# turn), not the library's default system prompt. About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~90,
-# patching ~15, heads ~6 (~30 with the inhibition sweep under load),
+# turn), not the library's default system prompt. About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~30 (8 behaviours, SSR and GCG),
+# patching ~15, heads ~15 (the inhibition score of the channel and its control; every single component too without --no-components, ~30),
 # das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
 # available (~3 min on an H100). Attack logs go to out/bench/.
 BENCH := benchmarks/results
@@ -74,11 +74,12 @@ bench: models
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.abliteration --model qwen2.5-coder-0.5b-instruct --arditi out/bench/arditi_dir \
 		--system none --n-train 128 --n-val 32 --n-test 32 --trials 30 --n-startup-trials 12 --final-points 2 \
 		--max-new-tokens 256 --out $(BENCH)/abliteration_qwen05.json
-	OMP_NUM_THREADS=1 $(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 16 --forwards 256 \
-		--methods ssr,gcg,nanogcg --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.attack --model qwen2.5-coder-0.5b-instruct --n 8 --forwards 256 \
+		--methods ssr,gcg --logs out/bench/attack.runs --out $(BENCH)/attack_qwen05.json
 	$(PY) -m benchmarks.tasks --out $(BENCH)/tasks.json
 	$(PY) -m benchmarks.patching --model qwen2.5-coder-0.5b-instruct --n 4 --out $(BENCH)/patching_qwen05.json
-	$(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --out $(BENCH)/heads_qwen05.json
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.heads --model qwen2.5-coder-0.5b-instruct --threads 1 --no-components \
+		--out $(BENCH)/heads_qwen05.json
 	$(PY) -m benchmarks.das --model qwen2.5-coder-0.5b-instruct --threads 1 --out $(BENCH)/das_qwen05.json
 	$(PY) -m benchmarks.truthful --model qwen2.5-coder-0.5b-instruct --questions 400 --grid-heads 8 16 32 \
 		--grid-alphas 5 15 25 --n-tune 24 --threads 1 --out $(BENCH)/truthful_qwen05.json

@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks import papers
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "results.md"
 PROVENANCE = ("git_commit", "git_dirty", "git_source", "command", "machine", "versions", "date")
 MISSING = "–"
+PAPERS_ABOUT = ("Each paper's headline experiment, rerun in its faithful form on a bundled model, beside the figure "
+                "the paper published (`benchmarks/papers.py`: the paper's figure is quoted with where it appears; "
+                "ours is read from the results file linked in its cell; the verdict follows a rule fixed in that "
+                "module before the figures were read, and says why where the effect is not reproduced).")
 
 
 # ----- formatting -----
@@ -205,18 +211,25 @@ SECTIONS: dict[str, Section] = {
                             ("target met", "comparison/target_met")]),
          Table("departures", "departures", row_label="name")]),
     "attack_qwen05": Section(
-        "Rerouting attack (SSR) vs GCG", "Subspace rerouting and GCG at an equal budget of forwards per behaviour on "
-        "harmful behaviours the model refuses: successes by the substantive judge, seconds and forwards per "
-        "success.",
+        "Rerouting attack (SSR) vs GCG", "Subspace rerouting and GCG (and nanoGCG's preset where run) at an equal "
+        "budget of forwards per behaviour on harmful behaviours the model refuses. Success by the substantive judge, twice: "
+        "single attempt (the final best-loss suffix judged once, N = 1 for every method) and best of N (any of the N "
+        "judged attempts a preset's schedule makes; N beside it). Seconds and forwards per success are per best-of-N "
+        "success. The judge's error rates are in the judges section.",
         [Values("budget", [("forwards per behaviour", "budget/forwards_per_behaviour"),
                            ("new tokens judged", "budget/max_new_tokens"), ("behaviours", "ssr/requested")]),
-         Table("per method", "", ["finished", "successes", "success_rate", "substring_successes", "seconds_per_success",
-                                  "forwards_per_success", "total_seconds"], rows=["ssr", "gcg", "nanogcg"],
-               row_label="method"),
+         Table("success, single attempt vs best of N", "", ["finished", "single_attempt/successes",
+                                                           "single_attempt/rate", "single_attempt/exact",
+                                                           "best_of_n/successes", "best_of_n/rate", "best_of_n/n/mean",
+                                                           "best_of_n/n/max", "substring_successes"],
+               rows=["ssr", "gcg", "nanogcg"], row_label="method"),
+         Table("time", "", ["seconds_per_success", "forwards_per_success", "total_seconds"],
+               rows=["ssr", "gcg", "nanogcg"], row_label="method"),
          Table("targets", "targets", row_label="against")]),
     "attack_nanogcg_qwen05": Section(
         "Rerouting attack (SSR) vs nanoGCG's defaults", "The same comparison with nanoGCG's preset as a third "
-        "method, on fewer behaviours.",
+        "method, on fewer behaviours. Success here is best of N (any judged attempt, N differing between the presets); "
+        "a file written before single-attempt success was reported has no other (see its commit).",
         [Table("per method", "", ["finished", "successes", "success_rate", "substring_successes", "seconds_per_success",
                                   "forwards_per_success", "total_seconds"], rows=["ssr", "gcg", "nanogcg"],
                row_label="method"),
@@ -311,13 +324,21 @@ SECTIONS: dict[str, Section] = {
                                              ("router, s", "time_per_token/router_s_per_token"),
                                              ("ratio", "time_per_token/ratio")])]),
     "overlap_qwen05": Section(
-        "Safety subspaces vs useful ones", "Activation space: the overlap of 0.9-energy subspaces of prompt sets, "
-        "uncentred and centred, beside random subspaces. Parameter space: a miniature (SmolLM2 base, aligned and "
-        "fine-tuned on a CPU) and the edited checkpoints.",
-        [Table("activation space, uncentred", "activations/uncentred/pairs",
-               ["mean_overlap", "mean_expected", "window_overlap", "window_expected", "mean_min_angle"], row_label="pair"),
-         Table("activation space, centred", "activations/centred/pairs",
-               ["mean_overlap", "mean_expected", "window_overlap", "window_expected", "mean_min_angle"], row_label="pair"),
+        "Safety subspaces vs useful ones", "Activation space: the mean squared overlap of the energy subspaces of "
+        "prompt sets over the reference's window of layers, at every energy share of the reference's sweep, "
+        "uncentred (the reference's setting) and centred, beside max(k1, k2) / d, and at the former default share "
+        "0.9. Update space: a useful and a harmful fine-tune of the same instruct model, their updates' energy bases "
+        "compared per parameter. Parameter space: a miniature (SmolLM2 base, aligned and fine-tuned on a CPU) and "
+        "the edited checkpoints.",
+        [Table("activation space, uncentred: overlap over the window, per share", "activations/uncentred/sweep",
+               ["shares", "window_overlap", "window_expected"], row_label="pair"),
+         Table("activation space, centred: overlap over the window, per share", "activations/centred/sweep",
+               ["shares", "window_overlap", "window_expected"], row_label="pair"),
+         Table("activation space at the former default share 0.9, uncentred",
+               "activations/former_default_0.9/uncentred/pairs",
+               ["window_overlap", "window_expected", "mean_min_angle"], row_label="pair"),
+         Table("update space: useful vs harmful fine-tune updates, per share", "updates/totals",
+               ["all/overlap", "all/expected", "matrices/overlap", "matrices/expected"], row_label="share"),
          Table("parameter space: energy of the fine-tune update in the alignment subspace", "parameters/projections",
                ["energy", "random_energy", "expected_energy"], row_label="k"),
          Table("parameter space: checkpoints", "parameters/table",
@@ -389,6 +410,8 @@ def render(results: Path = RESULTS) -> str:
            "commit, date, machine and versions it recorded; the guides explain how to read them. Timings on "
            "shared machines are noisy: each benchmark compares against a baseline measured in the same run.", ""]
     out += [f"- [{SECTIONS[p.stem].title if p.stem in SECTIONS else p.stem}](#{anchor(p.stem)})" for p in files] + [""]
+    out += ["## Each paper beside ours", "", PAPERS_ABOUT, "",
+            papers.papers_markdown(papers.load_results(results), link=lambda stem: f"#{anchor(stem)}"), ""]
     for path in files:
         out += section(path.stem, json.loads(path.read_text(encoding="utf-8")))
     return "\n".join(out).rstrip() + "\n"

@@ -64,6 +64,7 @@ def test_results_page_formats():
 def prose(markdown: str) -> str:
     """The prose of a Markdown page: fenced code blocks, inline code, HTML comments and link targets removed."""
     text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    text = re.sub(r"<!-- papers table: generated.*?<!-- end of papers table -->", " ", text, flags=re.S)  # checked below
     text = re.sub(r"<!--.*?-->", " ", text, flags=re.S)
     text = re.sub(r"`[^`]*`", " ", text)
     return re.sub(r"\]\([^)]*\)", "]", text)
@@ -221,3 +222,17 @@ def test_a_tutorial_keeps_its_plotly_figures(tmp_path):
     text, _ = hooks.notebook_page(tmp_path / "t.ipynb")
     assert 'class="plotly-graph-div"' in text and 'window.addEventListener("load", function () {' in text
     assert "Run it to see the outputs" not in text
+
+
+def test_the_readme_papers_table_is_current():
+    """The README's paper-beside-ours table is generated from the results files (benchmarks/papers.py); every paper
+    gets a verdict of the three, and the results page opens with the same table."""
+    from benchmarks import papers
+
+    text = README.read_text(encoding="utf-8")
+    assert papers.readme_block(text) == papers.papers_markdown(), \
+        "README papers table is stale: run `python -m benchmarks.papers --readme`"
+    rows = papers.rows()
+    assert len(rows) == 7 and all(ours.verdict in papers.VERDICTS for _, ours in rows)
+    assert all(ours.why for _, ours in rows if ours.verdict != papers.REPRODUCED)
+    assert "## Each paper beside ours" in results_page.render()
