@@ -2,8 +2,9 @@
 
 For each paper the toolkit implements, the published figure (quoted, with the model and where in the paper or its
 reference code it appears) is set beside the figure our committed benchmark measured on a bundled model, read from
-benchmarks/results/*.json at render time, and a verdict computed from our figures by a rule fixed here, before
-reading them:
+benchmarks/results/*.json at render time, and a verdict computed from our figures by a rule fixed here (the rules
+were written before the reruns of the ITI, attack, Talking Heads and safety-subspace benchmarks they judge, but
+with the earlier figures of every benchmark known; the thresholds come from the papers' figures, not ours):
 
 - "reproduced": the effect the paper reports, at a size comparable to the paper's;
 - "reproduced in direction only": the effect has the paper's sign (and shape), smaller than the paper's;

@@ -32,7 +32,7 @@ MISSING = "–"
 PAPERS_ABOUT = ("Each paper's headline experiment, rerun in its faithful form on a bundled model, beside the figure "
                 "the paper published (`benchmarks/papers.py`: the paper's figure is quoted with where it appears; "
                 "ours is read from the results file linked in its cell; the verdict follows a rule fixed in that "
-                "module before the figures were read, and says why where the effect is not reproduced).")
+                "module, with thresholds taken from the papers, and says why where the effect is not reproduced).")
 
 
 # ----- formatting -----
