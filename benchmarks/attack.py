@@ -118,11 +118,13 @@ def check_logs(log_dir: Path, settings: dict) -> None:
         stamp.write_text(json.dumps(settings))
 
 
-def config_for(name: str, forwards: int, max_new_tokens: int) -> AttackConfig:
-    """The method's config with the forward budget binding (steps high enough never to bind first)."""
+def config_for(name: str, forwards: int, max_new_tokens: int, attempts: int | None = None) -> AttackConfig:
+    """The method's config with the forward budget binding (steps high enough never to bind first); `attempts` fixes
+    the judged attempts per behaviour for every method (None: each preset's schedule)."""
     base = AttackConfig.build(**METHODS[name])
     steps = 10 * math.ceil(forwards / base.search.candidates) + 10
-    return AttackConfig.build(**METHODS[name], max_forwards=forwards, steps=steps, max_new_tokens=max_new_tokens)
+    return AttackConfig.build(**METHODS[name], max_forwards=forwards, steps=steps, max_new_tokens=max_new_tokens,
+                              attempts=attempts)
 
 
 def run_method(model, behaviors: list[Behavior], name: str, config: AttackConfig, log_dir: Path) -> dict:
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--parallel-n", type=int, default=0, help="behaviours for the batching measurement (0: skip)")
     ap.add_argument("--parallel-steps", type=int, default=2)
+    ap.add_argument("--attempts", type=int, default=None, help="judged attempts per behaviour for every method, the "
+                    "judge never stopping a search (default: each preset's schedule); 1 makes single attempt exact")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--logs", type=Path, default=None, help="folder for the attack logs (default: <out>.runs/)")
     ap.add_argument("--fresh", action="store_true", help="delete the logs first instead of resuming them")
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     check_logs(log_dir, {"model": model.name, "n": args.n, "forwards": args.forwards, "max_new_tokens":
-                         args.max_new_tokens, "behaviors": str(args.behaviors or "advbench"), "screen": not args.no_screen})
+                         args.max_new_tokens, "behaviors": str(args.behaviors or "advbench"), "screen": not args.no_screen}
+               | ({"attempts": args.attempts} if args.attempts is not None else {}))
     pool = read_behaviors(args.behaviors or dataset_path("advbench"))
     chosen, screened, screen_seconds = screen(model, pool, args.n, args.max_new_tokens, log_dir, not args.no_screen)
     result: dict = {
@@ -252,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["warning"] = f"only {len(chosen)} of {len(screened)} screened behaviours are refused at baseline"
     for name in methods if chosen else []:
         print(f"--- {name}: {len(chosen)} behaviours x {args.forwards} forwards", flush=True)
-        result[name] = run_method(model, chosen, name, config_for(name, args.forwards, args.max_new_tokens), log_dir)
+        result[name] = run_method(model, chosen, name, config_for(name, args.forwards, args.max_new_tokens,
+                                                                  args.attempts), log_dir)
         print(f"{name}: {result[name]['successes']}/{len(chosen)} substantive, "
               f"{result[name]['substring_successes']} substring, {result[name]['seconds_per_success']:.0f} s and "
               f"{result[name]['forwards_per_success']:.0f} forwards per success", flush=True)
