@@ -11,9 +11,10 @@ Two kinds:
 - "logistic": L2-regularised logistic regression with exactly scikit-learn's objective for
   `LogisticRegression(C=C)` on RAW features (no standardisation; the intercept is not penalised):
       minimise  C * sum_i logloss(y_i, w . x_i + b) + ||w||^2 / 2.
-  It is solved by Newton's method (batched Hessian solves in float64, with a step-size search), which converges
+  It is solved by Newton's method (batched Hessian solves, with a backtracking line search), which converges
   quadratically and is invariant to feature scale, so raw residual-stream features with their large outlier
-  dimensions need no standardisation. It stops when every probe's Newton decrement is below `tol`.
+  dimensions need no standardisation. It stops by scikit-learn's rule (`tol`, default scikit-learn's 1e-4: every
+  gradient component of the mean objective at most `tol`), in float32, or float64 for a `tol` below 1e-6.
 - "mass_mean": the mass-mean probe of Marks and Tegmark (2023): w = mu1 - mu0, the difference of class means,
   with the bias placing the decision boundary half-way between the means, b = -w . (mu0 + mu1) / 2. This is the
   plain variant, not the "iid" one that whitens by the shared covariance. Its probabilities are not
@@ -49,14 +50,14 @@ KINDS = ("logistic", "mass_mean")
 TENSORS = "probes.safetensors"
 META = "probes.json"
 FORMAT = "interp.probes/1"
-_HESSIAN_BYTES = 2**28  # float64 Hessians solved per chunk of probes: bounds memory for wide models
-_CHUNK_BYTES = 2**22  # float64 design matrices fitted together (see `LinearProbes.fit`)
+_CHUNK_BYTES = 2**22  # design matrices fitted together: small enough to stay in the CPU's cache (see `fit`)
 _HESSIAN_EVERY = 2  # Newton iterations per Hessian (formed on the first, reused on the next)
-_STEPS = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 0.0], dtype=torch.float64)
+_FLOAT32_TOL = 1e-6  # below this gradient tolerance float32 cannot resolve the gradient: the fit runs in float64
+_STEPS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)  # the backtracking line search's step sizes, largest first
 
 
 def _logistic_loss(z: Tensor, t: Tensor, w: Tensor, C: float) -> Tensor:
-    """C * sum logloss + ||w||^2 / 2 for logits z [..., n], targets t [..., n] and weights w [..., d]."""
+    """C * sum logloss + ||w||^2 / 2 for logits z [..., n], targets t [n] and weights w [..., d]."""
     return C * F.binary_cross_entropy_with_logits(z, t.expand_as(z), reduction="none").sum(-1) + 0.5 * (w**2).sum(-1)
 
 
@@ -64,57 +65,72 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     """Batched Newton's method for b independent L2 logistic regressions sharing the labels y [n].
 
     Returns weights [b, d], intercepts [b], iterations run, and a bool [b] of which probes converged.
+    Stopping rule (scikit-learn's for `LogisticRegression(tol=tol)`, lbfgs): a probe has converged when every
+    component of the gradient of the mean objective, mean logloss + ||w||^2 / (2 C n), is at most `tol` in absolute
+    value; it then stops moving while the others go on.
+    Precision: float32, or float64 when X is float64, when n < d (the reduced problem is small), when `tol` is
+    below `_FLOAT32_TOL`, and for any probe the float32 run left unconverged; weights come back in float64. The Hessian is
+    formed every `_HESSIAN_EVERY` iterations and reused in between, its Cholesky solve in float64; a backtracking
+    line search (over `_STEPS`) never lets a probe's loss rise, whatever the Hessian's age. A probe whose loss no
+    step lowers has stalled: in float64 that is the optimum to machine precision (converged).
     With fewer examples than dimensions (n < d) the optimal w lies in the span of the examples (the penalty
     only grows outside it, the logits do not change), so the problem is solved exactly in an orthonormal basis
     Q of that span, [n, n] instead of [n, d], and mapped back as w = Q a.
-
-    The Hessian is formed in float32, every `_HESSIAN_EVERY` iterations, and reused in between; the gradient, the
-    logits, the parameters and the Cholesky solves are float64, so the fixed point is full Newton's. The line search
-    (over `_STEPS`, each step's logits from one pass, z - s X step) never lets the loss rise, whatever the Hessian's
-    age; when no step lowers any probe's loss the optimum is reached to machine precision and the fit stops.
     """
     B, n, d = X.shape
+    dtype = torch.float64 if X.dtype == torch.float64 or tol < _FLOAT32_TOL else torch.float32
     if n < d:
-        X64 = X.to(torch.float64)
-        Q, _ = torch.linalg.qr(X64.transpose(1, 2))  # [b, d, n], orthonormal columns spanning the examples
-        a, b, it, conv = fit_logistic(X64 @ Q, y, C, max_iter, tol)
+        Q, _ = torch.linalg.qr(X.to(torch.float64).transpose(1, 2))  # [b, d, n], orthonormal columns spanning the examples
+        a, b, it, conv = fit_logistic(X.to(torch.float64) @ Q, y, C, max_iter, tol)  # small: float64
         return (Q @ a[..., None])[..., 0], b, it, conv
-    Xt = torch.cat([X.to(torch.float64), X.new_ones(B, n, 1, dtype=torch.float64)], -1)  # [b, n, d + 1]
-    X32 = Xt.float()  # the Hessian's pass only
-    dev = Xt.device
-    t = y.to(dev, torch.float64)
-    beta = torch.zeros(B, d + 1, dtype=torch.float64, device=dev)
-    z = torch.zeros(B, n, dtype=torch.float64, device=dev)  # logits X beta, kept up to date without a pass
-    penalty = torch.ones(d + 1, dtype=torch.float64, device=dev)
+    dev = X.device
+    Xt = torch.cat([X.to(dtype), X.new_ones(B, n, 1, dtype=dtype)], -1)  # [b, n, d + 1]
+    t = y.to(dev, dtype)
+    beta = torch.zeros(B, d + 1, dtype=dtype, device=dev)
+    z = torch.zeros(B, n, dtype=dtype, device=dev)  # logits X beta, kept up to date by the steps
+    loss = _logistic_loss(z, t, beta[:, :-1], C)
+    penalty = torch.ones(d + 1, dtype=dtype, device=dev)
     penalty[-1] = 0.0  # the intercept is not penalised
-    jitter = torch.zeros_like(penalty)
-    jitter[-1] = 1e-10 * C * n  # keeps H invertible when every probability saturates
-    steps = _STEPS.to(dev)
-    rows = torch.arange(B, device=dev)
+    ridge = torch.diag(torch.cat([penalty[:-1], penalty.new_full((1,), 1e-10 * C * n)]).double())  # H stays invertible
+    gtol = tol * C * n  # scikit-learn's tolerance on the mean objective, in this objective's units
     converged = torch.zeros(B, dtype=torch.bool, device=dev)
+    stalled = torch.zeros(B, dtype=torch.bool, device=dev)
     chol = None
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations run)
         p = torch.sigmoid(z)
-        grad = C * torch.einsum("bnd,bn->bd", Xt, p - t) + penalty * beta
+        grad = C * torch.bmm((p - t)[:, None, :], Xt)[:, 0] + penalty * beta
+        converged = grad.abs().amax(-1) <= gtol
+        if (converged | stalled).all():
+            break
         if chol is None or (it - 1) % _HESSIAN_EVERY == 0:
-            s = (p * (1 - p)).float()
-            H = (C * (X32 * s[..., None]).transpose(1, 2) @ X32).double() + torch.diag(penalty + jitter)
-            chol = torch.linalg.cholesky(H)
-        step = torch.cholesky_solve(grad[..., None], chol)[..., 0]
-        decrement = (grad * step).sum(-1)  # lambda^2: twice the predicted decrease
-        converged = decrement / 2 <= tol
-        if converged.all():
+            Xs = Xt * (p * (1 - p))[..., None]
+            chol = torch.linalg.cholesky(C * torch.bmm(Xs.transpose(1, 2), Xt).double() + ridge)
+        step = torch.cholesky_solve(grad.double()[..., None], chol)[..., 0].to(dtype)
+        z_step = torch.bmm(Xt, step[..., None])[..., 0]
+        todo = ~converged & ~stalled
+        for size in _STEPS:
+            rows = todo.nonzero()[:, 0]
+            if len(rows) == 0:
+                break
+            zc, bc = z[rows] - size * z_step[rows], beta[rows] - size * step[rows]
+            lc = _logistic_loss(zc, t, bc[:, :-1], C)
+            ok = lc <= loss[rows]
+            done = rows[ok]
+            stalled[done] = lc[ok] == loss[done]  # no lower loss at this precision: the optimum to it
+            z[done], beta[done], loss[done] = zc[ok], bc[ok], lc[ok]
+            todo[done] = False
+        stalled |= todo  # no step keeps the loss: likewise
+        if (converged | stalled).all():
             break
-        z_step = torch.einsum("bnd,bd->bn", Xt, step)
-        zc = z[None] - steps[:, None, None] * z_step[None]  # [steps, b, n]
-        cand = beta[None] - steps[:, None, None] * step[None]  # [steps, b, d + 1]
-        losses = _logistic_loss(zc, t, cand[..., :-1], C)  # [steps, b]
-        best = losses.argmin(0)  # includes step 0 (stay), so the loss never rises
-        beta, z = cand[best, rows], zc[best, rows]
-        if (best == len(steps) - 1).all():  # no step lowers any loss: the optimum to machine precision
-            converged = torch.ones_like(converged)
-            break
+    if dtype == torch.float64:  # stalled in float64: the optimum to machine precision
+        converged |= stalled
+    beta = beta.double()
+    if dtype == torch.float32 and not converged.all():  # float32 ran out of digits first: these again in float64
+        redo = (~converged).nonzero()[:, 0]
+        w64, b64, it64, converged[redo] = fit_logistic(X[redo].double(), y, C, max_iter, tol)
+        beta[redo] = torch.cat([w64, b64[:, None]], -1)
+        it = max(it, it64)
     return beta[:, :-1], beta[:, -1], it, converged
 
 
@@ -126,7 +142,7 @@ class LinearProbes:
     They are differentiable torch operations on X's device and dtype, so attacks can use frozen probes as losses.
     """
 
-    def __init__(self, kind: str = "logistic", C: float = 1.0, max_iter: int = 100, tol: float = 1e-10,
+    def __init__(self, kind: str = "logistic", C: float = 1.0, max_iter: int = 100, tol: float = 1e-4,
                  provenance: dict | None = None):
         if kind not in KINDS:
             raise InterpError(f"unknown probe kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -134,6 +150,8 @@ class LinearProbes:
             raise InterpError(f"C (inverse regularisation strength) must be a positive number, got {C!r}")
         if not isinstance(max_iter, int) or max_iter < 1:
             raise InterpError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0:
+            raise InterpError(f"tol (the gradient tolerance, scikit-learn's) must be a positive number, got {tol!r}")
         self.kind, self.C, self.max_iter, self.tol, self.provenance = kind, float(C), max_iter, float(tol), provenance
 
     def __repr__(self) -> str:
@@ -151,9 +169,9 @@ class LinearProbes:
             b = -(w * (mu0 + mu1)).sum(-1) / 2
             self.n_iter_, self.converged_ = 0, torch.ones(w.shape[0], dtype=torch.bool)
         else:
-            # probes per chunk: their Hessians bounded, and their float64 data small enough to stay in the CPU's
-            # cache through the passes of every Newton iteration (each chunk also stops when it has converged)
-            chunk = max(1, min(_HESSIAN_BYTES // (8 * (d + 1) ** 2), _CHUNK_BYTES // (8 * n * (d + 1))))
+            # probes per chunk: their data small enough to stay in the CPU's cache through the passes of every
+            # Newton iteration (each chunk also stops when it has converged)
+            chunk = max(1, _CHUNK_BYTES // (4 * n * (d + 1)))
             ws, bs, conv, iters = [], [], [], 0
             for start in range(0, Xb.shape[0], chunk):
                 w_, b_, it, c_ = fit_logistic(Xb[start:start + chunk], y, self.C, self.max_iter, self.tol)
@@ -255,7 +273,7 @@ class LinearProbes:
                               f"but {META} says {shape}; the two files do not belong together")
         if not (torch.isfinite(coef).all() and torch.isfinite(intercept).all()):
             raise InterpError(f"{directory / TENSORS} contains NaN or inf; the stored probes are corrupt, fit them again")
-        out = cls(meta["kind"], C=meta.get("C", 1.0), max_iter=meta.get("max_iter", 100), tol=meta.get("tol", 1e-10))
+        out = cls(meta["kind"], C=meta.get("C", 1.0), max_iter=meta.get("max_iter", 100), tol=meta.get("tol", 1e-4))
         out.coef_, out.intercept_, out.provenance_ = coef.float(), intercept.float(), prov
         out.n_iter_, out.converged_ = meta.get("n_iter", 0), torch.tensor(bool(meta.get("converged", True)))
         if model is not None:

@@ -50,7 +50,7 @@ def objective(w, b, X, y, C=1.0):
 def test_logistic_matches_sklearn_per_layer_on_real_activations(last):
     X, y = last
     train, test = stratified_split(y.bool(), 0.25, seed=0)
-    probes = LinearProbes("logistic", C=1.0).fit(X[train], y[train])
+    probes = LinearProbes("logistic", C=1.0, tol=1e-10).fit(X[train], y[train])  # scikit-learn's tight fit below
     assert probes.coef_.shape == (30, 576) and probes.intercept_.shape == (30,)
     assert bool(probes.converged_.all())
     ours_train, ours_test = probes.score(X[train], y[train]), probes.score(X[test], y[test])
@@ -75,11 +75,32 @@ def test_logistic_matches_sklearn_when_examples_outnumber_dims():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(300, 3, 12, generator=g) * torch.linspace(0.1, 10, 12)  # badly scaled features, raw
     y = ((X[:, :, :4].sum(-1) + torch.randn(300, 3, generator=g) * 3)[:, 1] > 0).long()
-    probes = LinearProbes(C=0.5).fit(X, y)
+    probes = LinearProbes(C=0.5, tol=1e-10).fit(X, y)
     for layer in range(3):
         sk = sklearn_fit(X[:, layer], y, C=0.5)
         assert torch.allclose(probes.coef_[layer].double(), torch.tensor(sk.coef_[0]), rtol=1e-4, atol=1e-5)
         assert float(probes.intercept_[layer]) == pytest.approx(sk.intercept_[0], abs=1e-4)
+
+
+def test_default_tolerance_is_scikit_learns_stopping_rule():
+    """At the default tol (scikit-learn's 1e-4) the float32 fit stops where scikit-learn's rule says: every
+    gradient component of the mean objective within tol; predictions equal scikit-learn's default fit."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(400, 5, 16, generator=g) * torch.linspace(0.5, 20, 16)
+    y = ((X[:, 2, :6] @ torch.randn(6, generator=g) + torch.randn(400, generator=g) * 8) > 0).long()
+    probes = LinearProbes().fit(X, y)
+    assert probes.tol == 1e-4 and bool(probes.converged_.all())
+    for layer in range(5):
+        Xl = X[:, layer].double()
+        w, b = probes.coef_[layer].double(), probes.intercept_[layer].double()
+        r = torch.sigmoid(Xl @ w + b) - y.double()
+        grad = torch.cat([Xl.T @ r + w, r.sum()[None]]) / len(y)  # the mean objective's gradient (C = 1)
+        assert float(grad.abs().max()) <= 1e-4 * 1.01, (layer, float(grad.abs().max()))
+        sk = LogisticRegression().fit(Xl.numpy(), y.numpy())
+        agree = (probes.predict(X)[:, layer].numpy() == sk.predict(Xl.numpy())).mean()
+        assert agree >= 0.995, (layer, agree)
+    with pytest.raises(InterpError, match="tol"):
+        LinearProbes(tol=0)
 
 
 def test_heldout_accuracy_high_at_middle_layers(last):

@@ -254,7 +254,7 @@ class Subspace:
             if isinstance(item, Tensor):
                 t = item.detach().cpu().contiguous()
                 h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
             else:
                 h.update(b"J" + json.dumps(item, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
