@@ -102,7 +102,9 @@ class RefusalConfig:
     rows_per_forward: int = 32  # (candidate, prompt) rows per scoring forward
     one_candidate_per_forward: bool = False  # the slow reference loop, for the benchmark
     refusal_new_tokens: int = 8  # greedy tokens generated to estimate the refusal tokens
-    addition_alphas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)  # tried for the addition strength
+    addition_alphas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)  # tried in this order for the addition strength
+    lazy_filters: bool = True  # filters (b) and (c) scored in order of ablation score until the first candidate
+    # passes (the same choice as scoring them all; the per-layer table then lacks KL and addition of the others)
     seed: int = 0
 
 
@@ -130,11 +132,12 @@ class RefusalResult(Result):
     @property
     def per_layer(self) -> list[dict]:
         """The plain difference in means of every layer at the last end-of-instruction position, scored exactly:
-        layer, validation refusal score under ablation, the cut of the baseline score, KL, addition score."""
+        layer, validation refusal score under ablation, the cut of the baseline score, KL, addition score (None
+        where the lazy filter scan stopped before the candidate: `RefusalConfig.lazy_filters`)."""
         last = len(self.position_tokens) - 1
         base = self.baseline["harmful_refusal_score"]
         return [{"layer": r["layer"], "ablation_score": r["ablation_score"], "cut": base - r["ablation_score"],
-                 "kl": r["kl"], "addition_score": r["addition_score"], "passes": r["passes"]}
+                 "kl": r.get("kl"), "addition_score": r.get("addition_score"), "passes": r.get("passes")}
                 for r in self.candidates if r["position_index"] == last and "ablation_score" in r]
 
     def messages(self) -> list[str]:
@@ -193,6 +196,11 @@ class RefusalResult(Result):
         if key == "predicted_ablation":
             return what + (" These are first-order estimates from attribution patching, available for every "
                            "candidate; they only rank the candidates for exact scoring.")
+        if key in ("kl", "addition_score") and self.config.lazy_filters:
+            return what + (f" {n_scored} of the {n} candidates have this score: filters are scored in order of the "
+                           "ablation score and the walk stops at the first candidate passing them all (the choice; "
+                           "lazy_filters). Grey cells were not reached, which says nothing about their value; "
+                           "lazy_filters=False scores every candidate the ablation map shows.")
         if n_scored == n:
             return what + f" All {n} candidates were scored exactly."
         every_layer = " plus every layer's last position" if self.config.score_every_layer else ""
@@ -411,48 +419,61 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None,
         keep = list(range(len(cand)))
     timings["attribution"] = time.perf_counter() - t
 
-    # 5. exact, batched scoring: ablation on harmful (refusal) and harmless (KL) in one pass, addition on harmless
+    # 5. exact, batched scoring: every kept candidate's ablation score on the harmful prompts; then filters (b) and
+    # (c) in order of that score, as far as the choice needs (`lazy_filters`), or for every kept candidate
     t = time.perf_counter()
-    nh = len(ids_h)
-    kl = kl_rows(clean_s)
-
-    def ablation_reduce(logits: Tensor, prompt: Tensor) -> Tensor:
-        out = torch.empty(len(prompt))
-        is_h = prompt < nh
-        if is_h.any():
-            out[is_h] = refusal.score_logits(logits[is_h])
-        if (~is_h).any():
-            out[~is_h] = kl(logits[~is_h], prompt[~is_h] - nh)
-        return out
-
     opts = dict(rows_per_forward=cfg.rows_per_forward, one_candidate_per_forward=cfg.one_candidate_per_forward)
-    abl = ablation_scores(model, ids_h + ids_s, units[keep], ablation_reduce, **opts)
-    add = addition_scores(model, ids_s, raws[keep], cand_layers[keep].tolist(), lambda lg, p: refusal.score_logits(lg), **opts)
+    refusal_reduce = lambda lg, _: refusal.score_logits(lg)
+    kl = kl_rows(clean_s)
+    abl = ablation_scores(model, ids_h, units[keep], refusal_reduce, **opts).mean(1)
     for j, i in enumerate(keep):
-        rows[i].update(ablation_score=abl[j, :nh].mean().item(), kl=abl[j, nh:].mean().item(), addition_score=add[j].mean().item())
+        rows[i]["ablation_score"] = abl[j].item()
+    scan = sorted(keep, key=lambda i: (rows[i]["ablation_score"], i))
+    block = max(1, cfg.rows_per_forward // max(len(ids_s), 1)) if cfg.lazy_filters else len(scan)
+    for start in range(0, len(scan), block):
+        part = scan[start:start + block]
+        kls = ablation_scores(model, ids_s, units[part], kl, desc="KL", **opts).mean(1)
+        for i, v in zip(part, kls.tolist()):
+            rows[i]["kl"] = v
+        need = part if not cfg.lazy_filters else [i for i in part if rows[i]["kl"] < cfg.kl_threshold]
+        if need:
+            adds = addition_scores(model, ids_s, raws[need], cand_layers[need].tolist(), refusal_reduce, **opts).mean(1)
+            for i, v in zip(need, adds.tolist()):
+                rows[i]["addition_score"] = v
+        for i in part:
+            r = rows[i]
+            reasons = [why for bad, why in [(r.get("addition_score", 1.0) <= 0, "addition does not induce refusal"),
+                                             (r["kl"] >= cfg.kl_threshold, f"KL >= {cfg.kl_threshold}")] if bad]
+            r["passes"], r["filtered"] = not reasons, "; ".join(reasons)
+        if cfg.lazy_filters and any(rows[i]["passes"] for i in part):
+            break  # every candidate with a lower ablation score failed a filter: this block holds the choice
     timings["scoring"] = time.perf_counter() - t
 
-    # 6. filters (b)-(d), then the lowest ablation refusal score
-    for i in keep:
-        r = rows[i]
-        reasons = [why for bad, why in [(r["addition_score"] <= 0, "addition does not induce refusal"),
-                                         (r["kl"] >= cfg.kl_threshold, f"KL >= {cfg.kl_threshold}")] if bad]
-        r["passes"], r["filtered"] = not reasons, "; ".join(reasons)
-    best, relaxed = _select(rows, keep, cfg.kl_threshold)
+    # 6. filters (b)-(d) applied: the lowest ablation refusal score among the candidates that pass
+    best, relaxed = _select(rows, [i for i in scan if "passes" in rows[i]], cfg.kl_threshold)
     if relaxed:
         relaxations.append(f"direction selection: {relaxed}")
+    if "addition_score" not in rows[best]:  # a relaxed choice the lazy scan did not need it for
+        rows[best]["addition_score"] = addition_scores(model, ids_s, raws[[best]], [int(cand_layers[best])], refusal_reduce,
+                                                       **opts).mean().item()
     chosen = dict(rows[best], relaxed=relaxed)
     p, li = cand[best]
     l = layers[li]
     # 7. the addition strength: the smallest multiple of the mean difference that tips harmless validation
     # prompts to refusal (first-token score > 0); Arditi et al. add it once, which is too weak on some models
     t = time.perf_counter()
-    alphas = torch.tensor(cfg.addition_alphas)
-    by_alpha = addition_scores(model, ids_s, alphas[:, None] * mean_diffs[p, li], [l] * len(alphas),
-                               lambda lg, _: refusal.score_logits(lg), **opts).mean(1)
-    tipped = (by_alpha > 0).nonzero().flatten()
-    chosen["addition_alpha"] = float(alphas[tipped[0]] if len(tipped) else alphas[by_alpha.argmax()])  # else the strongest
-    chosen["addition_score_by_alpha"] = dict(zip(map(str, cfg.addition_alphas), by_alpha.tolist()))
+    by_alpha: dict[str, float] = {}
+    for alpha in cfg.addition_alphas:  # in the order given, stopping at the first that tips
+        if alpha == 1.0 and "addition_score" in chosen:
+            by_alpha[str(alpha)] = chosen["addition_score"]  # scored above: the mean difference itself
+        else:
+            by_alpha[str(alpha)] = addition_scores(model, ids_s, alpha * mean_diffs[p, li][None], [l], refusal_reduce,
+                                                   desc="alpha", **opts).mean().item()
+        if by_alpha[str(alpha)] > 0:
+            break
+    tipped = [a for a in cfg.addition_alphas if by_alpha.get(str(a), 0.0) > 0]
+    chosen["addition_alpha"] = float(tipped[0] if tipped else max(cfg.addition_alphas, key=lambda a: by_alpha[str(a)]))
+    chosen["addition_score_by_alpha"] = by_alpha  # the strengths tried, up to the first that tips
     timings["alpha"] = time.perf_counter() - t
     direction = Direction.from_vector(mean_diffs[p, li], {
         "model": model.fingerprint, "site": f"blocks.{l}.hook_resid_pre", "layer": l, "position": p - P,
@@ -469,13 +490,13 @@ def run(model: "Model", data: RefusalData, config: RefusalConfig | None = None,
 
 def compare_searches(shortlist: RefusalResult, exhaustive: RefusalResult, k: int = 5) -> dict:
     """Does a shortlist run choose what the exhaustive run (`shortlist=None`) chooses? `same_choice`; the top-k
-    candidates by exact ablation score among those the selection rule allowed (`eligible`: passing every filter,
-    or the relaxed rule's set) in each run and their overlap; `exhaustive_top_k_scored`: how many of the
-    exhaustive top-k the shortlist scored at all."""
+    candidates by exact ablation score (the order the filter scan walks; every scored candidate has it) in each
+    run and their overlap; `exhaustive_top_k_scored`: how many of the exhaustive top-k the shortlist scored at all;
+    `n_filter_scored`: candidates whose filters were scored in each run (the lazy scan stops at the choice)."""
     key = lambda r: (r["position"], r["layer"])
 
     def top(res: RefusalResult) -> list[tuple[int, int]]:
-        pool = [r for r in res.candidates if r.get("eligible")]
+        pool = [r for r in res.candidates if "ablation_score" in r]
         return [key(r) for r in sorted(pool, key=lambda r: r["ablation_score"])[:k]]
 
     a, b = top(shortlist), top(exhaustive)
@@ -484,7 +505,9 @@ def compare_searches(shortlist: RefusalResult, exhaustive: RefusalResult, k: int
             "exhaustive_choice": key(exhaustive.chosen), f"top{k}_shortlist": a, f"top{k}_exhaustive": b,
             f"top{k}_overlap": len(set(a) & set(b)) / max(len(b), 1),
             f"exhaustive_top{k}_scored": sum(c in scored for c in b) / max(len(b), 1),
-            "n_scored_shortlist": len(scored), "n_candidates": len(exhaustive.candidates)}
+            "n_scored_shortlist": len(scored), "n_candidates": len(exhaustive.candidates),
+            "n_filter_scored": {"shortlist": sum("passes" in r for r in shortlist.candidates),
+                                "exhaustive": sum("passes" in r for r in exhaustive.candidates)}}
 
 
 def _select(rows: list[dict], keep: list[int], kl_threshold: float) -> tuple[int, str | None]:

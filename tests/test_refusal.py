@@ -259,3 +259,38 @@ def test_answers_together_equal_one_call_per_condition(tokenizer):
     assert [a.ids for a in edits["harmful_ablated"]] == [a.ids for a in apart["harmful_ablated"]] and len(edits) == 2
     with pytest.raises(InterpError, match="unknown conditions"):
         refusal.answers(model, direction, harmful, harmless, conditions=("harmful_added",))
+
+
+def test_lazy_filter_scan_chooses_what_scoring_every_candidate_chooses(tokenizer):
+    """Filters (b) and (c) scored in order of ablation score until one passes give the choice of scoring them for
+    every candidate, from fewer candidates. On a tiny random Qwen2: with half the vocabulary as "refusal" tokens
+    additions pass and the scan can stop early; with one token, where none passes, the relaxed choice agrees too."""
+    from tests.tiny import tiny_model
+
+    model = tiny_model("qwen2", tokenizer)
+    harmful, harmless = dataset("harmful_train", n=9), dataset("harmless_train", n=9)
+    half = model.logits(harmless).softmax(-1).mean(0).argsort(descending=True)[: len(tokenizer) // 2].tolist()
+    one = tokenizer("I", add_special_tokens=False).input_ids
+    for refusal_ids, kl_threshold in ((half, 100.0), (one, 1e-4)):
+        data = refusal.RefusalData(harmful, harmless, refusal=RefusalScore(refusal_ids=refusal_ids))
+        cfg = refusal.RefusalConfig(n_val=3, shortlist=None, filter=False, kl_threshold=kl_threshold, rows_per_forward=3)
+        lazy = refusal.run(model, data, cfg)
+        full = refusal.run(model, data, dataclasses.replace(cfg, lazy_filters=False))
+        key = lambda c: (c["position"], c["layer"])
+        assert key(lazy.chosen) == key(full.chosen) and lazy.chosen["relaxed"] == full.chosen["relaxed"]
+        assert lazy.chosen["addition_alpha"] == full.chosen["addition_alpha"]
+        scanned = [c for c in lazy.candidates if "passes" in c]
+        assert all("passes" in c for c in full.candidates)
+        by_key = {key(c): c for c in full.candidates}
+        for c in scanned:  # the same exact scores wherever the lazy scan scored them
+            assert abs(c["kl"] - by_key[key(c)]["kl"]) < 1e-6
+        lower = [c for c in scanned if c["ablation_score"] < lazy.chosen["ablation_score"]]
+        if lazy.chosen["relaxed"] is None:  # everything the scan passed over failed a filter
+            assert not any(c["passes"] for c in lower)
+        if refusal_ids == half:  # additions keep these tokens likely: the first candidates pass, the scan stops
+            assert lazy.chosen["relaxed"] is None
+            assert len(scanned) < len(lazy.candidates)
+        else:
+            assert lazy.chosen["relaxed"] and len(scanned) == len(lazy.candidates)
+    compare = refusal.compare_searches(lazy, full)
+    assert compare["same_choice"] and compare["n_filter_scored"]["exhaustive"] >= compare["n_filter_scored"]["shortlist"]

@@ -61,7 +61,8 @@ def directions_extract(
     best = min(result.per_layer, key=lambda r: r["ablation_score"], default=None)
     if best is not None:
         typer.echo(f"best single layer (last position): layer {best['layer']}, ablation refusal score "
-                   f"{best['ablation_score']:.2f}, KL {best['kl']:.3f} (table: per_layer in result.json)")
+                   f"{best['ablation_score']:.2f}" + (f", KL {best['kl']:.3f}" if best["kl"] is not None else "")
+                   + " (table: per_layer in result.json)")
     typer.echo(f"wrote {out}/subspace.safetensors, subspace.json, candidates.json, report.html, log.txt")
 
 
