@@ -60,7 +60,8 @@ lint: install
 
 # Every benchmark at HEAD; each writes benchmarks/results/<name>.json with its provenance (commit, command, machine,
 # versions, date). The refusal and abliteration benchmarks run Arditi et al.'s setting (--system none, no system
-# turn), not the library's default system prompt. About 5 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, abliteration ~25, attack ~30 (8 behaviours, SSR and GCG),
+# turn), not the library's default system prompt. About 6 hours on a 2-core CPU (capture ~2 min, refusal ~75 on one thread, extract_time ~30 (the default
+# run and the exhaustive one), demo_time ~5, probes ~5, abliteration ~25, attack ~30 (8 behaviours, SSR and GCG),
 # patching ~15, heads ~15 (the inhibition score of the channel and its control; every single component too without --no-components, ~30),
 # das ~9, truthful ~75 on one thread, overlap ~15, concepts ~35); the GPU benchmark runs only where CUDA is
 # available (~3 min on an H100). Attack logs go to out/bench/.
@@ -71,6 +72,9 @@ bench: models
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.refusal --model qwen2.5-coder-0.5b-instruct --system none --n-train 128 --n-val 32 --n-eval 32 \
 		--max-new-tokens 256 --skip-loop --gen-prompts 4 --gen-runs 1 --save-direction out/bench/arditi_dir \
 		--out $(BENCH)/refusal_qwen05.json
+	$(PY) -m benchmarks.extract_time --exhaustive --out $(BENCH)/extract_time.json --wait-load 2.5
+	$(PY) -m benchmarks.demo_time --out $(BENCH)/demo_time.json --wait-load 2.5
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.probes --model qwen2.5-coder-0.5b-instruct --questions 200 --out $(BENCH)/probes_qwen05.json
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.abliteration --model qwen2.5-coder-0.5b-instruct --arditi out/bench/arditi_dir \
 		--system none --n-train 128 --n-val 32 --n-test 32 --trials 30 --n-startup-trials 12 --final-points 2 \
 		--max-new-tokens 256 --out $(BENCH)/abliteration_qwen05.json

@@ -195,6 +195,29 @@ SECTIONS: dict[str, Section] = {
              ("steered / plain generation time", "generation_overhead/steered_ratio")]),
          Table("each layer's difference in means, last position, ablated", "extraction/per_layer",
                ["layer", "ablation_score", "cut", "kl", "addition_score", "passes"], row_label="#")]),
+    "extract_time": Section(
+        "`interp directions extract` at its defaults", "The command a user runs, in a subprocess at the default "
+        "thread settings: the bundled model, 128 + 128 training prompts, the template's own system prompt, the "
+        "attribution shortlist and the lazy filter walk; then the same with every candidate scored (`--shortlist 0`). "
+        "Wall time, the analysis's own steps, and whether the two choose the same direction (issue 20's target: "
+        "the default run within 10 minutes, the same choice).",
+        [Table("runs", "runs", ["total_seconds", "n_candidates", "n_scored", "n_filter_scored", "chosen/layer",
+                                "chosen/position", "chosen/relaxed", "load_avg_before"], row_label="run"),
+         Table("steps, s", "runs", inner="timings_s", row_label="run"),
+         Values("shortlist vs every candidate", [
+             ("same choice", "shortlist_vs_exhaustive/same_choice"),
+             ("top 5 by ablation score, shortlist", "shortlist_vs_exhaustive/top5_shortlist"),
+             ("top 5 by ablation score, every candidate", "shortlist_vs_exhaustive/top5_exhaustive"),
+             ("target: default run at most, s", "target/default_run_at_most_s"), ("target met", "target/met")])]),
+    "demo_time": Section(
+        "`make demo` after set-up", "`interp demo` in a subprocess at the default thread settings, as a new user runs "
+        "it: wall time, the demo's steps, the refusal method's sub-steps, and what it showed (issue 20's target: "
+        "at most 5 minutes, the effect still shown).",
+        [Values("run", [("total, s", "total_seconds"), ("load before", "load_avg_before"),
+                        ("chosen layer", "chosen/layer"), ("chosen position", "chosen/position")]),
+         Values("demo steps, s", [(k, f"steps_s/{k}") for k in ("load", "refusal", "separation", "answers", "reports")]),
+         Values("refusal method steps, s", [(k, f"refusal_method_steps_s/{k}") for k in
+                                            ("judge", "filter", "capture", "attribution", "scoring", "alpha")])]),
     "abliteration_qwen05": Section(
         "Abliteration search (heretic)", "heretic's multi-objective search (refusals and KL) over weight kernels and "
         "direction choices, the chosen Pareto point judged on held-out test prompts, beside Arditi's direction "
