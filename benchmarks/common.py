@@ -1,5 +1,5 @@
-"""What every benchmark shares: provenance, timing in rotating rounds, the steered-generation measurement, and
-the JSON writer.
+"""What every benchmark shares: provenance, timing in rotating rounds (on a GPU also by CUDA events, with peak
+memory: `measured_rounds`), the steered-generation measurement, and the JSON writer.
 
 Every result file starts with these provenance fields, at its top level, so that a figure can be traced to the
 code and the machine that produced it and regenerated with the same command:
@@ -23,10 +23,11 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -140,14 +141,76 @@ def rounds(methods: dict[str, Callable[[], object]], runs: int, warmup: int = 1,
     """Time every method once per round, `warmup` untimed rounds first. The order rotates from round to round,
     so that a slow spell of a shared machine falls on all methods alike."""
     times: dict[str, list[float]] = {name: [] for name in methods}
-    names = list(methods)
+    for r, name in _rotation(list(methods), runs, warmup):
+        t = timed(methods[name], device)
+        if r >= warmup:
+            times[name].append(t)
+    return times
+
+
+def _rotation(names: list[str], runs: int, warmup: int) -> Iterator[tuple[int, str]]:
+    """(round, method) in the order `rounds` times them: every name once per round, the order rotated by one from
+    round to round, `warmup + runs` rounds."""
     for r in range(warmup + runs):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            t = timed(methods[name], device)
-            if r >= warmup:
-                times[name].append(t)
-    return times
+            yield r, name
+
+
+# ----- timing on the GPU's own clock, with peak memory -----
+
+@dataclass
+class Measured:
+    """What `measured_rounds` returns: per method, the seconds of each timed round (`times`, in round order), the
+    peak GPU memory allocated during any of its timed rounds (`peaks`, bytes, everything resident included) and
+    the largest rise of that peak over what was allocated when a call began (`working`, bytes: the call's own
+    working memory); both None on the CPU."""
+
+    times: dict[str, list[float]]
+    peaks: dict[str, int | None]
+    working: dict[str, int | None]
+
+
+def timed_peak(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[float, int | None, int | None]:
+    """Seconds that `fn()` takes, GPU work included; the peak GPU memory allocated meanwhile (bytes; weights and
+    everything else already allocated count too) and what was allocated when it began (bytes); both None on the
+    CPU.
+
+    On CUDA: `torch.cuda.synchronize` (the stream is idle), `reset_peak_memory_stats`, then CUDA events
+    (`enable_timing=True`) recorded on the current stream before and after `fn()`, and a synchronize: the
+    events' elapsed time runs from the call to the end of the last kernel `fn` queued on that stream, host-side
+    work inside `fn` included (the idle stream reaches the start event at once), on the GPU's clock rather than
+    the host's. On the CPU: `timed` (perf_counter), the same as the other benchmarks."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return timed(fn, device), None, None
+    with torch.cuda.device(device):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)  # every stream, not only the events'
+        return start.elapsed_time(end) / 1000, torch.cuda.max_memory_allocated(device), before
+
+
+def measured_rounds(methods: dict[str, Callable[[], object]], runs: int, warmup: int = 1,
+                    device: torch.device | str = "cpu") -> Measured:
+    """`rounds` (the same rotating order, `warmup` untimed rounds first) timed by `timed_peak`: CUDA events and
+    the peak memory of each method on a GPU, perf_counter on the CPU."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    peaks: dict[str, int | None] = {name: None for name in methods}
+    working: dict[str, int | None] = {name: None for name in methods}
+    for r, name in _rotation(list(methods), runs, warmup):
+        t, peak, before = timed_peak(methods[name], device)
+        if r >= warmup:
+            times[name].append(t)
+            if peak is not None and before is not None:
+                peaks[name] = max(peak, peaks[name] or 0)
+                working[name] = max(peak - before, working[name] or 0)
+    return Measured(times, peaks, working)
 
 
 def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
@@ -164,12 +227,18 @@ def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
 
 # ----- steered generation -----
 
+def generate_kwargs(model, prompts: list[str], tokens: int) -> dict[str, Any]:
+    """`hf.generate` arguments for greedy generation of exactly `tokens` new tokens after the chat-formatted
+    `prompts` (one left-padded batch on the model's device)."""
+    batch = model.tokenize(model.prepare_prompts(prompts))
+    return dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=tokens,
+                min_new_tokens=tokens, do_sample=False, pad_token_id=model.pad_id)
+
+
 def generation_overhead(model, intervention, prompts: list[str], tokens: int, runs: int) -> dict[str, Any]:
     """Generation of exactly `tokens` new tokens (greedy) under `intervention` vs plain `hf.generate` on the same
     batch: medians of `runs` rounds after one warm-up, the order rotated."""
-    batch = model.tokenize(model.prepare_prompts(prompts))
-    kw = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=tokens,
-              min_new_tokens=tokens, do_sample=False, pad_token_id=model.pad_id)
+    kw = generate_kwargs(model, prompts, tokens)
 
     def steered():
         with model.intervene(intervention):

@@ -105,6 +105,61 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu_and_writes_every_measurement(tmp_pat
         for key in ("together_s_per_behaviour_step", "one_at_a_time_s_per_behaviour_step", "ratio"):
             assert _positive(row[key]), (key, row)
     assert _positive(data["total_seconds"])
+    _check_new_measurements(data)
+
+
+# Per new measurement: its methods (each timed against the measurement's baseline, the first name after the
+# key), the methods that compute the baseline's numbers, and the fp32 tolerance of that check.
+NEW_MEASUREMENTS = {
+    "patching": ("one_location_per_forward", ["batched"], 1e-4),
+    "probes": ("sklearn_loop", ["batched"], 1e-2),  # two solvers stopped by the same gradient tolerance
+    "das": ("full_forward", ["das"], 1e-4),
+    "likelihoods": ("one_per_forward", ["prefix_cache", "no_prefix_cache"], 1e-3),
+}
+OTHER_FRAMEWORKS = {"capture": ["tl_run_with_cache", "nnsight_trace"], "generation": ["tl_steered", "nnsight_steered"]}
+
+
+def _check_new_measurements(data: dict) -> None:
+    """Every measurement the issue asks for is present, timed (positive medians, one per round), checked against
+    its baseline in fp32, and TransformerLens and nnsight are measured where installed (else a reason is given)."""
+    from importlib.util import find_spec
+
+    sizes = gpu.TINY_SIZES
+    for key in gpu.MEASUREMENTS:
+        assert "error" not in data[key], data[key].get("traceback")
+        assert _positive(data[key]["seconds"])
+    for key, (baseline, same, tol) in NEW_MEASUREMENTS.items():
+        row = data[key]
+        runs = sizes.runs if key == "probes" else sizes.loop_runs
+        for name in [baseline, *same]:
+            assert _positive(row[f"{name}_s"]) and len(row["times_s"][name]) == runs, (key, name)
+            assert name in row["peak_memory_gib"] and row["peak_memory_gib"][name] is None  # None on the CPU
+        for name in same:
+            assert _positive(row[f"{name}_ratio"]) and row["max_abs_diff_by_method"][name] <= tol, (key, name, row)
+        assert row["max_abs_diff"] <= tol and _positive(row["speedup"]), (key, row)
+    assert data["patching"]["prompt_tokens"] == sizes.prompt_tokens, "the task prompts were lengthened"
+    assert data["das"]["steps"] > 0 and _positive(data["das"]["das_s_per_step"])
+    assert data["das"]["not_measured"]["several_sites_together"], "no batched multi-site DAS: the reason is recorded"
+    assert _positive(data["probes"]["sklearn_all_heads_s"]) and data["probes"]["max_prediction_disagreement"] <= 0.1
+    assert data["likelihoods"]["continuations"] > data["likelihoods"]["questions"]
+    assert data["scoring"]["prompt_tokens"] >= sizes.prompt_tokens
+
+    cap, gen = data["capture"], data["generation"]
+    assert set(cap["max_abs_diff_by_method"]) >= {"capture_prefix_cache", "capture_no_prefix_cache", "capture_all_tokens"}
+    assert gen["steered_ratio"] == gen["steered_s"] / gen["plain_s"]
+    installed = {"tl": find_spec("transformer_lens") is not None, "nnsight": find_spec("nnsight") is not None}
+    for key, names in OTHER_FRAMEWORKS.items():
+        row = data[key]
+        assert row["max_abs_diff"] < 1e-4, f"{key}: every method must give our values (fp32): {row['max_abs_diff_by_method']}"
+        for name in names:
+            if installed[name.split("_")[0]]:
+                assert _positive(row[f"{name}_s"]) and _positive(row[f"{name}_ratio"]), (key, name)
+                assert len(row["times_s"][name]) == sizes.runs and name in row["max_abs_diff_by_method"]
+            else:
+                assert row["not_measured"][name], f"{key}: {name} was neither measured nor given a reason"
+    for name in OTHER_FRAMEWORKS["generation"]:
+        if name in gen["tokens_agree"]:
+            assert gen["tokens_agree"][name] == 1.0, (name, gen["tokens_agree"])
 
 
 def test_gpu_benchmark_model_has_the_shape_of_qwen25_1_5b():
@@ -117,3 +172,42 @@ def test_gpu_benchmark_model_has_the_shape_of_qwen25_1_5b():
     n = sum(p.numel() for p in hf.parameters())
     assert type(hf).__name__ == "Qwen2ForCausalLM"
     assert round(n / 1e9, 2) == 1.54 and round((n - hf.get_input_embeddings().weight.numel()) / 1e9, 2) == 1.31
+
+
+def test_gpu_benchmark_7b_shape_has_the_parameters_of_qwen25_7b():
+    """The --shape 7b model is Qwen2.5-7B's architecture: its published parameter counts (7.62B in all, 6.53B
+    without the embedding and the untied unembedding), built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(gpu.make_config(gpu.QWEN25_7B))
+    n = sum(p.numel() for p in hf.parameters())
+    embeddings = hf.get_input_embeddings().weight.numel() + hf.get_output_embeddings().weight.numel()
+    assert type(hf).__name__ == "Qwen2ForCausalLM" and not hf.config.tie_word_embeddings
+    assert round(n / 1e9, 2) == 7.62 and round((n - embeddings) / 1e9, 2) == 6.53
+    assert (hf.config.num_attention_heads, hf.config.num_key_value_heads, hf.config.hidden_size) == (28, 4, 3584)
+
+
+def test_gpu_benchmark_records_why_a_missing_backend_is_not_measured(monkeypatch):
+    """Without transformer-lens and nnsight, capture and generation measure our own methods and record, for each
+    framework's method, why it was not measured, instead of failing."""
+    import importlib.util
+
+    from interp.data.registry import is_prepared
+
+    if not is_prepared(gpu.TOKENIZER_MODEL):
+        pytest.skip(f"the tiny model uses the tokenizer of {gpu.TOKENIZER_MODEL}, which is not prepared here")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **kw: None if name in ("transformer_lens", "nnsight") else real(name, *a, **kw))
+    model = gpu.build_model("random-tiny-qwen2", gpu.TINY, gpu.default_tokenizer_dir(), torch.float32, torch.device("cpu"))
+    others = gpu.Others(model)
+    for name in ("transformer_lens", "nnsight"):
+        backend, reason = others.get(name)
+        assert backend is None and "not installed" in reason
+    cap = gpu.measure_capture(model, gpu.TINY_SIZES, others)
+    gen = gpu.measure_generation(model, gpu.TINY_SIZES, others)
+    assert set(cap["not_measured"]) == {"tl_run_with_cache", "nnsight_trace"} and "tl_run_with_cache_s" not in cap
+    assert set(gen["not_measured"]) == {"tl_steered", "nnsight_steered"} and "nnsight_steered_s" not in gen
+    assert _positive(cap["capture_s"]) and cap["max_abs_diff"] < 1e-4 and _positive(gen["steered_ratio"])
+    assert gen["max_abs_diff_by_method"] == {} and gen["tokens_agree"] == {}
