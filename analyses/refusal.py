@@ -45,7 +45,11 @@ the sum of the three ranks (predicted ablation score, predicted addition score, 
 shortlist, the plain difference in means of every layer at the last end-of-instruction position is scored
 exactly too (unless `score_every_layer=False`): the per-layer table (`per_layer`, figure "per_layer") shows what
 each single layer's direction does beside the chosen one. `compare_searches` says whether a shortlist run and an
-exhaustive run (`shortlist=None`) agree.
+exhaustive run (`shortlist=None`) agree. Filters (b) and (c) are scored lazily (`lazy_filters`): every scored
+candidate gets its ablation score, then they are walked in order of it (KL first, the addition score only where KL
+passes) until one passes both. Every candidate with a lower ablation score failed a filter, so that one is the
+rule's choice; when none passes, the walk has every KL the relaxed rules need. The reference scores every filter
+of every candidate and then selects; the choice is the same.
 
 Swapping the roles of the two sets gives an acceptance direction; any two sets give the direction that
 separates them causally.
