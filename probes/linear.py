@@ -67,7 +67,9 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     Returns weights [b, d], intercepts [b], iterations run, and a bool [b] of which probes converged.
     Stopping rule (scikit-learn's for `LogisticRegression(tol=tol)`, lbfgs): a probe has converged when every
     component of the gradient of the mean objective, mean logloss + ||w||^2 / (2 C n), is at most `tol` in absolute
-    value; it then stops moving while the others go on.
+    value; it then stops moving while the others go on. One departure: at least one Newton step is taken, where
+    scikit-learn stops at w = 0 when the gradient there is already within tol (small activations, e.g. a tiny
+    random model's), which would give probes with no direction.
     Precision: float32, or float64 when X is float64, when n < d (the reduced problem is small), when `tol` is
     below `_FLOAT32_TOL`, and for any probe the float32 run left unconverged; weights come back in float64. The Hessian is
     formed every `_HESSIAN_EVERY` iterations and reused in between, its Cholesky solve in float64; a backtracking
@@ -100,7 +102,7 @@ def fit_logistic(X: Float[Tensor, "b n d"], y: Tensor, C: float, max_iter: int, 
     for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations run)
         p = torch.sigmoid(z)
         grad = C * torch.bmm((p - t)[:, None, :], Xt)[:, 0] + penalty * beta
-        converged = grad.abs().amax(-1) <= gtol
+        converged = (grad.abs().amax(-1) <= gtol) & (it > 1)  # one Newton step at least: never w = 0 (see above)
         if (converged | stalled).all():
             break
         if chol is None or (it - 1) % _HESSIAN_EVERY == 0:
