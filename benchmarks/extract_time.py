@@ -35,8 +35,9 @@ TARGET_S = 600.0
 SETS = ["--harmful", "data/refusal_splits/harmful_train.json", "--harmless", "data/refusal_splits/harmless_train.json"]
 
 
-def extract(folder: Path, extra: list[str]) -> dict:
-    """One `interp directions extract` run into `folder`: wall time, load, and what its result.json says."""
+def extract(folder: Path, extra: list[str]) -> tuple[dict, dict]:
+    """One `interp directions extract` run into `folder`: its record (wall time, load, what its result.json says)
+    and that result.json."""
     cmd = interp_command() + ["directions", "extract", *SETS, "--out", str(folder), "--overwrite", *extra]
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     before = load_avg()
@@ -53,7 +54,7 @@ def extract(folder: Path, extra: list[str]) -> dict:
             "n_candidates": len(summary["candidates"]),
             "n_scored": sum("ablation_score" in c for c in summary["candidates"]),
             "n_filter_scored": sum("passes" in c for c in summary["candidates"]),
-            "output_tail": lines[-8:], "_summary": summary}
+            "output_tail": lines[-8:]}, summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,14 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
     prov = provenance("benchmarks.extract_time", argv, "cpu")
     waited = wait_for_load(args.wait_load, args.wait_max) if args.wait_load is not None else None
     tmp = Path(tempfile.mkdtemp(prefix="interp-extract-"))
-    runs = {"default": extract(tmp / "default", [])}
-    print(f"default: {runs['default']['total_seconds']} s, chosen {runs['default']['chosen']['layer']}", flush=True)
-    if args.exhaustive:
-        runs["exhaustive"] = extract(tmp / "exhaustive", ["--shortlist", "0"])
-        print(f"exhaustive: {runs['exhaustive']['total_seconds']} s", flush=True)
-    view = {k: SimpleNamespace(candidates=r["_summary"]["candidates"], chosen=r["chosen"]) for k, r in runs.items()}
-    for r in runs.values():
-        del r["_summary"]
+    runs, summaries = {}, {}
+    for name, extra in [("default", [])] + ([("exhaustive", ["--shortlist", "0"])] if args.exhaustive else []):
+        runs[name], summaries[name] = extract(tmp / name, extra)
+        print(f"{name}: {runs[name]['total_seconds']} s, chosen layer {runs[name]['chosen']['layer']}", flush=True)
+    view = {k: SimpleNamespace(candidates=s["candidates"], chosen=s["chosen"]) for k, s in summaries.items()}
     out: dict = {"benchmark": "extract_time", "waited_for_load": waited, "runs": runs}
     if args.exhaustive:
         out["shortlist_vs_exhaustive"] = compare_searches(view["default"], view["exhaustive"])  # type: ignore[arg-type]

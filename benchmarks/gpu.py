@@ -100,7 +100,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from benchmarks.common import generate_kwargs, measured_rounds, provenance, timed_peak, write_result
+from benchmarks.common import generate_kwargs, measured_rounds, provenance, ratios, timed_peak, write_result
 from interp.attacks.engine import MASK, EngineConfig, TokenSearch, build_prompt
 from interp.attacks.losses import ProbeLoss
 from interp.circuits import das
@@ -280,13 +280,12 @@ def ioi_tokens(model: Model, n: int, length: int, seed: int = 0) -> TaskTokens:
 def compare(methods: Mapping[str, Callable[[], object]], baseline: str, runs: int, device: torch.device,
             warmup: int = 1) -> dict[str, Any]:
     """Rotating rounds of `methods` (`benchmarks.common.measured_rounds`): per method its median seconds
-    (`<name>_s`) and, for the others, that median over the baseline's (`<name>_ratio`); `spread` ((max - min) /
+    (`<name>_s`) and, for the others, the ratios of `benchmarks.common.ratios`; `spread` ((max - min) /
     median per method), `peak_memory_gib` and `working_memory_gib` (per method: the peak allocated, and its rise
     over what was allocated when the call began; None on the CPU), `times_s` (every timed round)."""
     m = measured_rounds(dict(methods), runs, warmup, device)
     med = {k: statistics.median(v) for k, v in m.times.items()}
-    out: dict[str, Any] = {f"{k}_s": v for k, v in med.items()}
-    out |= {f"{k}_ratio": med[k] / med[baseline] for k in methods if k != baseline}
+    out: dict[str, Any] = dict(ratios(m.times, baseline))
     out["spread"] = {k: (max(v) - min(v)) / med[k] for k, v in m.times.items()}
     out["peak_memory_gib"] = {k: None if p is None else p / 2**30 for k, p in m.peaks.items()}
     out["working_memory_gib"] = {k: None if p is None else p / 2**30 for k, p in m.working.items()}
